@@ -1,0 +1,92 @@
+//go:build e2e
+
+// Package e2e runs Berth's end-to-end suite against the local cluster that
+// `make up` starts (KUBECONFIG=_output/kubeconfig). `make e2e` runs it.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+const berthNamespace = "berth-system"
+
+var (
+	client    kubernetes.Interface
+	testImage string
+	kubectl   string
+	clusterSh string
+)
+
+func TestMain(m *testing.M) {
+	if err := setup(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e setup: %v\n", err)
+		os.Exit(2)
+	}
+	code := m.Run()
+	// A Berth pod that restarted during the suite is a failure, whatever passed.
+	if err := checkNoRestarts(); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+func setup() error {
+	kubeconfig := os.Getenv("KUBECONFIG")
+	if kubeconfig == "" {
+		return fmt.Errorf("KUBECONFIG is not set: run `make e2e`")
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return fmt.Errorf("load %s: %w", kubeconfig, err)
+	}
+	if client, err = kubernetes.NewForConfig(cfg); err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	for name, v := range map[string]*string{"BERTH_TEST_IMAGE": &testImage, "BERTH_KUBECTL": &kubectl, "BERTH_CLUSTER_SH": &clusterSh} {
+		if *v = os.Getenv(name); *v == "" {
+			return fmt.Errorf("%s is not set: run `make e2e`", name)
+		}
+	}
+	return nil
+}
+
+func checkNoRestarts() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pods, err := client.CoreV1().Pods(berthNamespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list Berth pods: %w", err)
+	}
+	for _, p := range pods.Items {
+		for _, cs := range p.Status.ContainerStatuses {
+			if cs.RestartCount > 0 {
+				return fmt.Errorf("Berth pod %s container %s restarted %d times (last state: %+v)",
+					p.Name, cs.Name, cs.RestartCount, cs.LastTerminationState)
+			}
+		}
+	}
+	return nil
+}
+
+// podReady reports whether p is Running with every container ready.
+func podReady(p *corev1.Pod) bool {
+	if p.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
