@@ -111,7 +111,9 @@ func run(ctx context.Context, name string, args ...string) (string, error) {
 }
 
 // kubectlRun runs the cluster's kubectl.
-func kubectlRun(ctx context.Context, args ...string) (string, error) { return run(ctx, kubectl, args...) }
+func kubectlRun(ctx context.Context, args ...string) (string, error) {
+	return run(ctx, kubectl, args...)
+}
 
 // describe returns `kubectl describe` and the namespace's events, for failure messages.
 func describe(ns, obj string) string {

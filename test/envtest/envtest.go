@@ -4,7 +4,6 @@
 package envtest
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -55,6 +54,3 @@ func Start(t testing.TB, opts ...Options) *rest.Config {
 	})
 	return cfg
 }
-
-// String describes where the binaries come from, for test logs.
-func String() string { return fmt.Sprintf("%s=%s", AssetsEnv, os.Getenv(AssetsEnv)) }

@@ -1,0 +1,141 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The test binary runs as pause when this variable is set.
+const runAsPause = "BERTH_TEST_RUN_PAUSE"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runAsPause) == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// startPause runs the test binary as pause and waits until it handles
+// SIGTERM, so that a signal sent afterwards is not fatal by default.
+func startPause(t *testing.T, args ...string) (*exec.Cmd, *bytes.Buffer) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), runAsPause+"=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for !catches(t, cmd.Process.Pid, syscall.SIGTERM) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pause did not install its SIGTERM handler within 10s; stderr: %s", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return cmd, &stderr
+}
+
+// catches reports whether process pid has a handler for sig (SigCgt).
+func catches(t *testing.T, pid int, sig syscall.Signal) bool {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "SigCgt:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				t.Fatalf("SigCgt %q: %v", v, err)
+			}
+			return mask&(1<<(uint(sig)-1)) != 0
+		}
+	}
+	t.Fatalf("no SigCgt in /proc/%d/status", pid)
+	return false
+}
+
+func TestPause_Signals(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			cmd, stderr := startPause(t)
+			// A SIGCHLD without children must not stop it.
+			if err := cmd.Process.Signal(syscall.SIGCHLD); err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("pause exited with %v after %v, want 0; stderr: %s", err, sig, stderr.String())
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("pause still running 10s after %v", sig)
+			}
+		})
+	}
+}
+
+func TestPause_Version(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-v")
+	cmd.Env = append(os.Environ(), runAsPause+"=1")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(out), version+"\n"; got != want {
+		t.Errorf("pause -v printed %q, want %q", got, want)
+	}
+}
+
+func TestReap(t *testing.T) {
+	// A child nobody waits for, as an orphan re-parented to pause would be.
+	pid, err := syscall.ForkExec("/bin/true", []string{"true"}, &syscall.ProcAttr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !isZombie(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("child %d did not exit within 10s", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := reap(); n != 1 {
+		t.Errorf("reap() = %d, want 1", n)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("child %d still in /proc after reap: %v", pid, err)
+	}
+	if n := reap(); n != 0 {
+		t.Errorf("second reap() = %d, want 0", n)
+	}
+}
+
+func isZombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] == 'Z'
+}
