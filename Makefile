@@ -85,7 +85,7 @@ test: envtest-assets ## Unit and integration tests (-race), against a real kube-
 .PHONY: e2e
 e2e: ## End-to-end tests against the local cluster (runs `make up` first if it is not up).
 	@mkdir -p $(OUT)
-	@if ! test/cluster/cluster.sh status | grep -q 'kubelet running'; then $(MAKE) up; fi
+	@test/cluster/cluster.sh status >/dev/null || $(MAKE) up
 	@start=$$(date +%s); \
 	if KUBECONFIG=$(KUBECONFIG_OUT) BERTH_TEST_IMAGE=$(TEST_IMAGE) BERTH_KUBECTL=$(BERTH_CACHE)/kubernetes-$(K8S_VERSION)/bin/kubectl BERTH_CLUSTER_SH=$(CURDIR)/test/cluster/cluster.sh \
 		go test -tags e2e -count=1 -timeout 20m -v ./test/e2e/... 2>&1 | tee $(OUT)/e2e.log; then \

@@ -215,10 +215,26 @@ KC
 	touch "$PKI/done"
 }
 
+# put FILE: writes stdin to FILE only if it differs (kube-proxy exits when
+# its config file is written), and notes the change in CHANGED so that the
+# component reading it is restarted.
+CHANGED=""
+put() {
+	local tmp; tmp=$(mktemp "$1.XXXXXX")
+	cat >"$tmp"
+	if cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv "$tmp" "$1"; CHANGED+=" $1"; fi
+}
+
+# restart_if_changed NAME FILE: stops NAME if `up` rewrote FILE.
+restart_if_changed() {
+	case "$CHANGED " in *" $2 "*) running "$1" && log "$2 changed" && stop "$1" ;; esac
+	return 0
+}
+
 write_configs() {
 	local ip; ip=$(node_ip)
 	mkdir -p /etc/cni/net.d /var/run/nri
-	cat >"$STATE/containerd.toml" <<EOF
+	put "$STATE/containerd.toml" <<EOF
 version = 3
 root = "/var/lib/containerd"
 state = "/run/containerd"
@@ -245,7 +261,7 @@ state = "/run/containerd"
 EOF
 	# Pod traffic stays on this machine: no masquerading, and the host's
 	# forwarding chain (below) drops what would leave through another link.
-	cat >/etc/cni/net.d/10-berth.conflist <<EOF
+	put /etc/cni/net.d/10-berth.conflist <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "berth",
@@ -257,8 +273,8 @@ EOF
   ]
 }
 EOF
-	echo "nameserver 127.0.0.1" >"$STATE/resolv.conf"
-	cat >"$STATE/kubelet.yaml" <<EOF
+	echo "nameserver 127.0.0.1" | put "$STATE/resolv.conf"
+	put "$STATE/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false
@@ -283,7 +299,7 @@ imageGCLowThresholdPercent: 99
 evictionHard: {"nodefs.available": "1%", "imagefs.available": "1%", "memory.available": "100Mi"}
 serializeImagePulls: false
 EOF
-	cat >"$STATE/kube-proxy.yaml" <<EOF
+	put "$STATE/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $PKI/kube-proxy.kubeconfig}
@@ -293,6 +309,8 @@ clusterCIDR: $POD_CIDR
 # No NodePorts on the host's other addresses, no conntrack tuning of the host.
 nodePortAddresses: ["$ip/32"]
 conntrack: {maxPerCore: 0}
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
 EOF
 }
 
@@ -319,6 +337,7 @@ start_etcd() {
 }
 
 start_containerd() {
+	restart_if_changed containerd "$STATE/containerd.toml"
 	start containerd env PATH="$CONTAINERD_BIN:$RUNC_BIN:$PATH" \
 		"$CONTAINERD_BIN/containerd" --config "$STATE/containerd.toml"
 	wait_for 60 "containerd" $CTR version
@@ -337,7 +356,7 @@ start_apiserver() {
 		--service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
 		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 		--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
-		--allow-privileged=true --profiling=false
+		--kubelet-preferred-address-types=InternalIP --allow-privileged=true --profiling=false
 	wait_for 120 "kube-apiserver /readyz" curl -sf --cacert "$PKI/ca.crt" \
 		--cert "$PKI/admin.crt" --key "$PKI/admin.key" "https://$ip:6443/readyz"
 }
@@ -367,6 +386,7 @@ import_images() {
 }
 
 start_kubelet() {
+	restart_if_changed kubelet "$STATE/kubelet.yaml"
 	start kubelet "$K8S_BIN/kubelet" --config="$STATE/kubelet.yaml" \
 		--kubeconfig="$PKI/kubelet.kubeconfig" --hostname-override="$NODE_NAME" --node-ip="$(node_ip)"
 	wait_for 120 "node $NODE_NAME to register" $KUBECTL get node "$NODE_NAME"
@@ -374,7 +394,10 @@ start_kubelet() {
 }
 
 start_kube_proxy() {
+	restart_if_changed kube-proxy "$STATE/kube-proxy.yaml"
 	start kube-proxy "$K8S_BIN/kube-proxy" --config="$STATE/kube-proxy.yaml"
+	# Healthy once it has programmed the Services, 10.96.0.1 among them.
+	wait_for 60 "kube-proxy to sync" curl -sf http://127.0.0.1:10256/healthz
 }
 
 install_addons() {
@@ -472,10 +495,13 @@ cmd_down() {
 	log "local cluster down; host restored"
 }
 
+# status: one line per component; exits 0 only when all of them run.
 cmd_status() {
+	local rc=0
 	for c in "${COMPONENTS[@]}"; do
-		if running "$c"; then echo "$c running (pid $(pid_of "$c"))"; else echo "$c stopped"; fi
+		if running "$c"; then echo "$c running (pid $(pid_of "$c"))"; else echo "$c stopped"; rc=1; fi
 	done
+	return $rc
 }
 
 cmd_restart_containerd() {

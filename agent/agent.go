@@ -1,0 +1,150 @@
+// Package agent runs berth-agent, the node agent: each long-running part
+// is a runnable under one controller-runtime manager, which also serves
+// /metrics, /healthz and /readyz and stops everything on shutdown.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	"github.com/berth-io/berth/agent/nriplugin"
+	"github.com/berth-io/berth/agent/version"
+)
+
+// Defaults for Config.
+const (
+	DefaultMetricsBindAddress     = ":9470"
+	DefaultHealthProbeBindAddress = ":9471"
+	DefaultShutdownTimeout        = 10 * time.Second
+)
+
+// Name is the agent's name as a component: the reporting controller of its
+// Events.
+const Name = "berth-agent"
+
+// Config configures the agent.
+type Config struct {
+	// RestConfig reaches the API server. Required.
+	RestConfig *rest.Config
+	// NodeName is the node the agent runs on (the downward API's
+	// spec.nodeName). Without it, no Events are recorded on the Node.
+	NodeName string
+	// MetricsBindAddress serves /metrics. Default ":9470"; "0" disables it.
+	MetricsBindAddress string
+	// HealthProbeBindAddress serves /healthz and /readyz. Default ":9471";
+	// "0" disables it.
+	HealthProbeBindAddress string
+	// ShutdownTimeout bounds how long runnables get to stop once the
+	// context is done. Default 10s.
+	ShutdownTimeout time.Duration
+	// NRI configures the NRI plugin. Its Registerer and OnStateChange are
+	// set by Run.
+	NRI nriplugin.Config
+	// Logger receives all logs, including those of client-go,
+	// controller-runtime and the NRI stub. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Run runs the agent until ctx is done, then stops its parts within
+// ShutdownTimeout. It sets the process-wide loggers of klog and
+// controller-runtime to cfg.Logger.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.RestConfig == nil {
+		return errors.New("no API server configuration")
+	}
+	if cfg.MetricsBindAddress == "" {
+		cfg.MetricsBindAddress = DefaultMetricsBindAddress
+	}
+	if cfg.HealthProbeBindAddress == "" {
+		cfg.HealthProbeBindAddress = DefaultHealthProbeBindAddress
+	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	log := cfg.Logger
+
+	klog.SetSlogLogger(log)
+	ctrl.SetLogger(logr.FromSlogHandler(log.Handler()))
+
+	if err := registerMetrics(ctrlmetrics.Registry); err != nil {
+		return err
+	}
+
+	mgr, err := manager.New(cfg.RestConfig, manager.Options{
+		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsBindAddress},
+		HealthProbeBindAddress:  cfg.HealthProbeBindAddress,
+		LeaderElection:          false, // one agent per node: nothing to elect
+		GracefulShutdownTimeout: &cfg.ShutdownTimeout,
+	})
+	if err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+
+	nriCfg := cfg.NRI
+	nriCfg.Registerer = ctrlmetrics.Registry
+	if nriCfg.Logger == nil {
+		nriCfg.Logger = log
+	}
+	if cfg.NodeName != "" {
+		nriCfg.OnStateChange = nodeEvents(mgr.GetEventRecorder(Name), cfg.NodeName)
+	}
+	nri, err := nriplugin.New(nriCfg)
+	if err != nil {
+		return fmt.Errorf("nri plugin: %w", err)
+	}
+	if err := mgr.Add(nri); err != nil {
+		return fmt.Errorf("nri plugin: %w", err)
+	}
+
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return fmt.Errorf("healthz: %w", err)
+	}
+	if err := mgr.AddReadyzCheck("nri", nri.Check); err != nil {
+		return fmt.Errorf("readyz: %w", err)
+	}
+
+	log.Info("starting berth-agent", "version", version.Version, "commit", version.Commit,
+		"node", cfg.NodeName, "metrics_address", cfg.MetricsBindAddress,
+		"health_probe_address", cfg.HealthProbeBindAddress)
+	if err := mgr.Start(ctx); err != nil {
+		return fmt.Errorf("manager: %w", err)
+	}
+	log.Info("stopped berth-agent")
+	return nil
+}
+
+// nodeEvents records the NRI connection's changes as Events on the Node,
+// where `kubectl describe node` shows them.
+func nodeEvents(rec recorder.EventRecorder, nodeName string) func(nriplugin.State) {
+	// Kubelet's convention: a Node's event reference uses its name as UID.
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, UID: types.UID(nodeName)}}
+	return func(s nriplugin.State) {
+		if s.Connected {
+			rec.Eventf(node, nil, corev1.EventTypeNormal, "NRIConnected", "Connect",
+				"%s connected to %s %s over NRI", Name, s.Runtime, s.RuntimeVersion)
+			return
+		}
+		rec.Eventf(node, nil, corev1.EventTypeWarning, "NRIConnectionLost", "Disconnect",
+			"%s lost its NRI connection to %s %s; containers created until it reconnects miss Berth's hooks",
+			Name, s.Runtime, s.RuntimeVersion)
+	}
+}

@@ -1,0 +1,130 @@
+// Command berth-agent is Berth's node agent, run by a DaemonSet on each node.
+// See agent/README.md.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+
+	"github.com/berth-io/berth/agent"
+	"github.com/berth-io/berth/agent/nriplugin"
+	"github.com/berth-io/berth/agent/version"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+// run is main with its inputs and outputs passed in; it returns the exit
+// code: 0 done, 1 failed, 2 bad usage.
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	opts, err := parseFlags(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "berth-agent: %v\n", err)
+		return 2
+	}
+	if opts.version {
+		fmt.Fprintf(stdout, "berth-agent %s\n", version.String())
+		return 0
+	}
+
+	log := newLogger(stderr, opts.logLevel, opts.logFormat)
+	slog.SetDefault(log)
+	restCfg, err := restConfig(opts.kubeconfig)
+	if err != nil {
+		log.Error("cannot reach the API server", "err", err)
+		return 1
+	}
+	opts.agent.RestConfig = restCfg
+	opts.agent.Logger = log
+	if err := agent.Run(ctrl.SetupSignalHandler(), opts.agent); err != nil {
+		log.Error("berth-agent failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+type options struct {
+	agent      agent.Config
+	kubeconfig string
+	logLevel   slog.Level
+	logFormat  string
+	version    bool
+}
+
+// parseFlags reads args into options; environment variables named in the
+// flag help are the defaults of their flags.
+func parseFlags(args []string, getenv func(string) string, output io.Writer) (options, error) {
+	var (
+		o        options
+		nriIndex int
+		level    string
+	)
+	fs := flag.NewFlagSet("berth-agent", flag.ContinueOnError)
+	fs.SetOutput(output)
+	fs.StringVar(&o.agent.NRI.SocketPath, "nri-socket", nriplugin.DefaultSocketPath,
+		"the container runtime's NRI socket")
+	fs.StringVar(&o.agent.NRI.PluginName, "nri-plugin-name", nriplugin.DefaultPluginName,
+		"name to register with NRI as")
+	fs.IntVar(&nriIndex, "nri-plugin-index", nriplugin.DefaultPluginIndex,
+		"NRI plugin index, 0 to 99; plugins with lower indexes run first")
+	fs.StringVar(&o.agent.MetricsBindAddress, "metrics-bind-address", agent.DefaultMetricsBindAddress,
+		`address to serve /metrics on; "0" disables it`)
+	fs.StringVar(&o.agent.HealthProbeBindAddress, "health-probe-bind-address", agent.DefaultHealthProbeBindAddress,
+		`address to serve /healthz and /readyz on; "0" disables it`)
+	fs.StringVar(&o.agent.NodeName, "node-name", getenv("NODE_NAME"),
+		"name of this node, for Events on it (env NODE_NAME)")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "",
+		"kubeconfig file; default: env KUBECONFIG, then in-cluster, then ~/.kube/config")
+	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	if nriIndex < 0 || nriIndex > 99 {
+		return o, fmt.Errorf("--nri-plugin-index %d: want 0 to 99", nriIndex)
+	}
+	o.agent.NRI.PluginIndex = &nriIndex
+	if err := o.logLevel.UnmarshalText([]byte(level)); err != nil || strings.ContainsAny(level, "+-") {
+		return o, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	if o.logFormat != "text" && o.logFormat != "json" {
+		return o, fmt.Errorf("--log-format %q: want text or json", o.logFormat)
+	}
+	return o, nil
+}
+
+func newLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
+	hopts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, hopts))
+	}
+	return slog.New(slog.NewTextHandler(w, hopts))
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+		}
+		return cfg, nil
+	}
+	return ctrl.GetConfig()
+}

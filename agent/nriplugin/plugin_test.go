@@ -1,0 +1,465 @@
+package nriplugin
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berth-io/berth/agent/nriplugin/nritest"
+	"github.com/containerd/nri/pkg/api"
+	nrilog "github.com/containerd/nri/pkg/log"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+func TestMain(m *testing.M) {
+	// The runtime side logs through NRI's global logger (logrus by default).
+	nrilog.Set(NewNRILogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	os.Exit(m.Run())
+}
+
+func TestPlugin_Start(t *testing.T) {
+	rt := nritest.New(t, t.TempDir())
+	rt.Pods = []*api.PodSandbox{{Id: "pod-running", Name: "db-0", Namespace: "shop"}}
+	rt.Containers = []*api.Container{{Id: "ctr-running", PodSandboxId: "pod-running", Name: "postgres",
+		State: api.ContainerState_CONTAINER_RUNNING}}
+
+	var (
+		logs     syncBuffer
+		reg      = prometheus.NewRegistry()
+		statesMu sync.Mutex
+		states   []State
+	)
+	p, err := New(Config{
+		SocketPath: rt.Socket(),
+		Logger:     slog.New(slog.NewTextHandler(&logs, nil)),
+		Registerer: reg,
+		Hooks:      []Hook{envHook{name: "first", key: "FIRST"}, envHook{name: "second", key: "SECOND"}},
+		MinBackoff: 10 * time.Millisecond,
+		MaxBackoff: 100 * time.Millisecond,
+		OnStateChange: func(s State) {
+			statesMu.Lock()
+			defer statesMu.Unlock()
+			states = append(states, s)
+		},
+	})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	startPlugin(t, p)
+
+	// Step 1: no runtime yet. The plugin keeps trying and is not ready.
+	waitFor(t, "a failed connect attempt", func() bool {
+		return strings.Contains(logs.String(), `msg="cannot connect to runtime"`)
+	})
+	if p.Connected() {
+		t.Fatal("Connected() = true before the runtime started")
+	}
+	if err := p.Check(nil); !errors.Is(err, ErrNotConnected) {
+		t.Fatalf("Check() = %v, want %v", err, ErrNotConnected)
+	}
+
+	// Step 2: the runtime comes up; the plugin registers and synchronizes.
+	rt.Start()
+	waitFor(t, "Connected()", p.Connected)
+	if err := p.Check(&http.Request{}); err != nil {
+		t.Fatalf("Check() = %v, want nil", err)
+	}
+	waitFor(t, "Synchronize", func() bool { return metricValue(t, reg, "berth_agent_nri_events_total", EventSynchronize) == 1 })
+	rt.WaitRegistered()
+
+	// Step 3: a container is created: counted, logged, adjusted by the hooks in order.
+	pod := &api.PodSandbox{Id: "9f3c2a1b0d4e5f6a7b8c", Name: "web-0", Namespace: "shop", Uid: "uid-web-0"}
+	ctr := &api.Container{Id: "4b5c6d7e8f9a0b1c2d3e", PodSandboxId: pod.Id, Name: "nginx",
+		State: api.ContainerState_CONTAINER_CREATED}
+	rsp, err := rt.CreateContainer(pod, ctr)
+	if err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+	if got, want := envOf(rsp.GetAdjust()), []string{"FIRST=nginx", "SECOND=nginx"}; !slices.Equal(got, want) {
+		t.Errorf("adjusted env = %q, want %q", got, want)
+	}
+	if got := metricValue(t, reg, "berth_agent_nri_events_total", EventCreateContainer); got != 1 {
+		t.Errorf("berth_agent_nri_events_total{event=CreateContainer} = %v, want 1", got)
+	}
+	for _, want := range []string{
+		`msg="connected to runtime" runtime=containerd runtime_version=v2.2.9 plugin=10-berth`,
+		`msg="synchronized with runtime" pods=1 containers=1`,
+		`msg="container event" event=CreateContainer namespace=shop pod=web-0 container=nginx id=4b5c6d7e8f9a`,
+	} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("logs lack %s:\n%s", want, logs.String())
+		}
+	}
+
+	// Step 4: the runtime dies. The plugin notices and is not ready.
+	rt.Crash()
+	waitFor(t, "!Connected()", func() bool { return !p.Connected() })
+	if got := metricValue(t, reg, "berth_agent_nri_connected", ""); got != 0 {
+		t.Errorf("berth_agent_nri_connected = %v, want 0", got)
+	}
+	if want := `msg="lost connection to runtime" runtime=containerd`; !strings.Contains(logs.String(), want) {
+		t.Errorf("logs lack %s:\n%s", want, logs.String())
+	}
+
+	// Step 5: the runtime restarts on the same socket; the plugin reconnects by itself.
+	rt.Start()
+	waitFor(t, "Connected() again", p.Connected)
+	waitFor(t, "second Synchronize", func() bool { return metricValue(t, reg, "berth_agent_nri_events_total", EventSynchronize) == 2 })
+	rt.WaitRegistered()
+	if _, err := rt.CreateContainer(pod, ctr); err != nil {
+		t.Fatalf("CreateContainer after reconnect: %v", err)
+	}
+	for name, want := range map[string]float64{
+		"berth_agent_nri_connects_total": 2,
+		"berth_agent_nri_connected":      1,
+	} {
+		if got := metricValue(t, reg, name, ""); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if got := metricValue(t, reg, "berth_agent_nri_events_total", EventCreateContainer); got != 2 {
+		t.Errorf("berth_agent_nri_events_total{event=CreateContainer} = %v, want 2", got)
+	}
+	statesMu.Lock()
+	defer statesMu.Unlock()
+	want := []State{
+		{Connected: true, Runtime: "containerd", RuntimeVersion: "v2.2.9"},
+		{Connected: false, Runtime: "containerd", RuntimeVersion: "v2.2.9"},
+		{Connected: true, Runtime: "containerd", RuntimeVersion: "v2.2.9"},
+	}
+	if !slices.Equal(states, want) {
+		t.Errorf("OnStateChange got %+v, want %+v", states, want)
+	}
+}
+
+func TestPlugin_CreateContainer(t *testing.T) {
+	pod := &api.PodSandbox{Id: "pod0", Name: "web-0", Namespace: "shop"}
+	ctr := &api.Container{Id: "ctr0", PodSandboxId: "pod0", Name: "nginx"}
+	tests := []struct {
+		name    string
+		hooks   []Hook
+		wantEnv []string
+		wantErr string
+	}{
+		{name: "no hooks, no adjustment"},
+		{name: "hooks that do not apply", hooks: []Hook{nilHook{}, nilHook{}}},
+		{
+			name:    "adjustments merge in order",
+			hooks:   []Hook{envHook{name: "b", key: "B"}, nilHook{}, envHook{name: "a", key: "A"}},
+			wantEnv: []string{"B=nginx", "A=nginx"},
+		},
+		{
+			name:    "an error stops the run",
+			hooks:   []Hook{envHook{name: "a", key: "A"}, errHook{}, envHook{name: "c", key: "C"}},
+			wantErr: `hook broken: env KUBERNETES_FILELOGS: "logs" is not absolute`,
+		},
+		{
+			name:    "a panic is an error",
+			hooks:   []Hook{panicHook{}},
+			wantErr: "hook panicky: panic: runtime error: index out of range [3] with length 0",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			p, err := New(Config{Hooks: tt.hooks, Registerer: reg, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			h := &handler{p: p}
+			adj, upd, err := h.CreateContainer(context.Background(), pod, ctr)
+			if got := errString(err); got != tt.wantErr {
+				t.Fatalf("err = %q, want %q", got, tt.wantErr)
+			}
+			if upd != nil {
+				t.Errorf("updates = %v, want none", upd)
+			}
+			if tt.wantEnv == nil && adj != nil {
+				t.Errorf("adjustment = %v, want nil", adj)
+			}
+			if got := envOf(adj); !slices.Equal(got, tt.wantEnv) {
+				t.Errorf("env = %q, want %q", got, tt.wantEnv)
+			}
+			if got := metricValue(t, reg, "berth_agent_nri_events_total", EventCreateContainer); got != 1 {
+				t.Errorf("berth_agent_nri_events_total{event=CreateContainer} = %v, want 1", got)
+			}
+		})
+	}
+}
+
+func TestNew(t *testing.T) {
+	idx := func(i int) *int { return &i }
+	tests := []struct {
+		name    string
+		cfg     Config
+		wantErr string
+	}{
+		{name: "defaults", cfg: Config{}},
+		{name: "index 0", cfg: Config{PluginIndex: idx(0)}},
+		{name: "index 99", cfg: Config{PluginIndex: idx(99)}},
+		{name: "index 100", cfg: Config{PluginIndex: idx(100)}, wantErr: "plugin index 100: want 0 to 99"},
+		{name: "negative index", cfg: Config{PluginIndex: idx(-1)}, wantErr: "plugin index -1: want 0 to 99"},
+		{name: "name with a slash", cfg: Config{PluginName: "berth/agent"},
+			wantErr: `invalid plugin name "berth/agent": contains invalid character '/'`},
+		{name: "min above max", cfg: Config{MinBackoff: time.Minute},
+			wantErr: "backoff 1m0s to 10s: want 0 < min <= max"},
+		{name: "negative min", cfg: Config{MinBackoff: -time.Second},
+			wantErr: "backoff -1s to 10s: want 0 < min <= max"},
+		{name: "negative connect timeout", cfg: Config{ConnectTimeout: -time.Second},
+			wantErr: "connect timeout -1s: want > 0"},
+		{name: "nil hook", cfg: Config{Hooks: []Hook{nilHook{}, nil}}, wantErr: "hook 1 is nil"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := New(tt.cfg)
+			if got := errString(err); got != tt.wantErr {
+				t.Errorf("New() err = %q, want %q", got, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestNew_registeredTwice(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	for i := range 2 {
+		if _, err := New(Config{Registerer: reg}); err != nil {
+			t.Fatalf("New #%d: %v", i+1, err)
+		}
+	}
+}
+
+func TestBackoff_Next(t *testing.T) {
+	b := backoff{min: 250 * time.Millisecond, max: 10 * time.Second}
+	var got []time.Duration
+	for range 8 {
+		got = append(got, b.next())
+	}
+	want := []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second,
+		4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second}
+	if !slices.Equal(got, want) {
+		t.Errorf("next() gave %v, want %v", got, want)
+	}
+	b.reset()
+	if got := b.next(); got != 250*time.Millisecond {
+		t.Errorf("next() after reset = %v, want 250ms", got)
+	}
+}
+
+func TestPlugin_Start_noRuntime(t *testing.T) {
+	// Nothing listens: Start must still return promptly when ctx is done.
+	p, err := New(Config{SocketPath: t.TempDir() + "/none.sock", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Start(ctx) }()
+	time.AfterFunc(50*time.Millisecond, cancel)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Start() = %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Start did not return within 5s of cancel")
+	}
+}
+
+func TestPlugin_Start_silentRuntime(t *testing.T) {
+	// Something accepts on the socket but never registers the plugin: each
+	// attempt is cut off after ConnectTimeout and retried.
+	sock := t.TempDir() + "/nri.sock"
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		connsMu sync.Mutex
+		conns   []net.Conn
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		connsMu.Lock()
+		defer connsMu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			connsMu.Lock()
+			conns = append(conns, c)
+			connsMu.Unlock()
+		}
+	}()
+	var logs syncBuffer
+	p, err := New(Config{
+		SocketPath:     sock,
+		Logger:         slog.New(slog.NewTextHandler(&logs, nil)),
+		ConnectTimeout: 100 * time.Millisecond,
+		MinBackoff:     10 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	startPlugin(t, p)
+	want := `msg="cannot connect to runtime" err="connect to ` + sock + `: not configured by the runtime within 100ms" attempt=1`
+	waitFor(t, "a timed-out attempt", func() bool { return strings.Contains(logs.String(), want) })
+	waitFor(t, "a second attempt", func() bool {
+		connsMu.Lock()
+		defer connsMu.Unlock()
+		return len(conns) >= 2
+	})
+	if p.Connected() {
+		t.Error("Connected() = true, want false")
+	}
+}
+
+// startPlugin runs p.Start until the test ends, and checks that it returns
+// nil promptly when cancelled.
+func startPlugin(t *testing.T, p *Plugin) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Start() = %v, want nil", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("Start did not return within 5s of cancel")
+		}
+	})
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// metricValue returns the value of the gauge or counter name from reg, with
+// label event=event when event is not empty; -1 when there is none.
+func metricValue(t *testing.T, reg *prometheus.Registry, name, event string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if event != "" && !hasLabel(m, "event", event) {
+				continue
+			}
+			if m.GetCounter() != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return -1
+}
+
+func hasLabel(m *dto.Metric, name, value string) bool {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name && l.GetValue() == value {
+			return true
+		}
+	}
+	return false
+}
+
+func envOf(adj *api.ContainerAdjustment) []string {
+	var env []string
+	for _, kv := range adj.GetEnv() {
+		env = append(env, kv.GetKey()+"="+kv.GetValue())
+	}
+	return env
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// envHook sets key to the container's name.
+type envHook struct{ name, key string }
+
+func (h envHook) Name() string { return h.name }
+
+func (h envHook) CreateContainer(_ *api.PodSandbox, ctr *api.Container) (*api.ContainerAdjustment, error) {
+	adj := &api.ContainerAdjustment{}
+	adj.AddEnv(h.key, ctr.GetName())
+	return adj, nil
+}
+
+type nilHook struct{}
+
+func (nilHook) Name() string { return "nil" }
+
+func (nilHook) CreateContainer(*api.PodSandbox, *api.Container) (*api.ContainerAdjustment, error) {
+	return nil, nil
+}
+
+type errHook struct{}
+
+func (errHook) Name() string { return "broken" }
+
+func (errHook) CreateContainer(*api.PodSandbox, *api.Container) (*api.ContainerAdjustment, error) {
+	return nil, errors.New(`env KUBERNETES_FILELOGS: "logs" is not absolute`)
+}
+
+type panicHook struct{}
+
+func (panicHook) Name() string { return "panicky" }
+
+func (panicHook) CreateContainer(_ *api.PodSandbox, ctr *api.Container) (*api.ContainerAdjustment, error) {
+	i := len(ctr.GetName()) - 2
+	return nil, errors.New(ctr.GetArgs()[i]) // out of range: Args is empty
+}
+
+// syncBuffer is a bytes.Buffer safe for the plugin's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
