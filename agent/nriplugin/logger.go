@@ -32,9 +32,6 @@ func (n nriLogger) Errorf(ctx context.Context, format string, args ...any) {
 }
 
 func (n nriLogger) log(ctx context.Context, level slog.Level, format string, args []any) {
-	if ctx == nil {
-		ctx = context.Background()
-	}
 	if !n.l.Enabled(ctx, level) {
 		return
 	}

@@ -203,7 +203,8 @@ func (p *Plugin) session(ctx context.Context) error {
 		// The dialer keeps the connection so that an attempt the runtime
 		// never answers can be cut off below.
 		stub.WithDialer(func(path string) (net.Conn, error) {
-			c, err := net.DialTimeout("unix", path, p.cfg.ConnectTimeout)
+			d := net.Dialer{Timeout: p.cfg.ConnectTimeout}
+			c, err := d.DialContext(ctx, "unix", path)
 			connMu.Lock()
 			conn = c
 			connMu.Unlock()

@@ -131,7 +131,7 @@ restore_host() {
 	comm -13 "$HOSTSNAP/netns" <(ip netns list | awk '{print $1}' | sort) | while read -r n; do
 		ip netns delete "$n" 2>/dev/null || true
 	done
-	comm -13 "$HOSTSNAP/links" <(ip -o link show | awk -F': ' '{sub(/@.*/, "", $2); print $2}' | sort) | while read -r l; do
+	comm -13 "$HOSTSNAP/links" <(ip -o link show 2>/dev/null | awk -F': ' '{sub(/@.*/, "", $2); print $2}' | sort) | while read -r l; do
 		ip link delete "$l" 2>/dev/null || true
 	done
 	ip route del unreachable "$POD_CIDR" 2>/dev/null || true
@@ -145,6 +145,16 @@ restore_host() {
 	done
 	iptables-restore <"$HOSTSNAP/iptables"
 	ip6tables-restore <"$HOSTSNAP/ip6tables"
+	# With the nf_tables backend the emptied tables stay; delete those the
+	# host did not have.
+	if command -v nft >/dev/null; then
+		for fam in ip ip6; do
+			local snap=$HOSTSNAP/iptables; [ $fam = ip6 ] && snap=$HOSTSNAP/ip6tables
+			for t in $(nft list tables $fam 2>/dev/null | awk '{print $3}'); do
+				grep -q "^\*$t\$" "$snap" || nft delete table $fam "$t" 2>/dev/null || true
+			done
+		done
+	fi
 	while IFS='=' read -r k v; do
 		sysctl -qw "$k=$v" 2>/dev/null || true
 	done <"$HOSTSNAP/sysctls"

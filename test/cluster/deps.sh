@@ -3,7 +3,7 @@
 # cluster need. Quiet and quick when they are all there already.
 set -euo pipefail
 pkgs=(
-	iptables iproute2 openssl curl util-linux procps kmod # the node: rules, links, certs, mounts
+	iptables nftables iproute2 openssl curl util-linux procps kmod # the node: rules, links, certs, mounts
 	conntrack socat ethtool                              # kubelet and kube-proxy expect them
 	libseccomp-dev gcc                                   # runc with seccomp (cgo)
 	busybox-static                                       # the test image

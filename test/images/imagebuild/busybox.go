@@ -57,7 +57,7 @@ func busyboxApplets(ctx context.Context, bin string) ([]string, error) {
 	cmd.WaitDelay = time.Second
 	if err := cmd.Run(); err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
-			err = fmt.Errorf("%w (%v)", ctxErr, err)
+			err = fmt.Errorf("%w (%w)", ctxErr, err)
 		}
 		return nil, &BusyboxError{Path: bin, Stderr: stderr.String(), Err: err}
 	}
