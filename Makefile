@@ -17,6 +17,8 @@ LDFLAGS    := -s -w -X github.com/berth-io/berth/agent/version.Version=$(VERSION
               -X github.com/berth-io/berth/agent/version.Commit=$(COMMIT)
 GOBUILD    := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
 
+# Binaries shipped in the Berth image, under /usr/local/bin.
+BERTH_BINS    := berth-agent $(notdir $(wildcard cni/*/cmd/*))
 TEST_IMAGE    ?= berth.local/busybox:1.35
 BERTH_IMAGE   ?= berth.local/berth:dev
 PAUSE_IMAGE   ?= registry.k8s.io/pause:3.10
@@ -41,7 +43,7 @@ deps: ## Install the Debian packages the build, tests and local cluster need (ro
 .PHONY: build
 build: ## Build Berth's binaries and the test helpers into _output/bin.
 	@mkdir -p $(BIN)
-	$(GOBUILD) -o $(BIN)/ ./agent/cmd/berth-agent ./test/images/cmd/berth-images ./test/images/pause ./test/images/nettool
+	$(GOBUILD) -o $(BIN)/ ./agent/cmd/... $(patsubst %,./%/...,$(wildcard cni/*/cmd)) ./test/images/cmd/berth-images ./test/images/pause ./test/images/nettool
 	@echo "built: $$(ls $(BIN) | tr '\n' ' ')"
 
 .PHONY: images
@@ -51,7 +53,8 @@ images: build ## Build the OCI images (pause, busybox test image, CoreDNS, Berth
 	$(BIN)/berth-images -tag $(PAUSE_IMAGE) -o $(IMAGES)/pause.tar -add /pause=$(BIN)/pause -entrypoint /pause
 	$(BIN)/berth-images -tag $(TEST_IMAGE) -o $(IMAGES)/busybox.tar -busybox /bin/busybox -add /bin/nettool=$(BIN)/nettool -entrypoint /bin/sh
 	$(BIN)/berth-images -tag $(COREDNS_IMAGE) -o $(IMAGES)/coredns.tar -add /coredns=$(BERTH_CACHE)/coredns-$(COREDNS_VERSION)/bin/coredns -entrypoint /coredns
-	$(BIN)/berth-images -tag $(BERTH_IMAGE) -o $(IMAGES)/berth.tar -add /usr/local/bin/berth-agent=$(BIN)/berth-agent -entrypoint /usr/local/bin/berth-agent
+	$(BIN)/berth-images -tag $(BERTH_IMAGE) -o $(IMAGES)/berth.tar -entrypoint /usr/local/bin/berth-agent \
+		$(foreach b,$(BERTH_BINS),-add /usr/local/bin/$(b)=$(BIN)/$(b))
 	@echo $(PAUSE_IMAGE) > $(IMAGES)/pause.ref; echo $(TEST_IMAGE) > $(IMAGES)/busybox.ref
 	@echo $(COREDNS_IMAGE) > $(IMAGES)/coredns.ref; echo $(BERTH_IMAGE) > $(IMAGES)/berth.ref
 
@@ -82,13 +85,14 @@ test: envtest-assets ## Unit and integration tests (-race), against a real kube-
 		echo "make test: FAIL ($$(grep -c '^FAIL' $(OUT)/test.log) failing, see above)"; exit 1; \
 	fi
 
+E2E_RUN ?= .
 .PHONY: e2e
 e2e: ## End-to-end tests against the local cluster (runs `make up` first if it is not up).
 	@mkdir -p $(OUT)
 	@test/cluster/cluster.sh status >/dev/null || $(MAKE) up
 	@start=$$(date +%s); \
 	if KUBECONFIG=$(KUBECONFIG_OUT) BERTH_TEST_IMAGE=$(TEST_IMAGE) BERTH_KUBECTL=$(BERTH_CACHE)/kubernetes-$(K8S_VERSION)/bin/kubectl BERTH_CLUSTER_SH=$(CURDIR)/test/cluster/cluster.sh \
-		go test -tags e2e -count=1 -timeout 20m -v ./test/e2e/... 2>&1 | tee $(OUT)/e2e.log; then \
+		go test -tags e2e -count=1 -timeout 20m -v -run '$(E2E_RUN)' ./test/e2e/... 2>&1 | tee $(OUT)/e2e.log; then \
 		echo "make e2e: PASS ($$(grep -c '^--- PASS' $(OUT)/e2e.log) tests, $$(( $$(date +%s) - start ))s)"; \
 	else \
 		echo "make e2e: FAIL ($$(grep -c '^--- FAIL' $(OUT)/e2e.log) failing, see above)"; exit 1; \
@@ -112,13 +116,19 @@ $(GOLANGCI_LINT):
 
 ##@ Local cluster
 .PHONY: up
-up: deps images ## Build and start a one-node cluster on this host, install Berth from deploy/ (root).
+up: ## Build and start a one-node cluster on this host, install Berth from deploy/ (root).
+	@mkdir -p $(OUT)
+	@flock $(OUT)/.up.lock $(MAKE) --no-print-directory up-locked
+
+.PHONY: up-locked
+up-locked: deps images
 	test/cluster/build.sh
 	test/cluster/cluster.sh up
 
 .PHONY: down
 down: ## Stop the local cluster and restore the host.
-	test/cluster/cluster.sh down
+	@mkdir -p $(OUT)
+	@flock $(OUT)/.up.lock test/cluster/cluster.sh down
 
 .PHONY: clean
 clean: ## Remove _output (not the cache of built components).
