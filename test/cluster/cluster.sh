@@ -521,9 +521,16 @@ cmd_restart_containerd() {
 	log "containerd restarted"
 }
 
+# One up or down at a time on this host.
+lock() {
+	mkdir -p "$OUT"
+	exec 9>"$OUT/.cluster.lock"
+	flock 9
+}
+
 case "${1:-}" in
-up) cmd_up ;;
-down) cmd_down ;;
+up) lock; cmd_up ;;
+down) lock; cmd_down ;;
 status) cmd_status ;;
 restart-containerd) cmd_restart_containerd ;;
 *) echo "usage: $0 up|down|status|restart-containerd" >&2; exit 2 ;;
