@@ -8,22 +8,30 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/versions.sh"
 . "$here/lib.sh"
 
-# gomod DIR MODULE: writes a wrapper module's go.mod requiring MODULE.
+# wrapper DIR [PACKAGE...]: starts an empty wrapper module in DIR (and cds
+# there) whose tools.go imports the PACKAGEs to build, so that `go mod tidy`
+# resolves them with the wrapper's requires and replaces.
 wrapper() {
-	local dir=$1
+	local dir=$1; shift
 	rm -rf "$dir" && mkdir -p "$dir"
 	cd "$dir"
 	go mod init berth.local/wrapper >/dev/null 2>&1
+	[ $# -eq 0 ] && return 0
+	{
+		printf '//go:build tools\n\npackage tools\n\nimport (\n'
+		printf '\t_ "%s"\n' "$@"
+		printf ')\n'
+	} >tools.go
 }
 
 build_kubernetes() {
 	local out; out=$(cache_dir kubernetes "$K8S_VERSION")
 	[ -f "$out/.done" ] && return 0
-	log "building Kubernetes $K8S_VERSION (about 8-10 minutes on 2 cores)"
+	log "building Kubernetes $K8S_VERSION (10 to 20 minutes on 2 cores)"
 	local w="$BERTH_CACHE/src/kubernetes-$K8S_VERSION"
+	local pkgs=(k8s.io/kubernetes/cmd/{kube-apiserver,kube-controller-manager,kube-scheduler,kubelet,kube-proxy,kubectl})
 	(
-		wrapper "$w"
-		go mod download -json "k8s.io/kubernetes@$K8S_VERSION" >/dev/null
+		wrapper "$w" "${pkgs[@]}"
 		local src; src=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
 		local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
 		local staging="v0.${K8S_VERSION#v1.}"
@@ -32,20 +40,6 @@ build_kubernetes() {
 		for m in $(sed -n 's/^\s*\(k8s.io\/[a-z0-9-]*\) v0.0.0$/\1/p' "$src/go.mod"); do
 			go mod edit -replace="$m=$m@$staging"
 		done
-		cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-proxy"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-	_ "k8s.io/kubernetes/cmd/kubelet"
-)
-GO
 		go mod tidy -e >/dev/null 2>&1 || true
 		go get "k8s.io/kubernetes@$K8S_VERSION" >/dev/null
 		go mod tidy >/dev/null
@@ -56,10 +50,7 @@ GO
 			ld+=" -X $p.gitTreeState=clean -X $p.buildDate=$date -X $p.gitCommit=berth-$K8S_VERSION"
 		done
 		mkdir -p "$out/bin"
-		CGO_ENABLED=0 go build -trimpath -ldflags "-s -w$ld" -o "$out/bin/" \
-			k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-			k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet \
-			k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl
+		CGO_ENABLED=0 go build -trimpath -ldflags "-s -w$ld" -o "$out/bin/" "${pkgs[@]}"
 	)
 	touch "$out/.done"
 }
@@ -95,19 +86,9 @@ build_containerd() {
 	[ -f "$out/.done" ] && return 0
 	log "building containerd $CONTAINERD_VERSION"
 	local w="$BERTH_CACHE/src/containerd-$CONTAINERD_VERSION"
+	local pkgs=(github.com/containerd/containerd/v2/cmd/{containerd,containerd-shim-runc-v2,ctr})
 	(
-		wrapper "$w"
-		cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "github.com/containerd/containerd/v2/cmd/containerd"
-	_ "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
-	_ "github.com/containerd/containerd/v2/cmd/ctr"
-)
-GO
+		wrapper "$w" "${pkgs[@]}"
 		go get "github.com/containerd/containerd/v2@$CONTAINERD_VERSION" >/dev/null 2>&1
 		local src; src=$(go list -m -f '{{.Dir}}' "github.com/containerd/containerd/v2")
 		# containerd's own replace directives apply only in its module; copy them.
@@ -117,10 +98,7 @@ GO
 		go mod tidy >/dev/null
 		mkdir -p "$out/bin"
 		local ld="-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
-		CGO_ENABLED=0 go build -trimpath -tags "no_btrfs no_zfs no_devmapper no_aufs" -ldflags "$ld" -o "$out/bin/" \
-			github.com/containerd/containerd/v2/cmd/containerd \
-			github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
-			github.com/containerd/containerd/v2/cmd/ctr
+		CGO_ENABLED=0 go build -trimpath -tags "no_btrfs no_zfs no_devmapper no_aufs" -ldflags "$ld" -o "$out/bin/" "${pkgs[@]}"
 	)
 	touch "$out/.done"
 }
