@@ -72,7 +72,8 @@ start() {
 		return 0
 	fi
 	log "starting $name"
-	setsid nohup "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+	# 9>&-: the daemon must not inherit (and so hold) the up/down lock.
+	setsid nohup "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
 	echo $! >"$PIDS/$name.pid"
 }
 
@@ -107,7 +108,7 @@ snapshot_host() {
 	iptables-save >"$HOSTSNAP/iptables"
 	ip6tables-save >"$HOSTSNAP/ip6tables"
 	ip -o link show | awk -F': ' '{sub(/@.*/, "", $2); print $2}' | sort >"$HOSTSNAP/links"
-	ip netns list | awk '{print $1}' | sort >"$HOSTSNAP/netns"
+	ip netns list 2>/dev/null | awk '{print $1}' | sort >"$HOSTSNAP/netns"
 	for h in /sys/fs/cgroup/*/; do
 		[ -d "$h" ] && find "$h" -mindepth 1 -maxdepth 1 -type d
 	done | sort >"$HOSTSNAP/cgroups"
@@ -128,7 +129,7 @@ restore_host() {
 		done <<<"$mounts"
 	done
 	# Network namespaces and links made since the snapshot.
-	comm -13 "$HOSTSNAP/netns" <(ip netns list | awk '{print $1}' | sort) | while read -r n; do
+	comm -13 "$HOSTSNAP/netns" <(ip netns list 2>/dev/null | awk '{print $1}' | sort) | while read -r n; do
 		ip netns delete "$n" 2>/dev/null || true
 	done
 	comm -13 "$HOSTSNAP/links" <(ip -o link show 2>/dev/null | awk -F': ' '{sub(/@.*/, "", $2); print $2}' | sort) | while read -r l; do
@@ -279,6 +280,7 @@ EOF
     {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
      "ipam": {"type": "host-local", "dataDir": "/var/lib/cni/networks",
               "ranges": [[{"subnet": "$NODE_POD_SUBNET"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+    {"type": "berth-netcheck"},
     {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
 }
@@ -464,8 +466,10 @@ cmd_up() {
 	import_images
 	start_kubelet
 	start_kube_proxy
-	install_addons
+	# Berth first: its DaemonSet (host network) installs berth-netcheck, which
+	# the CNI chain needs before any pod, CoreDNS included, gets networking.
 	install_berth
+	install_addons
 	log "cluster up in $((SECONDS - t0))s"
 	cat <<EOF
 
@@ -524,7 +528,7 @@ cmd_restart_containerd() {
 # One up or down at a time on this host.
 lock() {
 	mkdir -p "$OUT"
-	exec 9>"$OUT/.cluster.lock"
+	exec 9>"$OUT/.cluster.flock"
 	flock 9
 }
 
