@@ -449,8 +449,8 @@ cmd_up() {
 	for b in "$K8S_BIN/kubelet" "$ETCD_BIN/etcd" "$CONTAINERD_BIN/containerd" "$RUNC_BIN/runc" "$CNI_BIN/bridge"; do
 		[ -x "$b" ] || die "$b missing: run test/cluster/build.sh"
 	done
-	if ! running containerd && pgrep -x containerd >/dev/null; then
-		die "a containerd not started by this harness is running; stop it first"
+	if ! running containerd && $CTR version >/dev/null 2>&1; then
+		die "a containerd not started by this harness serves /run/containerd/containerd.sock; stop it first"
 	fi
 	local t0=$SECONDS
 	mkdir -p "$PIDS" "$LOGS"
