@@ -1,0 +1,38 @@
+package main
+
+import (
+	"io"
+	"testing"
+)
+
+func TestParseFlags_ipam(t *testing.T) {
+	env := func(k string) string {
+		if k == "NODE_NAME" {
+			return "n1"
+		}
+		return ""
+	}
+	o, err := parseFlags([]string{"--ipam-socket=/run/berth/ipam.sock", "--ipam-early-release"}, env, io.Discard)
+	if err != nil || o.agent.IPAM == nil || o.agent.IPAM.SocketPath != "/run/berth/ipam.sock" || !o.agent.IPAM.EarlyRelease {
+		t.Fatalf("parseFlags: %+v, %v", o.agent.IPAM, err)
+	}
+	if o, err := parseFlags(nil, env, io.Discard); err != nil || o.agent.IPAM != nil {
+		t.Fatalf("without --ipam-socket: IPAM %+v, %v; want off", o.agent.IPAM, err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  func(string) string
+		want string
+	}{
+		{"relative socket", []string{"--ipam-socket=ipam.sock"}, env, `--ipam-socket "ipam.sock": want an absolute path`},
+		{"no node name", []string{"--ipam-socket=/run/berth/ipam.sock"}, func(string) string { return "" },
+			"--ipam-socket needs --node-name (env NODE_NAME): claims record their node"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := parseFlags(tc.args, tc.env, io.Discard); err == nil || err.Error() != tc.want {
+				t.Fatalf("err = %v, want %s", err, tc.want)
+			}
+		})
+	}
+}

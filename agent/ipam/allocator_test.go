@@ -1,0 +1,537 @@
+package ipam_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	"github.com/berth-io/berth/agent/ipam"
+	"github.com/berth-io/berth/agent/ipam/ipamtest"
+	"github.com/berth-io/berth/api/v1alpha1"
+)
+
+var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+
+func pool(name, cidr string, mod ...func(*v1alpha1.IPPool)) *v1alpha1.IPPool {
+	p := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1alpha1.IPPoolSpec{CIDR: cidr}}
+	for _, m := range mod {
+		m(p)
+	}
+	return p
+}
+
+type env struct {
+	t     *testing.T
+	store *ipamtest.Store
+	alloc *ipam.Allocator
+	n     int
+}
+
+func newEnv(t *testing.T, pools ...*v1alpha1.IPPool) *env {
+	t.Helper()
+	s := ipamtest.New()
+	for _, p := range pools {
+		s.AddPool(p)
+	}
+	s.AddReplicaSet(&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-5d8f",
+		OwnerReferences: []metav1.OwnerReference{{Kind: "Deployment", Name: "web", Controller: ptr.To(true)}}}})
+	a, err := ipam.New(ipam.Config{Store: s.View(false), Node: "node-a", Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, store: s, alloc: a}
+}
+
+// pod creates a pod owned by kind/owner ("" for a bare pod).
+func (e *env) pod(name, kind, owner string, ann map[string]string) *corev1.Pod {
+	e.n++
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID(fmt.Sprintf("uid-%s-%d", name, e.n)), Annotations: ann,
+		Labels: map[string]string{"app": "web"}}}
+	if kind != "" {
+		p.OwnerReferences = []metav1.OwnerReference{{Kind: kind, Name: owner, Controller: ptr.To(true)}}
+	}
+	e.store.SetPod(p)
+	return p
+}
+
+func cid(p *corev1.Pod) string { return "c-" + string(p.UID) }
+
+func (e *env) add(p *corev1.Pod) ([]ipam.Allocation, error) {
+	return e.alloc.Allocate(context.Background(), ipam.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: p.Namespace, PodName: p.Name, PodUID: p.UID})
+}
+
+func (e *env) mustAdd(p *corev1.Pod) string {
+	e.t.Helper()
+	als, err := e.add(p)
+	if err != nil {
+		e.t.Fatalf("ADD %s: %v", p.Name, err)
+	}
+	var s []string
+	for _, a := range als {
+		s = append(s, a.Address.Addr().String())
+	}
+	return strings.Join(s, ",")
+}
+
+// terminate marks the pod terminating (deletion started, DEL not yet run).
+func (e *env) terminate(p *corev1.Pod) {
+	p.DeletionTimestamp = &metav1.Time{Time: t0}
+	e.store.SetPod(p)
+}
+
+// del runs CNI DEL and removes the pod object.
+func (e *env) del(p *corev1.Pod) {
+	e.t.Helper()
+	if err := e.alloc.Release(context.Background(), cid(p), "eth0"); err != nil {
+		e.t.Fatalf("DEL %s: %v", p.Name, err)
+	}
+	e.store.RemovePod(p.Namespace, p.Name)
+}
+
+func (e *env) states() map[string]v1alpha1.ClaimState {
+	out := map[string]v1alpha1.ClaimState{}
+	for _, c := range e.store.Claims() {
+		out[c.Spec.Address] = c.Spec.State
+	}
+	return out
+}
+
+func TestAllocator_Allocate_retention(t *testing.T) {
+	t.Run("deployment pod replaced gets the same address", func(t *testing.T) {
+		e := newEnv(t, pool("p", "10.0.0.0/24"))
+		a := e.pod("web-5d8f-aaaaa", "ReplicaSet", "web-5d8f", nil)
+		ip := e.mustAdd(a)
+		e.terminate(a)
+		e.del(a)
+		if got := e.states()[ip]; got != v1alpha1.ClaimReserved {
+			t.Fatalf("after DEL claim of %s is %q, want Reserved", ip, got)
+		}
+		b := e.pod("web-5d8f-bbbbb", "ReplicaSet", "web-5d8f", nil)
+		if got := e.mustAdd(b); got != ip {
+			t.Fatalf("replacement got %s, want %s", got, ip)
+		}
+	})
+	t.Run("replacement waits for the terminating pod's DEL", func(t *testing.T) {
+		e := newEnv(t, pool("p", "10.0.0.0/24"))
+		a := e.pod("web-5d8f-aaaaa", "ReplicaSet", "web-5d8f", nil)
+		ip := e.mustAdd(a)
+		e.terminate(a)
+		b := e.pod("web-5d8f-bbbbb", "ReplicaSet", "web-5d8f", nil)
+		_, err := e.add(b)
+		want := fmt.Sprintf("pod ns/web-5d8f-bbbbb, pool p: address %s of the pod's app is still held by pod ns/web-5d8f-aaaaa (uid %s), which is terminating; retrying until its teardown ends", ip, a.UID)
+		if err == nil || err.Error() != want || !errors.Is(err, ipam.ErrHeld) || !ipam.Retryable(err) {
+			t.Fatalf("ADD while held: err = %v, want %q (retryable)", err, want)
+		}
+		// The pod object going away is not enough: DEL has not run.
+		e.store.RemovePod(a.Namespace, a.Name)
+		if _, err := e.add(b); !errors.Is(err, ipam.ErrHeld) || !strings.Contains(err.Error(), "CNI DEL pending") {
+			t.Fatalf("ADD after pod object gone, before DEL: err = %v, want ErrHeld naming the pending DEL", err)
+		}
+		e.del(a)
+		if got := e.mustAdd(b); got != ip {
+			t.Fatalf("after DEL got %s, want %s", got, ip)
+		}
+	})
+	t.Run("three pods deleted at once get the same three back", func(t *testing.T) {
+		e := newEnv(t, pool("p", "10.0.0.0/24"))
+		var old []*corev1.Pod
+		want := map[string]bool{}
+		for i := range 3 {
+			p := e.pod(fmt.Sprintf("web-5d8f-%d", i), "ReplicaSet", "web-5d8f", nil)
+			want[e.mustAdd(p)] = true
+			old = append(old, p)
+		}
+		for _, p := range old {
+			e.terminate(p)
+		}
+		var repl []*corev1.Pod
+		for i := range 3 {
+			p := e.pod(fmt.Sprintf("web-5d8f-new%d", i), "ReplicaSet", "web-5d8f", nil)
+			if _, err := e.add(p); !errors.Is(err, ipam.ErrHeld) {
+				t.Fatalf("ADD %s before any DEL: err = %v, want ErrHeld", p.Name, err)
+			}
+			repl = append(repl, p)
+		}
+		for _, p := range old {
+			e.del(p)
+		}
+		got := map[string]bool{}
+		for _, p := range repl {
+			got[e.mustAdd(p)] = true
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("replacements got %v, want %v", got, want)
+		}
+	})
+	t.Run("scale 3 to 1 to 3 gives back the same three", func(t *testing.T) {
+		e := newEnv(t, pool("p", "10.0.0.0/24"))
+		want := map[string]bool{}
+		var pods []*corev1.Pod
+		for i := range 3 {
+			p := e.pod(fmt.Sprintf("web-5d8f-%d", i), "ReplicaSet", "web-5d8f", nil)
+			want[e.mustAdd(p)] = true
+			pods = append(pods, p)
+		}
+		got := map[string]bool{}
+		for _, p := range pods[1:] {
+			e.terminate(p)
+			e.del(p)
+		}
+		for i := range 2 {
+			p := e.pod(fmt.Sprintf("web-5d8f-up%d", i), "ReplicaSet", "web-5d8f", nil)
+			got[e.mustAdd(p)] = true
+		}
+		got[e.mustAdd(pods[0])] = true // idempotent: the survivor keeps its own
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("after 3 -> 1 -> 3: %v, want %v", got, want)
+		}
+	})
+	t.Run("surge beyond the retained set takes a fresh address", func(t *testing.T) {
+		e := newEnv(t, pool("p", "10.0.0.0/24"))
+		a := e.pod("web-5d8f-aaaaa", "ReplicaSet", "web-5d8f", nil)
+		ipA := e.mustAdd(a)
+		b := e.pod("web-5d8f-bbbbb", "ReplicaSet", "web-5d8f", nil)
+		if ipB := e.mustAdd(b); ipB == ipA {
+			t.Fatalf("second live pod got the first pod's address %s", ipA)
+		}
+	})
+	t.Run("statefulset ordinal keeps its address", func(t *testing.T) {
+		e := newEnv(t, pool("p", "10.0.0.0/24"))
+		w0 := e.pod("db-0", "StatefulSet", "db", nil)
+		w1 := e.pod("db-1", "StatefulSet", "db", nil)
+		ip0, ip1 := e.mustAdd(w0), e.mustAdd(w1)
+		e.terminate(w0)
+		e.del(w0)
+		e.terminate(w1)
+		e.del(w1)
+		// db-1 comes back first: it must not take db-0's address.
+		if got := e.mustAdd(e.pod("db-1", "StatefulSet", "db", nil)); got != ip1 {
+			t.Fatalf("db-1 got %s, want %s", got, ip1)
+		}
+		if got := e.mustAdd(e.pod("db-0", "StatefulSet", "db", nil)); got != ip0 {
+			t.Fatalf("db-0 got %s, want %s", got, ip0)
+		}
+		// A new ordinal gets a fresh address.
+		if got := e.mustAdd(e.pod("db-2", "StatefulSet", "db", nil)); got == ip0 || got == ip1 {
+			t.Fatalf("db-2 got %s, an address of another ordinal", got)
+		}
+	})
+	t.Run("statefulset pod recreated waits for the old pod's DEL", func(t *testing.T) {
+		e := newEnv(t, pool("p", "10.0.0.0/24"))
+		old := e.pod("db-0", "StatefulSet", "db", nil)
+		ip := e.mustAdd(old)
+		e.terminate(old)
+		e.store.RemovePod("ns", "db-0")
+		neu := e.pod("db-0", "StatefulSet", "db", nil)
+		if _, err := e.add(neu); !errors.Is(err, ipam.ErrHeld) || !strings.Contains(err.Error(), ip) {
+			t.Fatalf("ADD of new db-0 before old DEL: err = %v, want ErrHeld naming %s", err, ip)
+		}
+		if err := e.alloc.Release(context.Background(), cid(old), "eth0"); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.mustAdd(neu); got != ip {
+			t.Fatalf("new db-0 got %s, want %s", got, ip)
+		}
+	})
+	t.Run("ip-group shares a reserve across workloads", func(t *testing.T) {
+		e := newEnv(t, pool("p", "10.0.0.0/24"))
+		a := e.pod("a-0", "StatefulSet", "a", map[string]string{v1alpha1.AnnotationGroup: "g"})
+		ip := e.mustAdd(a)
+		e.terminate(a)
+		e.del(a)
+		b := e.pod("b-x", "ReplicaSet", "b-1", map[string]string{v1alpha1.AnnotationGroup: "g"})
+		if got := e.mustAdd(b); got != ip {
+			t.Fatalf("group member got %s, want %s", got, ip)
+		}
+	})
+}
+
+func TestAllocator_Allocate_notRetained(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		kind       string
+		ann        map[string]string
+		poolRetain bool
+	}{
+		{name: "opted out", kind: "ReplicaSet", ann: map[string]string{v1alpha1.AnnotationRetain: "false"}, poolRetain: true},
+		{name: "job pod", kind: "Job", poolRetain: true},
+		{name: "daemonset pod", kind: "DaemonSet", poolRetain: true},
+		{name: "bare pod", poolRetain: true},
+		{name: "pool without retention", kind: "ReplicaSet", poolRetain: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, pool("p", "10.0.0.0/24", func(p *v1alpha1.IPPool) { p.Spec.Retain = ptr.To(tc.poolRetain) }))
+			a := e.pod("web-5d8f-aaaaa", tc.kind, "web-5d8f", tc.ann)
+			als, err := e.add(a)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if als[0].Retained {
+				t.Fatalf("allocation retained, want not")
+			}
+			e.terminate(a)
+			// Not retained: a new pod does not wait for it, nor get it.
+			b := e.pod("web-5d8f-bbbbb", tc.kind, "web-5d8f", tc.ann)
+			if got := e.mustAdd(b); got == als[0].Address.Addr().String() {
+				t.Fatalf("new pod got the terminating pod's address %s", got)
+			}
+			e.del(a)
+			if _, ok := e.states()[als[0].Address.Addr().String()]; ok {
+				t.Fatalf("claim of %s left after DEL, want it deleted", als[0].Address.Addr())
+			}
+		})
+	}
+}
+
+func TestAllocator_Allocate_errors(t *testing.T) {
+	full := pool("tiny", "10.9.0.0/30") // two addresses
+	for _, tc := range []struct {
+		name  string
+		pools []*v1alpha1.IPPool
+		ann   map[string]string
+		nsAnn map[string]string
+		fill  int // pods to allocate first
+		want  string
+		kind  error
+	}{
+		{name: "unknown pool", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24")}, ann: map[string]string{v1alpha1.AnnotationPool: "nope"},
+			want: `pod ns/x, pool nope: no IPPool "nope" (from the pod annotation berth.io/ippool)`, kind: ipam.ErrUnknownPool},
+		{name: "unknown namespace default pool", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24")}, nsAnn: map[string]string{v1alpha1.AnnotationPool: "gone"},
+			want: `pod ns/x, pool gone: no IPPool "gone" (from the namespace annotation berth.io/ippool)`, kind: ipam.ErrUnknownPool},
+		{name: "exhausted", pools: []*v1alpha1.IPPool{full}, fill: 2,
+			want: "pod ns/x, pool tiny: all 2 addresses are bound or reserved for apps (reservations end after 24h0m0s)", kind: ipam.ErrExhausted},
+		{name: "forbidden by namespace selector", pools: []*v1alpha1.IPPool{pool("prod", "10.0.0.0/24", func(p *v1alpha1.IPPool) {
+			p.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"env": "prod"}}
+		})}, ann: map[string]string{v1alpha1.AnnotationPool: "prod"},
+			want: "pod ns/x, pool prod: the pool may not be used by this pod: namespace ns does not match its namespaceSelector env=prod", kind: ipam.ErrForbidden},
+		{name: "forbidden by pod selector", pools: []*v1alpha1.IPPool{pool("db", "10.0.0.0/24", func(p *v1alpha1.IPPool) {
+			p.Spec.PodSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}
+		})}, ann: map[string]string{v1alpha1.AnnotationPool: "db"},
+			want: "pod ns/x, pool db: the pool may not be used by this pod: the pod's labels do not match its podSelector app=db", kind: ipam.ErrForbidden},
+		{name: "no pool admits the pod", pools: []*v1alpha1.IPPool{pool("db", "10.0.0.0/24", func(p *v1alpha1.IPPool) {
+			p.Spec.PodSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}
+		})}, want: "pod ns/x: no IPPool admits the pod (of 1 pools) and no berth.io/ippool annotation names one", kind: ipam.ErrNoPool},
+		{name: "malformed retain", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24")}, ann: map[string]string{v1alpha1.AnnotationRetain: "no"},
+			want: `pod ns/x: malformed annotation: berth.io/ip-retain: "no": want "true" or "false"`, kind: ipam.ErrBadAnnotation},
+		{name: "malformed pool list", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24")}, ann: map[string]string{v1alpha1.AnnotationPool: "p,,q"},
+			kind: ipam.ErrBadAnnotation, want: `pod ns/x: pod annotation berth.io/ippool: "p,,q": pool name "": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')`},
+		{name: "two pools of one family", pools: []*v1alpha1.IPPool{pool("a", "10.0.0.0/24"), pool("b", "10.1.0.0/24")}, ann: map[string]string{v1alpha1.AnnotationPool: "a,b"},
+			want: "pod ns/x, pool b: pod annotation berth.io/ippool names two pools of one IP family", kind: ipam.ErrBadAnnotation},
+		{name: "malformed group", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24")}, ann: map[string]string{v1alpha1.AnnotationGroup: "Bad_Group"},
+			kind: ipam.ErrBadAnnotation, want: `pod ns/x: malformed annotation: berth.io/ip-group: "Bad_Group": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, tc.pools...)
+			for i := range tc.fill {
+				e.mustAdd(e.pod(fmt.Sprintf("f%d", i), "", "", nil))
+			}
+			if tc.nsAnn != nil {
+				e.store.AddNamespace(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns", Annotations: tc.nsAnn}})
+			}
+			before := len(e.store.Claims())
+			_, err := e.add(e.pod("x", "ReplicaSet", "web-5d8f", tc.ann))
+			if err == nil || err.Error() != tc.want || !errors.Is(err, tc.kind) {
+				t.Fatalf("err = %v\nwant %s (%v)", err, tc.want, tc.kind)
+			}
+			if ipam.Retryable(err) {
+				t.Errorf("error is retryable, want permanent")
+			}
+			if after := len(e.store.Claims()); after != before {
+				t.Errorf("claims %d -> %d: a failed ADD leaked", before, after)
+			}
+		})
+	}
+}
+
+func TestAllocator_Allocate_pools(t *testing.T) {
+	t.Run("namespace default pool", func(t *testing.T) {
+		e := newEnv(t, pool("a", "10.0.0.0/24"), pool("b", "10.1.0.0/24"))
+		e.store.AddNamespace(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns", Annotations: map[string]string{v1alpha1.AnnotationPool: "b"}}})
+		if got := e.mustAdd(e.pod("x", "", "", nil)); !strings.HasPrefix(got, "10.1.0.") {
+			t.Fatalf("got %s, want an address of pool b", got)
+		}
+	})
+	t.Run("dual stack takes one of each", func(t *testing.T) {
+		e := newEnv(t, pool("v4", "10.0.0.0/24"), pool("v6", "fd00::/120"))
+		als, err := e.add(e.pod("x", "", "", nil))
+		if err != nil || len(als) != 2 || !als[0].Address.Addr().Is4() || !als[1].Address.Addr().Is6() {
+			t.Fatalf("got %+v, %v; want an IPv4 and an IPv6 address", als, err)
+		}
+		if als[1].Address.Bits() != 120 {
+			t.Errorf("IPv6 prefix length %d, want 120", als[1].Address.Bits())
+		}
+	})
+	t.Run("dual stack failure rolls back", func(t *testing.T) {
+		e := newEnv(t, pool("v4", "10.0.0.0/24"), pool("v6", "fd00::/127"))
+		e.mustAdd(e.pod("f", "", "", map[string]string{v1alpha1.AnnotationPool: "v6"})) // /127: 2 addresses
+		e.mustAdd(e.pod("g", "", "", map[string]string{v1alpha1.AnnotationPool: "v6"}))
+		if _, err := e.add(e.pod("x", "", "", nil)); !errors.Is(err, ipam.ErrExhausted) {
+			t.Fatalf("err = %v, want exhausted", err)
+		}
+		for _, c := range e.store.Claims() {
+			if c.Spec.Pod.Name == "x" {
+				t.Fatalf("claim %s left after failed dual-stack ADD", c.Name)
+			}
+		}
+	})
+	t.Run("gateway and excluded addresses are never handed out", func(t *testing.T) {
+		e := newEnv(t, pool("p", "10.0.0.0/29", func(p *v1alpha1.IPPool) {
+			p.Spec.Gateway = "10.0.0.1"
+			p.Spec.ExcludeRanges = []string{"10.0.0.2-10.0.0.4"}
+		}))
+		got := map[string]bool{}
+		for i := range 2 {
+			got[e.mustAdd(e.pod(fmt.Sprintf("p%d", i), "", "", nil))] = true
+		}
+		if fmt.Sprint(got) != "map[10.0.0.5:true 10.0.0.6:true]" {
+			t.Fatalf("handed out %v, want 10.0.0.5 and 10.0.0.6", got)
+		}
+		if _, err := e.add(e.pod("p9", "", "", nil)); !errors.Is(err, ipam.ErrExhausted) {
+			t.Fatalf("third ADD: err = %v, want exhausted", err)
+		}
+	})
+	t.Run("repeated ADD is idempotent, repeated DEL too", func(t *testing.T) {
+		e := newEnv(t, pool("p", "10.0.0.0/24"))
+		p := e.pod("web-5d8f-aaaaa", "ReplicaSet", "web-5d8f", nil)
+		a, b := e.mustAdd(p), e.mustAdd(p)
+		if a != b || len(e.store.Claims()) != 1 {
+			t.Fatalf("second ADD got %s (first %s), %d claims", b, a, len(e.store.Claims()))
+		}
+		e.del(p)
+		e.del(p)
+		if len(e.store.Claims()) != 1 || e.states()[a] != v1alpha1.ClaimReserved {
+			t.Fatalf("after two DELs: %v", e.states())
+		}
+	})
+	t.Run("DEL of an older sandbox does not release the new one", func(t *testing.T) {
+		e := newEnv(t, pool("p", "10.0.0.0/24"))
+		p := e.pod("x", "", "", nil)
+		ip := e.mustAdd(p)
+		if _, err := e.alloc.Allocate(context.Background(), ipam.Request{ContainerID: "sandbox-2", IfName: "eth0", PodNamespace: "ns", PodName: "x"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.alloc.Release(context.Background(), cid(p), "eth0"); err != nil {
+			t.Fatal(err)
+		}
+		if e.states()[ip] != v1alpha1.ClaimBound {
+			t.Fatalf("claim %s: %v, want still Bound to sandbox-2", ip, e.states())
+		}
+	})
+	t.Run("reservation records the TTL", func(t *testing.T) {
+		e := newEnv(t, pool("p", "10.0.0.0/24", func(p *v1alpha1.IPPool) { p.Spec.ReservationTTL = &metav1.Duration{Duration: time.Hour} }))
+		p := e.pod("web-5d8f-a", "ReplicaSet", "web-5d8f", nil)
+		e.mustAdd(p)
+		e.del(p)
+		c := e.store.Claims()[0]
+		if c.Spec.ReservedUntil == nil || !c.Spec.ReservedUntil.Time.Equal(t0.Add(time.Hour)) || c.Spec.App.Kind != v1alpha1.AppDeployment || c.Spec.App.Name != "web" {
+			t.Fatalf("reserved claim: %+v", c.Spec)
+		}
+	})
+}
+
+func TestParsePool(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		spec v1alpha1.IPPoolSpec
+		size uint64
+		all  string // every address, when small
+		err  string
+	}{
+		{name: "ipv4 /29 without network and broadcast", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/29"}, size: 6, all: "10.0.0.1 10.0.0.2 10.0.0.3 10.0.0.4 10.0.0.5 10.0.0.6"},
+		{name: "ipv4 /31 both", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/31"}, size: 2, all: "10.0.0.0 10.0.0.1"},
+		{name: "include and exclude", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Gateway: "10.0.0.11",
+			IncludeRanges: []string{"10.0.0.10-10.0.0.14", "10.0.0.13/32", "10.0.0.20"}, ExcludeRanges: []string{"10.0.0.12"}}, size: 4, all: "10.0.0.10 10.0.0.13 10.0.0.14 10.0.0.20"},
+		{name: "ipv6 keeps the last address", spec: v1alpha1.IPPoolSpec{CIDR: "fd00::/126"}, size: 3, all: "fd00::1 fd00::2 fd00::3"},
+		{name: "ipv6 /64 is large", spec: v1alpha1.IPPoolSpec{CIDR: "fd00::/64"}, size: 1 << 62},
+		{name: "bad cidr", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/33"}, err: `cidr "10.0.0.0/33": netip.ParsePrefix("10.0.0.0/33"): prefix length out of range`},
+		{name: "gateway outside", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Gateway: "10.0.1.1"}, err: "gateway 10.0.1.1 is outside cidr 10.0.0.0/24"},
+		{name: "range outside", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", IncludeRanges: []string{"10.0.1.0/28"}}, err: `includeRanges: "10.0.1.0/28" is not inside cidr 10.0.0.0/24`},
+		{name: "range backwards", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ExcludeRanges: []string{"10.0.0.9-10.0.0.1"}}, err: `excludeRanges: "10.0.0.9-10.0.0.1": the range ends before it starts`},
+		{name: "nothing left", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/30", ExcludeRanges: []string{"10.0.0.0/30"}}, err: "no address left to hand out after ranges and gateway"},
+		{name: "route of the other family", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Routes: []v1alpha1.Route{{Destination: "::/0"}}}, err: "route ::/0: not of the pool's IP family"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := ipam.ParsePool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: tc.spec})
+			if tc.err != "" {
+				if err == nil || err.Error() != tc.err {
+					t.Fatalf("err = %v, want %s", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.Size() != tc.size {
+				t.Fatalf("size %d, want %d", p.Size(), tc.size)
+			}
+			if tc.all != "" {
+				var got []string
+				for i := range p.Size() {
+					a := p.At(i)
+					if !p.Contains(a) {
+						t.Errorf("At(%d) = %s not contained", i, a)
+					}
+					got = append(got, a.String())
+				}
+				sort.Slice(got, func(i, j int) bool { return netip.MustParseAddr(got[i]).Less(netip.MustParseAddr(got[j])) })
+				if s := strings.Join(got, " "); s != tc.all {
+					t.Fatalf("addresses %s, want %s", s, tc.all)
+				}
+			}
+		})
+	}
+}
+
+func TestAllocator_ReleaseEarly(t *testing.T) {
+	e := newEnv(t, pool("p", "10.0.0.0/24"))
+	early := map[string]string{v1alpha1.AnnotationRelease: "early"}
+	a := e.pod("web-5d8f-aaaaa", "ReplicaSet", "web-5d8f", early)
+	ip := e.mustAdd(a)
+	e.terminate(a)
+	b := e.pod("web-5d8f-bbbbb", "ReplicaSet", "web-5d8f", early)
+	var unplugged []string
+	fail := errors.New("netns busy")
+	// The unplug fails: the claim stays Releasing, still held.
+	err := e.alloc.ReleaseEarly(context.Background(), a.UID, func(c *v1alpha1.IPClaim) error {
+		if c.Spec.State != v1alpha1.ClaimReleasing {
+			t.Errorf("unplug called with state %s, want Releasing", c.Spec.State)
+		}
+		return fail
+	})
+	if !errors.Is(err, fail) || e.states()[ip] != v1alpha1.ClaimReleasing {
+		t.Fatalf("failed unplug: err %v, states %v", err, e.states())
+	}
+	if _, err := e.add(b); !errors.Is(err, ipam.ErrHeld) {
+		t.Fatalf("ADD while Releasing: %v, want ErrHeld", err)
+	}
+	// The unplug succeeds: reserved, and the replacement gets it before
+	// the old pod's DEL.
+	if err := e.alloc.ReleaseEarly(context.Background(), a.UID, func(c *v1alpha1.IPClaim) error {
+		unplugged = append(unplugged, c.Spec.Address)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(unplugged) != "["+ip+"]" || e.states()[ip] != v1alpha1.ClaimReserved {
+		t.Fatalf("unplugged %v, states %v", unplugged, e.states())
+	}
+	if got := e.mustAdd(b); got != ip {
+		t.Fatalf("replacement got %s, want %s", got, ip)
+	}
+	// The old pod's DEL comes later and must not touch the new holder.
+	e.del(a)
+	if e.states()[ip] != v1alpha1.ClaimBound {
+		t.Fatalf("old DEL released the new pod's claim: %v", e.states())
+	}
+}

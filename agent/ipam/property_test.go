@@ -1,0 +1,238 @@
+package ipam_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	"github.com/berth-io/berth/agent/ipam"
+	"github.com/berth-io/berth/agent/ipam/ipamtest"
+	"github.com/berth-io/berth/api/v1alpha1"
+)
+
+// model is the cluster as the property test drives it: pods, which node
+// each runs on, and which address each pod's network holds (from a
+// successful ADD until its DEL starts).
+type model struct {
+	mu       sync.Mutex
+	t        *testing.T
+	store    *ipamtest.Store
+	nodes    []*node
+	pods     map[string]*mpod  // by uid
+	holder   map[string]string // address -> uid of the pod whose network has it
+	seq      int
+	failures []string
+}
+
+type node struct {
+	mu    sync.Mutex // serializes restarts against calls
+	name  string
+	view  *ipamtest.View
+	alloc *ipam.Allocator
+}
+
+type mpod struct {
+	pod   *corev1.Pod
+	node  *node
+	addrs []string
+	state string // pending, running, terminating, gone
+	busy  bool
+}
+
+var apps = []struct {
+	kind, owner string
+	ann         map[string]string
+}{
+	{"ReplicaSet", "web-5d8f", nil},
+	{"ReplicaSet", "api-77c9", nil},
+	{"StatefulSet", "db", nil},
+	{"ReplicaSet", "web-5d8f", map[string]string{v1alpha1.AnnotationRetain: "false"}},
+	{"Job", "once", nil},
+	{"ReplicaSet", "x-1", map[string]string{v1alpha1.AnnotationGroup: "shared"}},
+}
+
+func (m *model) restart(n *node) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.view = m.store.View(true)
+	a, err := ipam.New(ipam.Config{Store: n.view, Node: n.name})
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	n.alloc = a
+}
+
+// step runs one random operation.
+func (m *model) step(r *rand.Rand) {
+	m.mu.Lock()
+	switch op := r.IntN(10); {
+	case op < 2: // a new pod
+		m.seq++
+		app := apps[r.IntN(len(apps))]
+		name := fmt.Sprintf("%s-%d", app.owner, m.seq)
+		if app.kind == "StatefulSet" {
+			// Ordinals 0..3; a name in use waits.
+			name = fmt.Sprintf("db-%d", r.IntN(4))
+			for _, p := range m.pods {
+				if p.pod.Name == name && p.state != "gone" {
+					m.mu.Unlock()
+					return
+				}
+			}
+		}
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID(fmt.Sprintf("uid-%d", m.seq)),
+			Annotations: app.ann, OwnerReferences: []metav1.OwnerReference{{Kind: app.kind, Name: app.owner, Controller: ptr.To(true)}}}}
+		m.pods[string(p.UID)] = &mpod{pod: p, node: m.nodes[r.IntN(len(m.nodes))], state: "pending"}
+		m.store.SetPod(p)
+		m.mu.Unlock()
+	case op < 5: // ADD of a pending pod
+		p := m.pick(r, "pending")
+		m.mu.Unlock()
+		if p == nil {
+			return
+		}
+		p.node.mu.Lock()
+		als, err := p.node.alloc.Allocate(context.Background(), ipam.Request{ContainerID: "c-" + string(p.pod.UID), IfName: "eth0",
+			PodNamespace: "ns", PodName: p.pod.Name, PodUID: p.pod.UID})
+		p.node.mu.Unlock()
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		p.busy = false
+		if err != nil {
+			if !ipam.Retryable(err) && !errors.Is(err, ipam.ErrExhausted) {
+				m.failures = append(m.failures, fmt.Sprintf("ADD %s: unexpected error %v", p.pod.Name, err))
+			}
+			return
+		}
+		for _, a := range als {
+			addr := a.Address.Addr().String()
+			if h, ok := m.holder[addr]; ok && h != string(p.pod.UID) {
+				m.failures = append(m.failures, fmt.Sprintf("ADD %s got %s, still held by %s (%s)", p.pod.Name, addr, m.pods[h].pod.Name, m.pods[h].state))
+			}
+			m.holder[addr] = string(p.pod.UID)
+			p.addrs = append(p.addrs, addr)
+		}
+		p.state = "running"
+	case op < 7: // deletion starts
+		p := m.pick(r, "running", "pending")
+		if p != nil {
+			p.busy = false
+			p.pod = p.pod.DeepCopy()
+			p.pod.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+			m.store.SetPod(p.pod)
+			p.state = "terminating"
+		}
+		m.mu.Unlock()
+	case op < 9: // teardown: the network goes, then CNI DEL, then the pod object
+		p := m.pick(r, "terminating")
+		if p == nil {
+			m.mu.Unlock()
+			return
+		}
+		for _, a := range p.addrs {
+			if m.holder[a] == string(p.pod.UID) {
+				delete(m.holder, a)
+			}
+		}
+		m.mu.Unlock()
+		p.node.mu.Lock()
+		err := p.node.alloc.Release(context.Background(), "c-"+string(p.pod.UID), "eth0")
+		p.node.mu.Unlock()
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		p.busy = false
+		if err != nil {
+			m.failures = append(m.failures, fmt.Sprintf("DEL %s: %v", p.pod.Name, err))
+			return
+		}
+		m.store.RemovePod("ns", p.pod.Name)
+		p.state = "gone"
+	default: // an agent restarts, or an informer catches up
+		n := m.nodes[r.IntN(len(m.nodes))]
+		m.mu.Unlock()
+		if r.IntN(2) == 0 {
+			m.restart(n)
+		} else {
+			n.mu.Lock()
+			n.view.Sync()
+			n.mu.Unlock()
+		}
+	}
+}
+
+// pick returns a random idle pod in one of the states and marks it busy.
+func (m *model) pick(r *rand.Rand, states ...string) *mpod {
+	var c []*mpod
+	for _, p := range m.pods {
+		for _, s := range states {
+			if p.state == s && !p.busy {
+				c = append(c, p)
+			}
+		}
+	}
+	if len(c) == 0 {
+		return nil
+	}
+	// Map order is random; sort-free pick is fine but seed-dependent.
+	p := c[r.IntN(len(c))]
+	p.busy = true
+	return p
+}
+
+// TestAllocator_property runs random interleavings of pod creation, ADD,
+// deletion, DEL, agent restarts and lagging caches on several nodes at
+// once, and checks that no address is ever given to a pod while another
+// pod's network still has it, and that nothing leaks once all pods are gone.
+func TestAllocator_property(t *testing.T) {
+	for seed := range uint64(40) {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			m := &model{t: t, store: ipamtest.New(), pods: map[string]*mpod{}, holder: map[string]string{}}
+			m.store.AddPool(pool("p", "10.0.0.0/28")) // 14 addresses: contention and exhaustion
+			for i := range 4 {
+				n := &node{name: fmt.Sprintf("node-%d", i)}
+				m.restart(n)
+				m.nodes = append(m.nodes, n)
+			}
+			var wg sync.WaitGroup
+			for w := range 4 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					r := rand.New(rand.NewPCG(seed, uint64(w)))
+					for range 400 {
+						m.step(r)
+					}
+				}()
+			}
+			wg.Wait()
+			// Drain: delete every pod, run every DEL.
+			for _, p := range m.pods {
+				if p.state == "pending" || p.state == "running" {
+					p.state = "terminating"
+				}
+				if p.state == "terminating" {
+					if err := p.node.alloc.Release(context.Background(), "c-"+string(p.pod.UID), "eth0"); err != nil {
+						t.Fatalf("final DEL %s: %v", p.pod.Name, err)
+					}
+				}
+			}
+			for _, f := range m.failures {
+				t.Error(f)
+			}
+			for _, c := range m.store.Claims() {
+				if c.Spec.State != v1alpha1.ClaimReserved || c.Spec.App == nil {
+					t.Errorf("claim %s left %s (app %v) after every pod is gone", c.Name, c.Spec.State, c.Spec.App)
+				}
+			}
+		})
+	}
+}

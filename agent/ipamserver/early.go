@@ -1,0 +1,173 @@
+package ipamserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+
+	"github.com/berth-io/berth/agent/ipam"
+	"github.com/berth-io/berth/api/v1alpha1"
+)
+
+// DefaultAttachmentDir records, per container and interface, the netns an
+// ADD was for, so early release can find the pod's interface.
+const DefaultAttachmentDir = "/run/berth/ipam-attachments"
+
+type attachment struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+	Netns       string `json:"netns"`
+}
+
+func attachmentFile(dir, containerID, ifName string) string {
+	return filepath.Join(dir, strings.NewReplacer("/", "_", ".", "_").Replace(containerID+"-"+ifName)+".json")
+}
+
+func writeAttachment(dir string, a attachment) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	data, err := json.Marshal(a)
+	if err != nil {
+		return err
+	}
+	f := attachmentFile(dir, a.ContainerID, a.IfName)
+	if err := os.WriteFile(f+".tmp", data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(f+".tmp", f)
+}
+
+func readAttachment(dir, containerID, ifName string) (attachment, error) {
+	var a attachment
+	data, err := os.ReadFile(attachmentFile(dir, containerID, ifName))
+	if err != nil {
+		return a, err
+	}
+	return a, json.Unmarshal(data, &a)
+}
+
+// Unplug removes addr from ifName in the network namespace at nsPath,
+// through a netlink handle in that namespace (the agent never switches
+// namespaces). A namespace or link already gone is not an error.
+func Unplug(nsPath, ifName string, addr netip.Addr) error {
+	h, err := netns.GetFromPath(nsPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("netns %s: %w", nsPath, err)
+	}
+	defer h.Close()
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", nsPath, err)
+	}
+	defer nl.Close()
+	link, err := nl.LinkByName(ifName)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("link %s in %s: %w", ifName, nsPath, err)
+	}
+	addrs, err := nl.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("addresses of %s in %s: %w", ifName, nsPath, err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr.Unmap() {
+			if err := nl.AddrDel(link, &a); err != nil {
+				return fmt.Errorf("remove %s from %s in %s: %w", addr, ifName, nsPath, err)
+			}
+		}
+	}
+	return nil
+}
+
+// earlyReleaser releases the addresses of terminating pods on this node
+// that ask for it (berth.io/ip-release: early).
+type earlyReleaser struct {
+	alloc  *ipam.Allocator
+	node   string
+	dir    string
+	log    *slog.Logger
+	unplug func(nsPath, ifName string, addr netip.Addr) error
+	queue  workqueue.TypedRateLimitingInterface[types.UID]
+}
+
+// wantsEarly reports whether pod is terminating on node and asked for
+// early release.
+func wantsEarly(pod *corev1.Pod, node string) bool {
+	return pod.Spec.NodeName == node && pod.DeletionTimestamp != nil && pod.Annotations[v1alpha1.AnnotationRelease] == "early"
+}
+
+// process releases one pod's claims early.
+func (r *earlyReleaser) process(ctx context.Context, uid types.UID) error {
+	return r.alloc.ReleaseEarly(ctx, uid, func(c *v1alpha1.IPClaim) error {
+		att, err := readAttachment(r.dir, c.Spec.ContainerID, c.Spec.Interface)
+		if errors.Is(err, os.ErrNotExist) {
+			// Not attached by this agent (or DEL already ran): nothing of
+			// ours to remove it from; keep it Releasing until DEL.
+			return fmt.Errorf("no record of the attachment of container %s", c.Spec.ContainerID)
+		}
+		if err != nil {
+			return err
+		}
+		addr, err := netip.ParseAddr(c.Spec.Address)
+		if err != nil {
+			return err
+		}
+		return r.unplug(att.Netns, att.IfName, addr)
+	})
+}
+
+// run watches pods through informer and works the queue until ctx is done.
+func (r *earlyReleaser) run(ctx context.Context, c cache.Cache) error {
+	inf, err := c.GetInformer(ctx, &corev1.Pod{})
+	if err != nil {
+		return err
+	}
+	on := func(obj any) {
+		if p, ok := obj.(*corev1.Pod); ok && wantsEarly(p, r.node) {
+			r.queue.Add(p.UID)
+		}
+	}
+	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: on, UpdateFunc: func(_, n any) { on(n) },
+	}); err != nil {
+		return err
+	}
+	go func() { <-ctx.Done(); r.queue.ShutDown() }()
+	for {
+		uid, quit := r.queue.Get()
+		if quit {
+			return nil
+		}
+		start := time.Now()
+		if err := r.process(ctx, uid); err != nil {
+			r.log.Warn("early release failed; retrying", "pod_uid", uid, "err", err)
+			r.queue.AddRateLimited(uid)
+		} else {
+			r.log.Info("released early", "pod_uid", uid, "duration_seconds", time.Since(start).Seconds())
+			r.queue.Forget(uid)
+		}
+		r.queue.Done(uid)
+	}
+}

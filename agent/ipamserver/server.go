@@ -1,0 +1,382 @@
+// Package ipamserver is the agent's IPAM server: berth-ipam (the CNI binary)
+// asks it for addresses over a unix socket, and it allocates them with
+// agent/ipam from an informer cache, committing IPClaims through the API
+// server.
+package ipamserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+
+	"github.com/berth-io/berth/agent/ipam"
+	"github.com/berth-io/berth/cni/ipam/protocol"
+)
+
+// Defaults for Config.
+const (
+	DefaultRequestTimeout = 25 * time.Second
+	DefaultQueueDir       = "/run/berth/ipam-del-queue"
+	// gcGrace keeps CNI GC off claims whose ADD began this recently.
+	gcGrace = 2 * time.Minute
+)
+
+// Config configures a Server.
+type Config struct {
+	// SocketPath is the unix socket to serve. Default
+	// protocol.DefaultSocket.
+	SocketPath string
+	// QueueDir holds the DELs berth-ipam queued while the agent was down;
+	// they run before the socket is served. Default
+	// /run/berth/ipam-del-queue.
+	QueueDir string
+	// AttachmentDir records each ADD's netns, for early release. Default
+	// /run/berth/ipam-attachments.
+	AttachmentDir string
+	// EarlyRelease, with PodCache, releases the addresses of terminating
+	// pods annotated berth.io/ip-release: early before their teardown
+	// (needs CAP_NET_ADMIN and CAP_SYS_ADMIN and the runtime's netns
+	// directory).
+	EarlyRelease bool
+	// PodCache is the informer cache whose pods early release watches.
+	PodCache cache.Cache
+	// Node is this node's name. Required.
+	Node string
+	// Store is read and written by the allocator. Required.
+	Store ipam.Store
+	// Counts feeds the pool gauges; nil: no pool gauges.
+	Counts func(context.Context) ([]PoolCount, error)
+	// WaitForSync, if set, is called before the socket is served and must
+	// return true once the store's cache is synced.
+	WaitForSync func(context.Context) bool
+	// Registerer receives the metrics. Default: a new registry.
+	Registerer prometheus.Registerer
+	// RequestTimeout bounds one request. Default 25s.
+	RequestTimeout time.Duration
+	// Logger. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Server serves the IPAM socket; it is a manager.Runnable.
+type Server struct {
+	cfg     Config
+	alloc   *ipam.Allocator
+	metrics *metrics
+	ready   atomic.Bool
+
+	mu     sync.Mutex
+	recent map[string]time.Time // container ID -> ADD start
+}
+
+// New validates cfg and returns a Server.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("ipam server: no store")
+	}
+	if cfg.SocketPath == "" {
+		cfg.SocketPath = protocol.DefaultSocket
+	}
+	if !filepath.IsAbs(cfg.SocketPath) {
+		return nil, fmt.Errorf("ipam server: socket %q: want an absolute path", cfg.SocketPath)
+	}
+	if cfg.QueueDir == "" {
+		cfg.QueueDir = DefaultQueueDir
+	}
+	if cfg.AttachmentDir == "" {
+		cfg.AttachmentDir = DefaultAttachmentDir
+	}
+	if cfg.EarlyRelease && cfg.PodCache == nil {
+		return nil, errors.New("ipam server: early release needs a pod cache")
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	alloc, err := ipam.New(ipam.Config{Store: cfg.Store, Node: cfg.Node})
+	if err != nil {
+		return nil, fmt.Errorf("ipam server: %w", err)
+	}
+	m, err := newMetrics(cfg.Registerer, cfg.Counts)
+	if err != nil {
+		return nil, fmt.Errorf("ipam server: %w", err)
+	}
+	return &Server{cfg: cfg, alloc: alloc, metrics: m, recent: map[string]time.Time{}}, nil
+}
+
+// Start serves the socket until ctx is done.
+func (s *Server) Start(ctx context.Context) error {
+	if s.cfg.WaitForSync != nil && !s.cfg.WaitForSync(ctx) {
+		return errors.New("ipam server: cache did not sync")
+	}
+	if err := s.drainQueue(ctx); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(s.cfg.SocketPath), 0o755); err != nil {
+		return fmt.Errorf("ipam server: %w", err)
+	}
+	if err := os.Remove(s.cfg.SocketPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("ipam server: remove stale socket: %w", err)
+	}
+	l, err := (&net.ListenConfig{}).Listen(ctx, "unix", s.cfg.SocketPath)
+	if err != nil {
+		return fmt.Errorf("ipam server: %w", err)
+	}
+	if err := os.Chmod(s.cfg.SocketPath, 0o600); err != nil {
+		_ = l.Close()
+		return fmt.Errorf("ipam server: %w", err)
+	}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	if s.cfg.EarlyRelease {
+		r := &earlyReleaser{alloc: s.alloc, node: s.cfg.Node, dir: s.cfg.AttachmentDir, log: s.cfg.Logger, unplug: Unplug,
+			queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.UID]())}
+		go func() {
+			if err := r.run(ctx, s.cfg.PodCache); err != nil {
+				s.cfg.Logger.Error("early release stopped", "err", err)
+			}
+		}()
+	}
+	s.ready.Store(true)
+	s.cfg.Logger.Info("serving IPAM", "socket", s.cfg.SocketPath, "node", s.cfg.Node)
+	select {
+	case <-ctx.Done():
+		s.ready.Store(false)
+		// ctx is done: give requests in flight their own budget to finish.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.RequestTimeout)
+		defer cancel()
+		err := srv.Shutdown(sctx)
+		_ = os.Remove(s.cfg.SocketPath)
+		return err
+	case err := <-errc:
+		s.ready.Store(false)
+		return fmt.Errorf("ipam server: %w", err)
+	}
+}
+
+// Check is a readyz check: ready while the socket is served.
+func (s *Server) Check(*http.Request) error {
+	if !s.ready.Load() {
+		return errors.New("ipam socket not served yet")
+	}
+	return nil
+}
+
+// Handler serves POST /v1/<command>.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	for cmd, h := range map[string]func(context.Context, *protocol.Request) *protocol.Response{
+		protocol.CommandAdd: s.add, protocol.CommandDel: s.del, protocol.CommandCheck: s.check,
+		protocol.CommandGC: s.gc, protocol.CommandStatus: s.status,
+	} {
+		mux.HandleFunc("POST /v1/"+cmd, func(w http.ResponseWriter, r *http.Request) {
+			ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+			defer cancel()
+			var resp *protocol.Response
+			body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+			var req protocol.Request
+			if err == nil {
+				err = protocol.Decode(body, &req)
+			}
+			if err != nil {
+				resp = errResponse(protocol.CodeInvalidConfig, "bad request", err)
+			} else {
+				resp = h(ctx, &req)
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_ = jsonEncode(w, resp)
+		})
+	}
+	return mux
+}
+
+func errResponse(code uint, msg string, err error) *protocol.Response {
+	e := &protocol.Error{Code: code, Msg: msg}
+	if err != nil {
+		e.Details = err.Error()
+	}
+	return &protocol.Response{Error: e}
+}
+
+// errorCode maps an allocation error to a CNI error code.
+func errorCode(err error) uint {
+	switch {
+	case ipam.Retryable(err):
+		return protocol.CodeTryAgainLater
+	case errors.Is(err, ipam.ErrBadAnnotation), errors.Is(err, ipam.ErrUnknownPool), errors.Is(err, ipam.ErrBadPool):
+		return protocol.CodeInvalidConfig
+	}
+	var e *ipam.Error
+	if errors.As(err, &e) {
+		return 100 // allocation refused: exhausted, forbidden, no pool
+	}
+	return protocol.CodeInternal
+}
+
+func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Response {
+	start := time.Now()
+	if req.ContainerID == "" || req.IfName == "" || req.PodNamespace == "" || req.PodName == "" {
+		return errResponse(protocol.CodeInvalidConfig, "berth-ipam needs the container ID, interface and the pod's namespace and name (CNI_ARGS K8S_POD_NAMESPACE, K8S_POD_NAME)", nil)
+	}
+	s.mu.Lock()
+	s.recent[req.ContainerID] = start
+	for id, t := range s.recent {
+		if start.Sub(t) > gcGrace {
+			delete(s.recent, id)
+		}
+	}
+	s.mu.Unlock()
+	als, err := s.alloc.Allocate(ctx, ipam.Request{ContainerID: req.ContainerID, IfName: req.IfName,
+		PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: types.UID(req.PodUID), Pools: req.Pools})
+	log := s.cfg.Logger.With("pod", req.PodNamespace+"/"+req.PodName, "container_id", req.ContainerID, "interface", req.IfName,
+		"duration_seconds", time.Since(start).Seconds())
+	if err != nil {
+		result := "error"
+		if ipam.Retryable(err) {
+			result = "retry"
+		}
+		s.metrics.allocation.WithLabelValues(result).Observe(time.Since(start).Seconds())
+		log.Warn("ADD failed", "err", err, "retryable", ipam.Retryable(err))
+		return errResponse(errorCode(err), "berth-ipam ADD failed", err)
+	}
+	s.metrics.allocation.WithLabelValues("ok").Observe(time.Since(start).Seconds())
+	if req.Netns != "" {
+		if err := writeAttachment(s.cfg.AttachmentDir, attachment{ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns}); err != nil {
+			log.Warn("cannot record the attachment; early release will not find it", "err", err)
+		}
+	}
+	resp := &protocol.Response{}
+	for _, a := range als {
+		if a.Retained && !a.Repeated {
+			if a.Reused {
+				s.metrics.reservations.WithLabelValues("hit").Inc()
+			} else {
+				s.metrics.reservations.WithLabelValues("miss").Inc()
+			}
+		}
+		ip := protocol.IP{Address: a.Address.String(), Pool: a.Pool}
+		if a.Gateway.IsValid() {
+			ip.Gateway = a.Gateway.String()
+		}
+		resp.IPs = append(resp.IPs, ip)
+		for _, r := range a.Routes {
+			rt := protocol.Route{Dst: r.Dst.String()}
+			if r.GW.IsValid() {
+				rt.GW = r.GW.String()
+			}
+			resp.Routes = append(resp.Routes, rt)
+		}
+		log.Info("ADD", "address", a.Address.String(), "pool", a.Pool, "claim", a.Claim, "retained", a.Retained, "reused", a.Reused)
+	}
+	return resp
+}
+
+func (s *Server) del(ctx context.Context, req *protocol.Request) *protocol.Response {
+	start := time.Now()
+	if req.ContainerID == "" {
+		return errResponse(protocol.CodeInvalidConfig, "berth-ipam DEL needs the container ID", nil)
+	}
+	err := s.alloc.Release(ctx, req.ContainerID, req.IfName)
+	if err != nil {
+		s.metrics.release.WithLabelValues("error").Observe(time.Since(start).Seconds())
+		s.cfg.Logger.Warn("DEL failed", "container_id", req.ContainerID, "interface", req.IfName, "err", err)
+		return errResponse(protocol.CodeInternal, "berth-ipam DEL failed", err)
+	}
+	s.metrics.release.WithLabelValues("ok").Observe(time.Since(start).Seconds())
+	if req.IfName != "" {
+		_ = os.Remove(attachmentFile(s.cfg.AttachmentDir, req.ContainerID, req.IfName))
+	}
+	return &protocol.Response{}
+}
+
+func (s *Server) check(ctx context.Context, req *protocol.Request) *protocol.Response {
+	claims, err := s.alloc.Check(ctx, req.ContainerID, req.IfName)
+	if err != nil {
+		return errResponse(protocol.CodeInternal, "berth-ipam CHECK failed", err)
+	}
+	resp := &protocol.Response{}
+	for _, c := range claims {
+		resp.IPs = append(resp.IPs, protocol.IP{Address: c.Spec.Address, Pool: c.Spec.Pool})
+	}
+	return resp
+}
+
+func (s *Server) gc(ctx context.Context, req *protocol.Request) *protocol.Response {
+	valid := map[string]bool{}
+	for _, a := range req.ValidAttachments {
+		valid[a.ContainerID+"/"+a.IfName] = true
+	}
+	now := time.Now()
+	n, err := s.alloc.GC(ctx, valid, func(id string) bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		t, ok := s.recent[id]
+		return ok && now.Sub(t) < gcGrace
+	})
+	if n > 0 {
+		s.cfg.Logger.Info("GC released claims of containers the runtime no longer has", "claims", n)
+	}
+	if err != nil {
+		return errResponse(protocol.CodeInternal, "berth-ipam GC failed", err)
+	}
+	return &protocol.Response{}
+}
+
+func (s *Server) status(context.Context, *protocol.Request) *protocol.Response {
+	if !s.ready.Load() {
+		return errResponse(50, "berth-agent's IPAM server is not ready", nil)
+	}
+	return &protocol.Response{}
+}
+
+// drainQueue runs the DELs berth-ipam queued while the agent was down. A
+// DEL that fails stays queued for the next start and fails the start: the
+// addresses it holds must not look free.
+func (s *Server) drainQueue(ctx context.Context) error {
+	files, err := filepath.Glob(filepath.Join(s.cfg.QueueDir, "*.json"))
+	if err != nil {
+		return fmt.Errorf("ipam server: queued DELs: %w", err)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("ipam server: queued DEL %s: %w", f, err)
+		}
+		var req protocol.Request
+		if err := protocol.Decode(data, &req); err != nil || req.ContainerID == "" {
+			s.cfg.Logger.Warn("dropping a malformed queued DEL", "file", f, "err", err)
+			_ = os.Remove(f)
+			continue
+		}
+		if err := s.alloc.Release(ctx, req.ContainerID, req.IfName); err != nil {
+			return fmt.Errorf("ipam server: queued DEL of container %s: %w", req.ContainerID, err)
+		}
+		if err := os.Remove(f); err != nil {
+			return fmt.Errorf("ipam server: queued DEL %s: %w", f, err)
+		}
+		if req.IfName != "" {
+			_ = os.Remove(attachmentFile(s.cfg.AttachmentDir, req.ContainerID, req.IfName))
+		}
+		s.cfg.Logger.Info("ran a DEL queued while the agent was down", "container_id", req.ContainerID, "interface", req.IfName)
+	}
+	return nil
+}

@@ -1,0 +1,203 @@
+package ipamserver_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	"github.com/berth-io/berth/agent/ipam/ipamtest"
+	"github.com/berth-io/berth/agent/ipamserver"
+	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/cni/ipam/protocol"
+)
+
+type harness struct {
+	t     *testing.T
+	store *ipamtest.Store
+	reg   *prometheus.Registry
+	http  *http.Client
+}
+
+// serve runs a Server on a real unix socket over an in-memory store.
+func serve(t *testing.T) *harness {
+	t.Helper()
+	st := ipamtest.New()
+	st.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Gateway: "10.0.0.1",
+		Routes: []v1alpha1.Route{{Destination: "0.0.0.0/0"}}}})
+	sock := filepath.Join(t.TempDir(), "ipam.sock")
+	reg := prometheus.NewRegistry()
+	srv, err := ipamserver.New(ipamserver.Config{SocketPath: sock, Node: "n1", Store: st.View(false), Registerer: reg,
+		QueueDir: filepath.Join(filepath.Dir(sock), "queue"), AttachmentDir: filepath.Join(filepath.Dir(sock), "attachments"),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("server stopped: %v", err)
+		}
+	})
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.Check(nil) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("server not ready")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return &harness{t: t, store: st, reg: reg, http: hc}
+}
+
+func (h *harness) call(cmd string, req protocol.Request) protocol.Response {
+	h.t.Helper()
+	b, _ := json.Marshal(req)
+	resp, err := h.http.Post("http://berth/v1/"+cmd, "application/json", bytes.NewReader(b))
+	if err != nil {
+		h.t.Fatalf("%s: %v", cmd, err)
+	}
+	defer resp.Body.Close()
+	var out protocol.Response
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		h.t.Fatalf("%s: decode: %v", cmd, err)
+	}
+	return out
+}
+
+func (h *harness) pod(name string, ann map[string]string) *corev1.Pod {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID("uid-" + name),
+		Annotations: ann, OwnerReferences: []metav1.OwnerReference{{Kind: "StatefulSet", Name: "db", Controller: ptr.To(true)}}}}
+	h.store.SetPod(p)
+	return p
+}
+
+func TestServer_commands(t *testing.T) {
+	h := serve(t)
+	p := h.pod("db-0", nil)
+	add := protocol.Request{ContainerID: "c1", IfName: "eth0", PodNamespace: "ns", PodName: "db-0", PodUID: string(p.UID)}
+
+	r := h.call(protocol.CommandAdd, add)
+	if r.Error != nil || len(r.IPs) != 1 || !strings.HasPrefix(r.IPs[0].Address, "10.0.0.") || !strings.HasSuffix(r.IPs[0].Address, "/24") ||
+		r.IPs[0].Gateway != "10.0.0.1" || len(r.Routes) != 1 || r.Routes[0].Dst != "0.0.0.0/0" || r.Routes[0].GW != "10.0.0.1" {
+		t.Fatalf("ADD: %+v", r)
+	}
+	addr := r.IPs[0].Address
+	if again := h.call(protocol.CommandAdd, add); again.Error != nil || again.IPs[0].Address != addr {
+		t.Fatalf("repeated ADD: %+v, want %s", again, addr)
+	}
+	if c := h.call(protocol.CommandCheck, add); c.Error != nil || c.IPs[0].Address+"/24" != addr {
+		t.Fatalf("CHECK: %+v", c)
+	}
+	if s := h.call(protocol.CommandStatus, protocol.Request{}); s.Error != nil {
+		t.Fatalf("STATUS: %+v", s.Error)
+	}
+	// GC with the attachment valid keeps it; ADDs in the last minutes are
+	// kept too, even if not listed.
+	if g := h.call(protocol.CommandGC, protocol.Request{}); g.Error != nil {
+		t.Fatalf("GC: %+v", g.Error)
+	}
+	if c := h.call(protocol.CommandCheck, add); c.Error != nil {
+		t.Fatalf("CHECK after GC: %+v (GC released an attachment whose ADD just ran)", c.Error)
+	}
+	for range 2 {
+		if d := h.call(protocol.CommandDel, protocol.Request{ContainerID: "c1", IfName: "eth0"}); d.Error != nil {
+			t.Fatalf("DEL: %+v", d.Error)
+		}
+	}
+	if c := h.call(protocol.CommandCheck, add); c.Error == nil {
+		t.Fatal("CHECK after DEL passed")
+	}
+	if got := testutil.ToFloat64(mustCollector(t, h.reg, "berth_ipam_reservations_total", "miss")); got != 1 {
+		t.Errorf("reservation misses = %v, want 1", got)
+	}
+}
+
+func TestServer_errors(t *testing.T) {
+	h := serve(t)
+	h.pod("db-0", map[string]string{v1alpha1.AnnotationPool: "nope"})
+	for _, tc := range []struct {
+		name string
+		cmd  string
+		body string
+		code uint
+		msg  string
+	}{
+		{name: "unknown pool", cmd: "add", body: `{"containerID":"c","ifName":"eth0","podNamespace":"ns","podName":"db-0"}`, code: 7,
+			msg: `berth-ipam ADD failed: pod ns/db-0, pool nope: no IPPool "nope" (from the pod annotation berth.io/ippool)`},
+		{name: "pod not found is retryable", cmd: "add", body: `{"containerID":"c","ifName":"eth0","podNamespace":"ns","podName":"ghost"}`, code: 11,
+			msg: "berth-ipam ADD failed: pod ns/ghost: no such pod (yet)"},
+		{name: "no pod arguments", cmd: "add", body: `{"containerID":"c","ifName":"eth0"}`, code: 7,
+			msg: "berth-ipam needs the container ID, interface and the pod's namespace and name (CNI_ARGS K8S_POD_NAMESPACE, K8S_POD_NAME)"},
+		{name: "unknown field", cmd: "add", body: `{"containerID":"c","bogus":1}`, code: 7,
+			msg: `bad request: json: unknown field "bogus"`},
+		{name: "DEL of nothing is fine", cmd: "del", body: `{"containerID":"never","ifName":"eth0"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := h.http.Post("http://berth/v1/"+tc.cmd, "application/json", strings.NewReader(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var r protocol.Response
+			if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+				t.Fatal(err)
+			}
+			if tc.code == 0 {
+				if r.Error != nil {
+					t.Fatalf("error %+v, want none", r.Error)
+				}
+				return
+			}
+			if r.Error == nil || r.Error.Code != tc.code || r.Error.Error() != tc.msg {
+				t.Fatalf("got %+v\nwant code %d %q", r.Error, tc.code, tc.msg)
+			}
+		})
+	}
+	if n := testutil.CollectAndCount(h.reg, "berth_ipam_allocation_duration_seconds"); n != 2 {
+		t.Errorf("allocation histogram series = %d, want 2 (error, retry)", n)
+	}
+}
+
+func mustCollector(t *testing.T, reg *prometheus.Registry, name, label string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == label {
+					g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "x"})
+					g.Set(m.GetCounter().GetValue())
+					return g
+				}
+			}
+		}
+	}
+	t.Fatalf("metric %s{%s} not found", name, label)
+	return nil
+}

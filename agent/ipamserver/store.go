@@ -1,0 +1,365 @@
+package ipamserver
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/berth-io/berth/agent/ipam"
+	"github.com/berth-io/berth/api/v1alpha1"
+)
+
+// Field indexes of IPClaims in the cache.
+const (
+	indexApp       = "berth.io/app"
+	indexContainer = "spec.containerID"
+	indexPodUID    = "spec.pod.uid"
+	indexNode      = "spec.node"
+)
+
+// overlayTTL bounds how long the store's own writes shadow the cache.
+const overlayTTL = 30 * time.Second
+
+// IndexClaims registers the IPClaim indexes the store reads by. Call it
+// before the cache starts.
+func IndexClaims(ctx context.Context, idx client.FieldIndexer) error {
+	for name, f := range map[string]func(*v1alpha1.IPClaim) string{
+		indexApp: func(c *v1alpha1.IPClaim) string {
+			if c.Spec.App == nil {
+				return ""
+			}
+			return ipam.AppKey(c.Spec.Pool, *c.Spec.App)
+		},
+		indexContainer: func(c *v1alpha1.IPClaim) string { return c.Spec.ContainerID },
+		indexPodUID:    func(c *v1alpha1.IPClaim) string { return string(c.Spec.Pod.UID) },
+		indexNode:      func(c *v1alpha1.IPClaim) string { return c.Spec.Node },
+	} {
+		err := idx.IndexField(ctx, &v1alpha1.IPClaim{}, name, func(o client.Object) []string {
+			if v := f(o.(*v1alpha1.IPClaim)); v != "" {
+				return []string{v}
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("index ipclaims by %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Store is the agent's ipam.Store: reads from an informer cache (falling
+// back to the API server when the cache has not seen an object yet), writes
+// through the API server with optimistic concurrency, and shows its own
+// writes at once (read-your-writes) until the cache has caught up.
+type Store struct {
+	cache  cache.Cache
+	api    client.Reader // uncached reads
+	writer client.Client
+
+	mu      sync.Mutex
+	overlay map[string]overlayEntry
+	swept   time.Time
+	now     func() time.Time
+}
+
+type overlayEntry struct {
+	claim *v1alpha1.IPClaim // nil: deleted
+	uid   types.UID         // of the deleted claim
+	rv    int64
+	until time.Time
+}
+
+// NewStore returns a Store reading c (claims indexed by IndexClaims) and
+// api, writing through w.
+func NewStore(c cache.Cache, api client.Reader, w client.Client) *Store {
+	return &Store{cache: c, api: api, writer: w, overlay: map[string]overlayEntry{}, now: time.Now}
+}
+
+var _ ipam.Store = (*Store)(nil)
+
+func (s *Store) get(key client.ObjectKey, obj client.Object) error {
+	ctx := context.Background()
+	err := s.cache.Get(ctx, key, obj)
+	if apierrors.IsNotFound(err) {
+		// Not seen yet (just created): ask the API server.
+		err = s.api.Get(ctx, key, obj)
+	}
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("%s: %w", key, ipam.ErrNotFound)
+	}
+	return err
+}
+
+// Pool implements ipam.Store.
+func (s *Store) Pool(name string) (*v1alpha1.IPPool, error) {
+	p := &v1alpha1.IPPool{}
+	return p, s.get(client.ObjectKey{Name: name}, p)
+}
+
+// Pools implements ipam.Store.
+func (s *Store) Pools() ([]*v1alpha1.IPPool, error) {
+	var l v1alpha1.IPPoolList
+	if err := s.cache.List(context.Background(), &l); err != nil {
+		return nil, err
+	}
+	out := make([]*v1alpha1.IPPool, len(l.Items))
+	for i := range l.Items {
+		out[i] = &l.Items[i]
+	}
+	return out, nil
+}
+
+// Namespace implements ipam.Store.
+func (s *Store) Namespace(name string) (*corev1.Namespace, error) {
+	ns := &corev1.Namespace{}
+	return ns, s.get(client.ObjectKey{Name: name}, ns)
+}
+
+// Pod implements ipam.Store.
+func (s *Store) Pod(namespace, name string) (*corev1.Pod, error) {
+	p := &corev1.Pod{}
+	return p, s.get(client.ObjectKey{Namespace: namespace, Name: name}, p)
+}
+
+// LivePod reads a pod from the API server, bypassing the cache (the cache
+// may still have an older pod of the same name).
+func (s *Store) LivePod(namespace, name string) (*corev1.Pod, error) {
+	p := &corev1.Pod{}
+	err := s.api.Get(context.Background(), client.ObjectKey{Namespace: namespace, Name: name}, p)
+	if apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("pod %s/%s: %w", namespace, name, ipam.ErrNotFound)
+	}
+	return p, err
+}
+
+// ReplicaSet implements ipam.Store.
+func (s *Store) ReplicaSet(namespace, name string) (*appsv1.ReplicaSet, error) {
+	rs := &appsv1.ReplicaSet{}
+	return rs, s.get(client.ObjectKey{Namespace: namespace, Name: name}, rs)
+}
+
+// Claim implements ipam.Store.
+func (s *Store) Claim(name string) (*v1alpha1.IPClaim, error) {
+	c := &v1alpha1.IPClaim{}
+	err := s.cache.Get(context.Background(), client.ObjectKey{Name: name}, c)
+	if apierrors.IsNotFound(err) {
+		c = nil
+	} else if err != nil {
+		return nil, err
+	}
+	if c = s.shadow(name, c); c == nil {
+		return nil, fmt.Errorf("ipclaim %s: %w", name, ipam.ErrNotFound)
+	}
+	return c, nil
+}
+
+func (s *Store) list(field, value string, match func(*v1alpha1.IPClaim) bool) ([]*v1alpha1.IPClaim, error) {
+	var l v1alpha1.IPClaimList
+	if err := s.cache.List(context.Background(), &l, client.MatchingFields{field: value}); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out []*v1alpha1.IPClaim
+	for i := range l.Items {
+		seen[l.Items[i].Name] = true
+		if c := s.shadow(l.Items[i].Name, &l.Items[i]); c != nil && match(c) {
+			out = append(out, c)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, e := range s.overlay {
+		if !seen[name] && e.claim != nil && match(e.claim) {
+			out = append(out, e.claim)
+		}
+	}
+	return out, nil
+}
+
+// ClaimsOfApp implements ipam.Store.
+func (s *Store) ClaimsOfApp(pool string, app v1alpha1.App) ([]*v1alpha1.IPClaim, error) {
+	key := ipam.AppKey(pool, app)
+	return s.list(indexApp, key, func(c *v1alpha1.IPClaim) bool {
+		return c.Spec.App != nil && ipam.AppKey(c.Spec.Pool, *c.Spec.App) == key
+	})
+}
+
+// ClaimsOfContainer implements ipam.Store.
+func (s *Store) ClaimsOfContainer(id string) ([]*v1alpha1.IPClaim, error) {
+	return s.list(indexContainer, id, func(c *v1alpha1.IPClaim) bool { return c.Spec.ContainerID == id })
+}
+
+// ClaimsOfPod implements ipam.Store.
+func (s *Store) ClaimsOfPod(uid types.UID) ([]*v1alpha1.IPClaim, error) {
+	return s.list(indexPodUID, string(uid), func(c *v1alpha1.IPClaim) bool { return c.Spec.Pod.UID == uid })
+}
+
+// ClaimsOfNode implements ipam.Store.
+func (s *Store) ClaimsOfNode(node string) ([]*v1alpha1.IPClaim, error) {
+	return s.list(indexNode, node, func(c *v1alpha1.IPClaim) bool { return c.Spec.Node == node })
+}
+
+// PoolCount is one pool's addresses by state, for metrics.
+type PoolCount struct {
+	Pool                        string
+	Size, Bound, Reserved, Free float64
+}
+
+// PoolCounts counts every pool's claims in the cache.
+func (s *Store) PoolCounts(ctx context.Context) ([]PoolCount, error) {
+	var pools v1alpha1.IPPoolList
+	if err := s.cache.List(ctx, &pools); err != nil {
+		return nil, err
+	}
+	var claims v1alpha1.IPClaimList
+	if err := s.cache.List(ctx, &claims); err != nil {
+		return nil, err
+	}
+	byPool := map[string]*PoolCount{}
+	var out []PoolCount
+	for i := range pools.Items {
+		p, err := ipam.ParsePool(&pools.Items[i])
+		if err != nil {
+			continue
+		}
+		out = append(out, PoolCount{Pool: p.Name, Size: float64(p.Size())})
+	}
+	for i := range out {
+		byPool[out[i].Pool] = &out[i]
+	}
+	for i := range claims.Items {
+		c := &claims.Items[i]
+		pc, ok := byPool[c.Spec.Pool]
+		if !ok {
+			continue
+		}
+		if c.Spec.State == v1alpha1.ClaimReserved {
+			pc.Reserved++
+		} else {
+			pc.Bound++
+		}
+	}
+	for i := range out {
+		out[i].Free = max(0, out[i].Size-out[i].Bound-out[i].Reserved)
+	}
+	return out, nil
+}
+
+// shadow returns what the store knows of the claim: its own later write,
+// if the cache (c, nil when absent) has not caught up with it.
+func (s *Store) shadow(name string, c *v1alpha1.IPClaim) *v1alpha1.IPClaim {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.overlay[name]
+	if !ok {
+		return c
+	}
+	caught := s.now().After(e.until)
+	if c != nil {
+		if rv, err := strconv.ParseInt(c.ResourceVersion, 10, 64); err == nil && rv >= e.rv {
+			caught = true
+		}
+		if e.claim == nil && c.UID != e.uid {
+			caught = true // deleted, and since created anew
+		}
+	} else if e.claim == nil {
+		caught = true // deleted, and the cache agrees
+	}
+	if caught {
+		delete(s.overlay, name)
+		return c
+	}
+	return e.claim
+}
+
+func (s *Store) remember(name string, c *v1alpha1.IPClaim, rv string) {
+	n, _ := strconv.ParseInt(rv, 10, 64)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sweep()
+	if c != nil {
+		c = c.DeepCopy()
+	}
+	s.overlay[name] = overlayEntry{claim: c, rv: n, until: s.now().Add(overlayTTL)}
+}
+
+// sweep drops expired overlay entries, at most once a second; s.mu held.
+func (s *Store) sweep() {
+	now := s.now()
+	if now.Sub(s.swept) < time.Second {
+		return
+	}
+	s.swept = now
+	for name, e := range s.overlay {
+		if now.After(e.until) {
+			delete(s.overlay, name)
+		}
+	}
+}
+
+func (s *Store) forget(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.overlay, name)
+}
+
+// Create implements ipam.Store.
+func (s *Store) Create(ctx context.Context, c *v1alpha1.IPClaim) error {
+	err := s.writer.Create(ctx, c)
+	if apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("ipclaim %s: %w", c.Name, ipam.ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("create ipclaim %s: %w", c.Name, err)
+	}
+	s.remember(c.Name, c, c.ResourceVersion)
+	return nil
+}
+
+// Update implements ipam.Store.
+func (s *Store) Update(ctx context.Context, c *v1alpha1.IPClaim) error {
+	err := s.writer.Update(ctx, c)
+	switch {
+	case apierrors.IsConflict(err):
+		s.forget(c.Name)
+		return fmt.Errorf("ipclaim %s: %w", c.Name, ipam.ErrConflict)
+	case apierrors.IsNotFound(err):
+		s.forget(c.Name)
+		return fmt.Errorf("ipclaim %s: %w", c.Name, ipam.ErrNotFound)
+	case err != nil:
+		return fmt.Errorf("update ipclaim %s: %w", c.Name, err)
+	}
+	s.remember(c.Name, c, c.ResourceVersion)
+	return nil
+}
+
+// Delete implements ipam.Store.
+func (s *Store) Delete(ctx context.Context, c *v1alpha1.IPClaim) error {
+	rv := c.ResourceVersion
+	err := s.writer.Delete(ctx, c, client.Preconditions{ResourceVersion: &rv})
+	switch {
+	case apierrors.IsConflict(err):
+		s.forget(c.Name)
+		return fmt.Errorf("ipclaim %s: %w", c.Name, ipam.ErrConflict)
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return fmt.Errorf("delete ipclaim %s: %w", c.Name, err)
+	}
+	// The deletion's resourceVersion is unknown; shadow until the cache
+	// drops the object (or the TTL passes).
+	n, _ := strconv.ParseInt(rv, 10, 64)
+	s.mu.Lock()
+	s.sweep()
+	s.overlay[c.Name] = overlayEntry{uid: c.UID, rv: n + 1<<62, until: s.now().Add(overlayTTL)}
+	s.mu.Unlock()
+	return nil
+}

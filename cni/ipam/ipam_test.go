@@ -1,0 +1,368 @@
+package ipam_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ktypes "k8s.io/apimachinery/pkg/types"
+
+	"github.com/berth-io/berth/agent/ipam/ipamtest"
+	"github.com/berth-io/berth/agent/ipamserver"
+	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/cni/ipam"
+)
+
+var (
+	buildOnce sync.Once
+	builtDir  string
+	buildErr  error
+)
+
+// pluginDir builds berth-ipam once per test binary.
+func pluginDir(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		builtDir, buildErr = os.MkdirTemp("", "berth-ipam-test-")
+		if buildErr != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, "go", "build", "-o", builtDir, "./cmd/berth-ipam").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/berth-ipam: %w: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtDir
+}
+
+// referencePlugins is where the local cluster's build put bridge.
+func referencePlugins(t *testing.T) string {
+	t.Helper()
+	if d := os.Getenv("BERTH_CNI_BIN"); d != "" {
+		return d
+	}
+	home, _ := os.UserHomeDir()
+	cache := os.Getenv("BERTH_CACHE")
+	if cache == "" {
+		cache = filepath.Join(home, ".cache", "berth")
+	}
+	d := filepath.Join(cache, "cni-plugins-v1.9.1", "bin")
+	if _, err := os.Stat(filepath.Join(d, "bridge")); err != nil {
+		t.Fatalf("bridge plugin: %v (run test/cluster/build.sh cni_plugins, or set BERTH_CNI_BIN)", err)
+	}
+	return d
+}
+
+type agent struct {
+	store  *ipamtest.Store
+	sock   string
+	queue  string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startAgent(t *testing.T, st *ipamtest.Store, sock, queue string) *agent {
+	t.Helper()
+	srv, err := ipamserver.New(ipamserver.Config{SocketPath: sock, QueueDir: queue, AttachmentDir: filepath.Join(filepath.Dir(sock), "attachments"), Node: "n1", Store: st.View(false),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a := &agent{store: st, sock: sock, queue: queue, cancel: cancel, done: make(chan error, 1)}
+	go func() { a.done <- srv.Start(ctx) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.Check(nil) != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("agent not ready")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Cleanup(a.stop)
+	return a
+}
+
+func (a *agent) stop() {
+	if a.cancel != nil {
+		a.cancel()
+		if err := <-a.done; err != nil {
+			panic(err)
+		}
+		a.cancel = nil
+	}
+}
+
+func newNS(t *testing.T) ns.NetNS {
+	t.Helper()
+	n, err := testutils.NewNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = n.Close()
+		_ = testutils.UnmountNS(n)
+	})
+	return n
+}
+
+type chain struct {
+	t    *testing.T
+	host ns.NetNS
+	cni  *libcni.CNIConfig
+	list *libcni.NetworkConfigList
+}
+
+// newChain is bridge + berth-ipam, run from a stand-in host namespace.
+func newChain(t *testing.T, sock, queue string) *chain {
+	t.Helper()
+	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "berth-test", "plugins": [
+		{"type": "bridge", "bridge": "bipam0", "isGateway": true, "ipMasq": false,
+		 "ipam": {"type": "berth-ipam", "socket": %q, "queueDir": %q, "timeout": "10s"}}]}`, sock, queue)
+	list, err := libcni.ConfListFromBytes([]byte(conf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &chain{t: t, host: newNS(t), list: list,
+		cni: libcni.NewCNIConfigWithCacheDir([]string{pluginDir(t), referencePlugins(t)}, t.TempDir(), nil)}
+}
+
+func rt(id string, pod ns.NetNS, p *corev1.Pod) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: id, NetNS: pod.Path(), IfName: "eth0", Args: [][2]string{
+		{"IgnoreUnknown", "true"}, {"K8S_POD_NAMESPACE", p.Namespace}, {"K8S_POD_NAME", p.Name}, {"K8S_POD_UID", string(p.UID)},
+		{"K8S_POD_INFRA_CONTAINER_ID", id}}}
+}
+
+func (c *chain) do(f func(ctx context.Context) error) error {
+	var err error
+	if e := c.host.Do(func(ns.NetNS) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		err = f(ctx)
+		return nil
+	}); e != nil {
+		c.t.Fatal(e)
+	}
+	return err
+}
+
+func (c *chain) add(r *libcni.RuntimeConf) (*types100.Result, error) {
+	var res *types100.Result
+	err := c.do(func(ctx context.Context) error {
+		r0, err := c.cni.AddNetworkList(ctx, c.list, r)
+		if err != nil {
+			return err
+		}
+		res, err = types100.NewResultFromResult(r0)
+		return err
+	})
+	return res, err
+}
+
+func (c *chain) del(r *libcni.RuntimeConf) error {
+	return c.do(func(ctx context.Context) error { return c.cni.DelNetworkList(ctx, c.list, r) })
+}
+
+func addrsIn(t *testing.T, n ns.NetNS, link string) []string {
+	t.Helper()
+	var out []string
+	if err := n.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(link)
+		if err != nil {
+			return err
+		}
+		as, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		for _, a := range as {
+			out = append(out, a.IPNet.String())
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("addresses of %s: %v", link, err)
+	}
+	return out
+}
+
+func setup(t *testing.T) (*ipamtest.Store, string, string) {
+	st := ipamtest.New()
+	st.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "pods"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.99.0.0/24", Gateway: "10.99.0.1",
+		Routes: []v1alpha1.Route{{Destination: "0.0.0.0/0"}}}})
+	dir := t.TempDir()
+	return st, filepath.Join(dir, "ipam.sock"), filepath.Join(dir, "queue")
+}
+
+func deployPod(st *ipamtest.Store, name string) *corev1.Pod {
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: ktypes.UID("uid-" + name),
+		OwnerReferences: []metav1.OwnerReference{{Kind: "StatefulSet", Name: "web", Controller: func() *bool { b := true; return &b }()}}}}
+	st.SetPod(p)
+	return p
+}
+
+// TestPlugin_bridge runs bridge + berth-ipam through libcni, the way
+// containerd does, in real network namespaces: the pod gets the agent's
+// address on eth0 and a default route via the bridge, CHECK and STATUS
+// pass, DEL is idempotent, the address is reserved for the app and comes
+// back to the next pod of the same ordinal.
+func TestPlugin_bridge(t *testing.T) {
+	st, sock, queue := setup(t)
+	startAgent(t, st, sock, queue)
+	c := newChain(t, sock, queue)
+	pod := newNS(t)
+	p := deployPod(st, "web-0")
+	r := rt("sandbox-1", pod, p)
+
+	res, err := c.add(r)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if len(res.IPs) != 1 || res.IPs[0].Gateway.String() != "10.99.0.1" {
+		t.Fatalf("result IPs %+v", res.IPs)
+	}
+	addr := res.IPs[0].Address.String()
+	if got := addrsIn(t, pod, "eth0"); len(got) != 1 || got[0] != addr {
+		t.Fatalf("eth0 in the pod has %v, want %s", got, addr)
+	}
+	if got := addrsIn(t, c.host, "bipam0"); len(got) != 1 || got[0] != "10.99.0.1/24" {
+		t.Fatalf("bridge has %v, want the gateway 10.99.0.1/24", got)
+	}
+	if err := c.do(func(ctx context.Context) error { return c.cni.CheckNetworkList(ctx, c.list, r) }); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := c.do(func(ctx context.Context) error { return c.cni.GetStatusNetworkList(ctx, c.list) }); err != nil {
+		t.Fatalf("STATUS: %v", err)
+	}
+	for i := range 2 {
+		if err := c.del(r); err != nil {
+			t.Fatalf("DEL %d: %v", i+1, err)
+		}
+	}
+	claims := st.Claims()
+	if len(claims) != 1 || claims[0].Spec.State != v1alpha1.ClaimReserved {
+		t.Fatalf("after DEL: %+v", claims)
+	}
+	// web-0 comes back (a new pod, a new sandbox): same address.
+	st.RemovePod("ns", "web-0")
+	p2 := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-0", UID: "uid-web-0-b", OwnerReferences: p.OwnerReferences}}
+	st.SetPod(p2)
+	pod2 := newNS(t)
+	res2, err := c.add(rt("sandbox-2", pod2, p2))
+	if err != nil {
+		t.Fatalf("ADD of the new web-0: %v", err)
+	}
+	if got := res2.IPs[0].Address.String(); got != addr {
+		t.Fatalf("new web-0 got %s, want %s", got, addr)
+	}
+	if err := c.del(rt("sandbox-2", pod2, p2)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPlugin_errors: a failed ADD names pod, pool and reason with the CNI
+// error code, and with the runtime's DEL after it nothing is left.
+func TestPlugin_errors(t *testing.T) {
+	st, sock, queue := setup(t)
+	startAgent(t, st, sock, queue)
+	c := newChain(t, sock, queue)
+	pod := newNS(t)
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "x", UID: "uid-x", Annotations: map[string]string{v1alpha1.AnnotationPool: "missing"}}}
+	st.SetPod(p)
+	_, err := c.add(rt("s1", pod, p))
+	var ce *types.Error
+	if !errors.As(err, &ce) || ce.Code != 7 || ce.Error() != `berth-ipam ADD failed; pod ns/x, pool missing: no IPPool "missing" (from the pod annotation berth.io/ippool)` {
+		t.Fatalf("ADD with an unknown pool: %v (%T)", err, err)
+	}
+	// The runtime follows a failed ADD with DEL, which must succeed and
+	// leave nothing behind.
+	if err := c.del(rt("s1", pod, p)); err != nil {
+		t.Fatalf("DEL after a failed ADD: %v", err)
+	}
+	if err := pod.Do(func(ns.NetNS) error { _, err := netlink.LinkByName("eth0"); return err }); err == nil {
+		t.Error("eth0 left in the pod after a failed ADD and its DEL")
+	}
+	if n := len(st.Claims()); n != 0 {
+		t.Fatalf("%d claims leaked", n)
+	}
+}
+
+// TestPlugin_agentDown: with the agent down ADD fails as retryable and
+// STATUS as not available; DEL succeeds but is queued, the address stays
+// claimed, and the agent releases it when it starts again.
+func TestPlugin_agentDown(t *testing.T) {
+	st, sock, queue := setup(t)
+	a := startAgent(t, st, sock, queue)
+	c := newChain(t, sock, queue)
+	pod := newNS(t)
+	p := deployPod(st, "web-1")
+	r := rt("s1", pod, p)
+	if _, err := c.add(r); err != nil {
+		t.Fatal(err)
+	}
+	a.stop()
+
+	var ce *types.Error
+	if err := c.do(func(ctx context.Context) error { return c.cni.GetStatusNetworkList(ctx, c.list) }); !errors.As(err, &ce) || ce.Code != 50 {
+		t.Fatalf("STATUS with the agent down: %v, want code 50", err)
+	}
+	other := deployPod(st, "web-2")
+	if _, err := c.add(rt("s2", newNS(t), other)); !errors.As(err, &ce) || ce.Code != 11 || !strings.Contains(ce.Error(), "berth-agent is not reachable") {
+		t.Fatalf("ADD with the agent down: %v, want code 11", err)
+	}
+	if err := c.del(r); err != nil {
+		t.Fatalf("DEL with the agent down: %v", err)
+	}
+	if cl := st.Claims(); len(cl) != 1 || cl[0].Spec.State != v1alpha1.ClaimBound {
+		t.Fatalf("claims while the DEL is queued: %+v, want still Bound", cl)
+	}
+	startAgent(t, st, sock, queue)
+	if cl := st.Claims(); len(cl) != 1 || cl[0].Spec.State != v1alpha1.ClaimReserved {
+		t.Fatalf("claims after the agent drained its queue: %+v, want Reserved", cl)
+	}
+	if left, _ := filepath.Glob(filepath.Join(queue, "*")); len(left) != 0 {
+		t.Fatalf("queue not drained: %v", left)
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name, ipam, err string
+	}{
+		{name: "defaults", ipam: `{"type":"berth-ipam"}`},
+		{name: "unknown field", ipam: `{"type":"berth-ipam","pool":"x"}`, err: `ipam configuration: json: unknown field "pool"`},
+		{name: "relative socket", ipam: `{"type":"berth-ipam","socket":"ipam.sock"}`, err: `ipam configuration: socket "ipam.sock" and queueDir "/run/berth/ipam-del-queue" must be absolute paths`},
+		{name: "bad timeout", ipam: `{"type":"berth-ipam","timeout":"soon"}`, err: `ipam configuration: timeout "soon": want a positive Go duration such as 30s`},
+		{name: "three pools", ipam: `{"type":"berth-ipam","pools":["a","b","c"]}`, err: "ipam configuration: pools [a b c]: at most two (one per IP family)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, c, err := ipam.LoadConfig([]byte(`{"cniVersion":"1.1.0","name":"n","type":"bridge","ipam":` + tc.ipam + `}`))
+			if tc.err != "" {
+				if err == nil || err.Error() != tc.err {
+					t.Fatalf("err = %v, want %s", err, tc.err)
+				}
+				return
+			}
+			if err != nil || c.Socket != "/run/berth/ipam.sock" {
+				t.Fatalf("%+v %v", c, err)
+			}
+		})
+	}
+}

@@ -1,0 +1,236 @@
+// Package ipclaimgc is berth-controller's IP claim garbage collector. It
+// ends what a node cannot end itself: a claim whose pod object is gone
+// (its node died before CNI DEL ran) or whose node is gone past a grace
+// period moves to Reserved for its app (or is freed if not retained); a
+// reservation past its TTL, or of an app that no longer exists, is freed.
+// It decides from the claim's own record (pod UID, node, app), never from
+// pod.status.podIPs.
+package ipclaimgc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/berth-io/berth/api/v1alpha1"
+)
+
+// ControllerName names the reconciler.
+const ControllerName = "ipclaim-gc"
+
+// Defaults of Config.
+const (
+	DefaultNodeGrace = 5 * time.Minute
+)
+
+// Condition types and reasons on IPClaims.
+const (
+	ConditionOrphaned = "Orphaned"
+	ReasonPodGone     = "PodGone"
+	ReasonNodeGone    = "NodeGone"
+	ReasonHeld        = "Held"
+)
+
+// Config configures the Reconciler.
+type Config struct {
+	// NodeGrace is how long a claim's node must have been gone before its
+	// claims are reserved. Default 5m.
+	NodeGrace time.Duration
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// +kubebuilder:rbac:groups=berth.io,resources=ipclaims,verbs=get;list;watch;update;delete
+// +kubebuilder:rbac:groups=berth.io,resources=ipclaims/status,verbs=get;update
+// +kubebuilder:rbac:groups=berth.io,resources=ippools,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=pods;nodes,verbs=get;list;watch
+// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;replicasets,verbs=get;list;watch
+
+// Reconciler collects IPClaim garbage.
+type Reconciler struct {
+	client.Client
+	cfg Config
+}
+
+// New validates cfg and returns a Reconciler using c.
+func New(c client.Client, cfg Config) (*Reconciler, error) {
+	if c == nil {
+		return nil, errors.New("ipclaimgc: no client")
+	}
+	if cfg.NodeGrace == 0 {
+		cfg.NodeGrace = DefaultNodeGrace
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Reconciler{Client: c, cfg: cfg}, nil
+}
+
+// SetupWithManager registers the reconciler: every claim, and the claims of
+// a pod when it is deleted.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		Named(ControllerName).
+		For(&v1alpha1.IPClaim{}).
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.claimsOfPod)).
+		Complete(r)
+}
+
+func (r *Reconciler) claimsOfPod(ctx context.Context, o client.Object) []reconcile.Request {
+	var l v1alpha1.IPClaimList
+	if err := r.List(ctx, &l, client.MatchingLabels{v1alpha1.LabelPodUID: string(o.GetUID())}); err != nil {
+		return nil
+	}
+	var out []reconcile.Request
+	for _, c := range l.Items {
+		out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&c)})
+	}
+	return out
+}
+
+// Reconcile moves one claim along.
+func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	// 1. The claim.
+	var c v1alpha1.IPClaim
+	if err := r.Get(ctx, req.NamespacedName, &c); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	now := r.cfg.Now()
+	switch c.Spec.State {
+	case v1alpha1.ClaimReserved:
+		// 2. A reservation ends at its TTL or with its app.
+		if c.Spec.ReservedUntil == nil || !now.Before(c.Spec.ReservedUntil.Time) {
+			return reconcile.Result{}, r.free(ctx, &c)
+		}
+		gone, err := r.appGone(ctx, c.Spec.App)
+		if err != nil {
+			return reconcile.Result{}, err
+		}
+		if gone {
+			return reconcile.Result{}, r.free(ctx, &c)
+		}
+		return reconcile.Result{RequeueAfter: c.Spec.ReservedUntil.Sub(now)}, nil
+	default:
+		// 3. A held claim: is its holder gone?
+		why, requeue, err := r.orphaned(ctx, &c, now)
+		if err != nil || why == "" {
+			return reconcile.Result{RequeueAfter: requeue}, err
+		}
+		return reconcile.Result{}, r.reserve(ctx, &c, why, now)
+	}
+}
+
+// orphaned returns why the claim's holder is gone ("" if it is not), or
+// when to look again.
+func (r *Reconciler) orphaned(ctx context.Context, c *v1alpha1.IPClaim, now time.Time) (string, time.Duration, error) {
+	var pod corev1.Pod
+	err := r.Get(ctx, client.ObjectKey{Namespace: c.Spec.Pod.Namespace, Name: c.Spec.Pod.Name}, &pod)
+	switch {
+	case apierrors.IsNotFound(err):
+		return ReasonPodGone, 0, nil
+	case err != nil:
+		return "", 0, err
+	case pod.UID != c.Spec.Pod.UID:
+		return ReasonPodGone, 0, nil // a new pod of the same name
+	}
+	if c.Spec.Node == "" {
+		return "", 0, nil
+	}
+	var node corev1.Node
+	err = r.Get(ctx, client.ObjectKey{Name: c.Spec.Node}, &node)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return "", 0, err
+	}
+	cond := meta.FindStatusCondition(c.Status.Conditions, ConditionOrphaned)
+	if err == nil {
+		if cond != nil && cond.Reason == ReasonNodeGone {
+			// The node came back.
+			meta.RemoveStatusCondition(&c.Status.Conditions, ConditionOrphaned)
+			return "", 0, r.Status().Update(ctx, c)
+		}
+		return "", 0, nil
+	}
+	// The node is gone: wait out the grace period, counted from when this
+	// controller first saw it gone.
+	if cond == nil || cond.Reason != ReasonNodeGone {
+		meta.SetStatusCondition(&c.Status.Conditions, metav1.Condition{Type: ConditionOrphaned, Status: metav1.ConditionFalse,
+			Reason: ReasonNodeGone, ObservedGeneration: c.Generation, LastTransitionTime: metav1.NewTime(now),
+			Message: fmt.Sprintf("node %s is gone; the address is reserved after %s unless it returns", c.Spec.Node, r.cfg.NodeGrace)})
+		c.Status.ObservedGeneration = c.Generation
+		return "", r.cfg.NodeGrace, r.Status().Update(ctx, c)
+	}
+	if left := cond.LastTransitionTime.Add(r.cfg.NodeGrace).Sub(now); left > 0 {
+		return "", left, nil
+	}
+	return ReasonNodeGone, 0, nil
+}
+
+// reserve moves a held claim to Reserved for its app, or frees it.
+func (r *Reconciler) reserve(ctx context.Context, c *v1alpha1.IPClaim, why string, now time.Time) error {
+	var pool v1alpha1.IPPool
+	err := r.Get(ctx, client.ObjectKey{Name: c.Spec.Pool}, &pool)
+	if apierrors.IsNotFound(err) || c.Spec.App == nil || (err == nil && pool.Spec.Retain != nil && !*pool.Spec.Retain) {
+		return r.free(ctx, c)
+	}
+	if err != nil {
+		return err
+	}
+	ttl := v1alpha1.DefaultReservationTTL
+	if pool.Spec.ReservationTTL != nil {
+		ttl = pool.Spec.ReservationTTL.Duration
+	}
+	c.Spec.State = v1alpha1.ClaimReserved
+	c.Spec.ContainerID = ""
+	until := metav1.NewTime(now.Add(ttl))
+	c.Spec.ReservedUntil = &until
+	if err := r.Update(ctx, c); err != nil {
+		return err // a conflict requeues; the allocator may have moved it
+	}
+	meta.SetStatusCondition(&c.Status.Conditions, metav1.Condition{Type: ConditionOrphaned, Status: metav1.ConditionTrue,
+		Reason: why, ObservedGeneration: c.Generation, LastTransitionTime: metav1.NewTime(now),
+		Message: fmt.Sprintf("pod %s/%s (uid %s) on node %s ended without releasing the address; reserved for its app", c.Spec.Pod.Namespace, c.Spec.Pod.Name, c.Spec.Pod.UID, c.Spec.Node)})
+	c.Status.ObservedGeneration = c.Generation
+	return r.Status().Update(ctx, c)
+}
+
+// free deletes the claim at the resourceVersion read.
+func (r *Reconciler) free(ctx context.Context, c *v1alpha1.IPClaim) error {
+	rv := c.ResourceVersion
+	err := r.Delete(ctx, c, client.Preconditions{ResourceVersion: &rv, UID: &c.UID})
+	return client.IgnoreNotFound(err)
+}
+
+// appGone reports whether the workload an address is reserved for is gone.
+// Groups are never gone: their reservations end at the TTL.
+func (r *Reconciler) appGone(ctx context.Context, app *v1alpha1.App) (bool, error) {
+	if app == nil {
+		return true, nil
+	}
+	var obj client.Object
+	switch app.Kind {
+	case v1alpha1.AppDeployment:
+		obj = &appsv1.Deployment{}
+	case v1alpha1.AppStatefulSet:
+		obj = &appsv1.StatefulSet{}
+	case v1alpha1.AppReplicaSet:
+		obj = &appsv1.ReplicaSet{}
+	default:
+		return false, nil
+	}
+	err := r.Get(ctx, client.ObjectKey{Namespace: app.Namespace, Name: app.Name}, obj)
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	return false, err
+}

@@ -1,0 +1,185 @@
+package ipclaimgc_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/controller/ipclaimgc"
+	"github.com/berth-io/berth/test/envtest"
+)
+
+func init() { ctrllog.SetLogger(logr.Discard()) }
+
+func start(t *testing.T) client.Client {
+	t.Helper()
+	cfg := envtest.Start(t, envtest.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "deploy", "base", "crds")}})
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := v1alpha1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: s, Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ipclaimgc.New(mgr.GetClient(), ipclaimgc.Config{NodeGrace: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	})
+	c, err := client.New(cfg, client.Options{Scheme: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func create(t *testing.T, c client.Client, obj client.Object) {
+	t.Helper()
+	if err := c.Create(context.Background(), obj); err != nil {
+		t.Fatalf("create %T %s: %v", obj, obj.GetName(), err)
+	}
+}
+
+func claim(name, addr string, state v1alpha1.ClaimState, pod v1alpha1.PodRef, node string, app *v1alpha1.App) *v1alpha1.IPClaim {
+	c := &v1alpha1.IPClaim{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{v1alpha1.LabelPodUID: string(pod.UID)}},
+		Spec: v1alpha1.IPClaimSpec{Pool: "p", Address: addr, State: state, Pod: pod, Node: node, App: app, ContainerID: "c-" + name}}
+	return c
+}
+
+// eventually polls cond for 20s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func get(t *testing.T, c client.Client, name string) (*v1alpha1.IPClaim, bool) {
+	t.Helper()
+	var cl v1alpha1.IPClaim
+	err := c.Get(context.Background(), client.ObjectKey{Name: name}, &cl)
+	if apierrors.IsNotFound(err) {
+		return nil, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cl, true
+}
+
+func TestReconciler_Reconcile(t *testing.T) {
+	c := start(t)
+	ctx := context.Background()
+	create(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.5.0.0/24",
+		ReservationTTL: &metav1.Duration{Duration: time.Hour}}})
+	create(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}})
+	create(t, c, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "alive"}})
+	live := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "live"}, Spec: corev1.PodSpec{NodeName: "alive",
+		Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
+	create(t, c, live)
+	onDead := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "on-dead"}, Spec: corev1.PodSpec{NodeName: "dead",
+		Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
+	create(t, c, onDead)
+	sel := &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}}
+	create(t, c, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"}, Spec: appsv1.DeploymentSpec{Selector: sel,
+		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: sel.MatchLabels}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}}}}})
+	web := &v1alpha1.App{Kind: v1alpha1.AppDeployment, Namespace: "ns", Name: "web"}
+	gone := &v1alpha1.App{Kind: v1alpha1.AppDeployment, Namespace: "ns", Name: "gone"}
+	past := metav1.NewTime(time.Now().Add(-time.Minute))
+	future := metav1.NewTime(time.Now().Add(time.Hour))
+
+	// The live pod's claim: its pod and node exist. Its status has no IP
+	// (podIPs is not consulted): it must stay Bound.
+	create(t, c, claim("p-10-5-0-1", "10.5.0.1", v1alpha1.ClaimBound, v1alpha1.PodRef{Namespace: "ns", Name: "live", UID: live.UID}, "alive", web))
+	// A claim whose pod object is gone (its node died before DEL).
+	create(t, c, claim("p-10-5-0-2", "10.5.0.2", v1alpha1.ClaimBound, v1alpha1.PodRef{Namespace: "ns", Name: "vanished", UID: "uid-vanished"}, "alive", web))
+	// A claim held by an older pod of the live pod's name.
+	create(t, c, claim("p-10-5-0-3", "10.5.0.3", v1alpha1.ClaimBound, v1alpha1.PodRef{Namespace: "ns", Name: "live", UID: "uid-older"}, "alive", web))
+	// Not retained, pod gone: freed.
+	create(t, c, claim("p-10-5-0-4", "10.5.0.4", v1alpha1.ClaimBound, v1alpha1.PodRef{Namespace: "ns", Name: "job-x", UID: "uid-job"}, "alive", nil))
+	// The pod exists but its node is gone: reserved after the grace.
+	create(t, c, claim("p-10-5-0-5", "10.5.0.5", v1alpha1.ClaimBound, v1alpha1.PodRef{Namespace: "ns", Name: "on-dead", UID: onDead.UID}, "dead", web))
+	// Reservations: past TTL, app gone, still valid.
+	expired := claim("p-10-5-0-6", "10.5.0.6", v1alpha1.ClaimReserved, v1alpha1.PodRef{Namespace: "ns", Name: "old", UID: "u6"}, "alive", web)
+	expired.Spec.ReservedUntil = &past
+	create(t, c, expired)
+	orphanApp := claim("p-10-5-0-7", "10.5.0.7", v1alpha1.ClaimReserved, v1alpha1.PodRef{Namespace: "ns", Name: "old", UID: "u7"}, "alive", gone)
+	orphanApp.Spec.ReservedUntil = &future
+	create(t, c, orphanApp)
+	kept := claim("p-10-5-0-8", "10.5.0.8", v1alpha1.ClaimReserved, v1alpha1.PodRef{Namespace: "ns", Name: "old", UID: "u8"}, "alive", web)
+	kept.Spec.ReservedUntil = &future
+	create(t, c, kept)
+
+	reservedFor := func(name, reason string) func() bool {
+		return func() bool {
+			cl, ok := get(t, c, name)
+			if !ok || cl.Spec.State != v1alpha1.ClaimReserved || cl.Spec.ReservedUntil == nil || cl.Spec.ContainerID != "" {
+				return false
+			}
+			cond := meta.FindStatusCondition(cl.Status.Conditions, ipclaimgc.ConditionOrphaned)
+			return cond != nil && cond.Status == metav1.ConditionTrue && cond.Reason == reason && cl.Status.ObservedGeneration == cl.Generation
+		}
+	}
+	deleted := func(name string) func() bool { return func() bool { _, ok := get(t, c, name); return !ok } }
+
+	eventually(t, "claim of a vanished pod reserved", reservedFor("p-10-5-0-2", ipclaimgc.ReasonPodGone))
+	eventually(t, "claim of an older pod of the same name reserved", reservedFor("p-10-5-0-3", ipclaimgc.ReasonPodGone))
+	eventually(t, "unretained claim of a vanished pod freed", deleted("p-10-5-0-4"))
+	eventually(t, "expired reservation freed", deleted("p-10-5-0-6"))
+	eventually(t, "reservation of a deleted app freed", deleted("p-10-5-0-7"))
+	eventually(t, "claim on a dead node reserved after the grace period", reservedFor("p-10-5-0-5", ipclaimgc.ReasonNodeGone))
+
+	for _, name := range []string{"p-10-5-0-1", "p-10-5-0-8"} {
+		cl, ok := get(t, c, name)
+		if !ok {
+			t.Fatalf("%s deleted", name)
+		}
+		if name == "p-10-5-0-1" && cl.Spec.State != v1alpha1.ClaimBound {
+			t.Errorf("live pod's claim is %s, want Bound", cl.Spec.State)
+		}
+		if name == "p-10-5-0-8" && cl.Spec.State != v1alpha1.ClaimReserved {
+			t.Errorf("valid reservation is %s", cl.Spec.State)
+		}
+	}
+
+	// The live pod is deleted: its claim is reserved (the pod event
+	// triggers it).
+	if err := c.Delete(ctx, live, client.GracePeriodSeconds(0)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "claim of the deleted live pod reserved", reservedFor("p-10-5-0-1", ipclaimgc.ReasonPodGone))
+}

@@ -1,0 +1,76 @@
+package ippoolstatus_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/controller/ippoolstatus"
+	"github.com/berth-io/berth/test/envtest"
+)
+
+func TestReconciler_Reconcile(t *testing.T) {
+	ctrllog.SetLogger(logr.Discard())
+	cfg := envtest.Start(t, envtest.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "deploy", "base", "crds")}})
+	s := runtime.NewScheme()
+	_ = clientgoscheme.AddToScheme(s)
+	_ = v1alpha1.AddToScheme(s)
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: s, Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := ippoolstatus.New(mgr.GetClient())
+	if err := r.SetupWithManager(mgr); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("manager: %v", err)
+		}
+	}()
+	c, _ := client.New(cfg, client.Options{Scheme: s})
+
+	// /30 without network and broadcast: 2 addresses.
+	if err := c.Create(ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "small"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.6.0.0/30"}}); err != nil {
+		t.Fatal(err)
+	}
+	for i, st := range []v1alpha1.ClaimState{v1alpha1.ClaimBound, v1alpha1.ClaimReserved} {
+		addr := []string{"10.6.0.1", "10.6.0.2"}[i]
+		if err := c.Create(ctx, &v1alpha1.IPClaim{ObjectMeta: metav1.ObjectMeta{Name: "small-" + addr},
+			Spec: v1alpha1.IPClaimSpec{Pool: "small", Address: addr, State: st, Pod: v1alpha1.PodRef{Namespace: "n", Name: "p", UID: "u"}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var p v1alpha1.IPPool
+		if err := c.Get(ctx, client.ObjectKey{Name: "small"}, &p); err != nil {
+			t.Fatal(err)
+		}
+		st := p.Status
+		if st.Size == 2 && st.Bound == 1 && st.Reserved == 1 && st.Free == 0 && st.ObservedGeneration == p.Generation &&
+			meta.IsStatusConditionTrue(st.Conditions, ippoolstatus.ConditionReady) && meta.IsStatusConditionTrue(st.Conditions, ippoolstatus.ConditionExhausted) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pool status %+v", st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
