@@ -1,0 +1,195 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+)
+
+// The node's CNI chain as test/cluster/cluster.sh writes it: bridge cni0
+// with host-local on the node's pod subnet, then berth-netcheck.
+const (
+	nodeConflist  = "/etc/cni/net.d/10-berth.conflist"
+	hostLocalDir  = "/var/lib/cni/networks/berth"
+	nodePodSubnet = "10.244.0.0/24"
+	podBridge     = "cni0"
+	installedBin  = "/opt/cni/bin/berth-netcheck"
+	plantNetNS    = "berth-e2e-netcheck"
+	plantVeth     = "bnce2e0"
+)
+
+// TestNetcheck_Conflict: a pod runs through the chain with berth-netcheck;
+// with every address host-local could hand out planted on the pod bridge by
+// a namespace of the test, a new pod stays
+// ContainerCreating, its events naming the planted MAC as berth-netcheck's
+// conflict; once the addresses are gone it runs, and its address works.
+func TestNetcheck_Conflict(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+
+	conf, err := os.ReadFile(nodeConflist)
+	if err != nil || !strings.Contains(string(conf), `"berth-netcheck"`) {
+		t.Fatalf("the node's CNI chain %s does not hold berth-netcheck (%v):\n%s", nodeConflist, err, conf)
+	}
+	if fi, err := os.Stat(installedBin); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Fatalf("the Berth DaemonSet did not install %s with mode 0755: %v, %v", installedBin, fi, err)
+	}
+
+	// A healthy pod passes the check (and makes sure the bridge exists).
+	ns := namespace(t, "e2e-netcheck")
+	createPodReady(t, ns, testPod("healthy", nil, "sleep", "3600"))
+
+	mac, planted := plantFreeAddresses(ctx, t)
+	t.Logf("planted %d free addresses of %s at %s", len(planted), nodePodSubnet, mac)
+
+	pod := testPod("conflict", nil, "sleep", "3600")
+	if _, err := client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create pod: %v", err)
+	}
+
+	// The sandbox fails with the conflict, and again on kubelet's retry
+	// (host-local hands out another address, planted too).
+	want := fmt.Sprintf("on eth0 is already in use by %s", mac)
+	var event string
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		evs, err := client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		failures := int32(0)
+		for _, e := range evs.Items {
+			if e.InvolvedObject.Name == pod.Name && e.Reason == "FailedCreatePodSandBox" && strings.Contains(e.Message, want) {
+				event = e.Message
+				failures += max(e.Count, 1)
+			}
+		}
+		return failures >= 2, nil
+	})
+	if err != nil {
+		t.Fatalf("not two FailedCreatePodSandBox events with %q:\n%s", want, describe(ns, "pod/"+pod.Name))
+	}
+	t.Logf("event: %s", event)
+	if !strings.Contains(event, `plugin type="berth-netcheck"`) {
+		t.Errorf("the event does not name berth-netcheck: %s", event)
+	}
+	p, err := client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !containerCreating(p) {
+		t.Errorf("pod is %s, want Pending and ContainerCreating: %+v", p.Status.Phase, p.Status.ContainerStatuses)
+	}
+	if d := describe(ns, "pod/"+pod.Name); !strings.Contains(d, want) {
+		t.Errorf("kubectl describe lacks %q:\n%s", want, d)
+	}
+
+	// Remove the conflict: kubelet's next retry gets a working address.
+	if _, err := run(ctx, "ip", "netns", "del", plantNetNS); err != nil {
+		t.Fatalf("remove the planted addresses: %v", err)
+	}
+	ready, err := waitPod(ctx, ns, pod.Name, podReady)
+	if err != nil {
+		t.Fatalf("pod not ready after the conflict went: %v\n%s", err, describe(ns, "pod/"+pod.Name))
+	}
+	t.Logf("pod runs at %s", ready.Status.PodIP)
+	out, err := kubectlRun(ctx, "-n", ns, "exec", pod.Name, "--", "ping", "-c", "1", "-W", "5", "10.244.0.1")
+	if err != nil {
+		t.Errorf("the pod does not reach its gateway: %v\n%s", err, out)
+	}
+}
+
+// containerCreating reports whether p is Pending with its container still
+// being created (or not reported yet).
+func containerCreating(p *corev1.Pod) bool {
+	if p.Status.Phase != corev1.PodPending {
+		return false
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if w := cs.State.Waiting; w == nil || w.Reason != "ContainerCreating" {
+			return false
+		}
+	}
+	return true
+}
+
+// plantFreeAddresses makes a namespace joined to the pod bridge by a veth
+// and puts on it every address of the node's pod subnet that host-local has
+// not handed out (nor the gateway), so whatever address the next pod gets
+// is in use. The test's cleanup removes it.
+func plantFreeAddresses(ctx context.Context, t *testing.T) (net.HardwareAddr, []netip.Addr) {
+	t.Helper()
+	subnet := netip.MustParsePrefix(nodePodSubnet)
+	gateway := subnet.Addr().Next()
+	taken := map[netip.Addr]bool{gateway: true}
+	entries, err := os.ReadDir(hostLocalDir)
+	if err != nil {
+		t.Fatalf("host-local's reservations: %v", err)
+	}
+	for _, e := range entries {
+		if a, err := netip.ParseAddr(e.Name()); err == nil {
+			taken[a] = true
+		}
+	}
+	var free []netip.Addr
+	for a := gateway.Next(); subnet.Contains(a); a = a.Next() {
+		if !taken[a] && subnet.Contains(a.Next()) { // not the broadcast address
+			free = append(free, a)
+		}
+	}
+
+	_, _ = run(ctx, "ip", "netns", "del", plantNetNS) // a leftover of a killed run
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = run(ctx, "ip", "netns", "del", plantNetNS) // the veth goes with it
+		if _, err := run(ctx, "ip", "link", "show", plantVeth); err == nil {
+			t.Errorf("veth %s still exists", plantVeth)
+		}
+	})
+	for _, args := range [][]string{
+		{"netns", "add", plantNetNS},
+		{"link", "add", plantVeth, "type", "veth", "peer", "name", "eth0", "netns", plantNetNS},
+		{"link", "set", plantVeth, "master", podBridge, "up"},
+		{"-n", plantNetNS, "link", "set", "eth0", "up"},
+	} {
+		if _, err := run(ctx, "ip", args...); err != nil {
+			t.Fatalf("plant: %v", err)
+		}
+	}
+	batch := filepath.Join(t.TempDir(), "addrs")
+	var b strings.Builder
+	for _, a := range free {
+		fmt.Fprintf(&b, "addr add %s/%d dev eth0\n", a, subnet.Bits())
+	}
+	if err := os.WriteFile(batch, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run(ctx, "ip", "-n", plantNetNS, "-batch", batch); err != nil {
+		t.Fatalf("plant addresses: %v", err)
+	}
+	ifc, err := run(ctx, "ip", "-n", plantNetNS, "-br", "link", "show", "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := strings.Fields(ifc)
+	if len(fields) < 3 {
+		t.Fatalf("ip -br link: %q", ifc)
+	}
+	mac, err := net.ParseMAC(fields[2])
+	if err != nil {
+		t.Fatalf("MAC of the planted interface: %v", err)
+	}
+	return mac, free
+}
