@@ -10,13 +10,14 @@ import (
 // Event names, as logged (event=...) and as the event label of
 // berth_agent_nri_events_total.
 const (
-	EventSynchronize     = "Synchronize"
-	EventRunPodSandbox   = "RunPodSandbox"
-	EventStopPodSandbox  = "StopPodSandbox"
-	EventCreateContainer = "CreateContainer"
-	EventStartContainer  = "StartContainer"
-	EventStopContainer   = "StopContainer"
-	EventRemoveContainer = "RemoveContainer"
+	EventSynchronize      = "Synchronize"
+	EventRunPodSandbox    = "RunPodSandbox"
+	EventStopPodSandbox   = "StopPodSandbox"
+	EventRemovePodSandbox = "RemovePodSandbox"
+	EventCreateContainer  = "CreateContainer"
+	EventStartContainer   = "StartContainer"
+	EventStopContainer    = "StopContainer"
+	EventRemoveContainer  = "RemoveContainer"
 )
 
 // handler serves one connection to the runtime; the stub finds its methods
@@ -49,18 +50,27 @@ func (h *handler) Synchronize(ctx context.Context, pods []*api.PodSandbox, ctrs 
 			h.p.log.Debug("container event", containerAttrs(EventSynchronize, byID[ctr.GetPodSandboxId()], ctr)...)
 		}
 	}
+	notifyHooks(h.p.log, EventSynchronize, h.p.cfg.Hooks, func(hk SynchronizeHook) { hk.Synchronize(ctx, pods, ctrs) })
 	return nil, nil
 }
 
 // RunPodSandbox is told that a pod sandbox started.
-func (h *handler) RunPodSandbox(_ context.Context, pod *api.PodSandbox) error {
+func (h *handler) RunPodSandbox(ctx context.Context, pod *api.PodSandbox) error {
 	h.podEvent(EventRunPodSandbox, pod)
+	notifyHooks(h.p.log, EventRunPodSandbox, h.p.cfg.Hooks, func(hk RunPodSandboxHook) { hk.RunPodSandbox(ctx, pod) })
 	return nil
 }
 
 // StopPodSandbox is told that a pod sandbox is stopping.
 func (h *handler) StopPodSandbox(_ context.Context, pod *api.PodSandbox) error {
 	h.podEvent(EventStopPodSandbox, pod)
+	return nil
+}
+
+// RemovePodSandbox is told that a pod sandbox was removed.
+func (h *handler) RemovePodSandbox(ctx context.Context, pod *api.PodSandbox) error {
+	h.podEvent(EventRemovePodSandbox, pod)
+	notifyHooks(h.p.log, EventRemovePodSandbox, h.p.cfg.Hooks, func(hk RemovePodSandboxHook) { hk.RemovePodSandbox(ctx, pod) })
 	return nil
 }
 

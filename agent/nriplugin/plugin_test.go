@@ -463,3 +463,99 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+func TestPlugin_hookNotifications(t *testing.T) {
+	rt := nritest.New(t, t.TempDir())
+	rt.Pods = []*api.PodSandbox{{Id: "pod-running", Name: "db-0", Namespace: "shop", Uid: "uid-db-0"}}
+	rt.Containers = []*api.Container{{Id: "ctr-running", PodSandboxId: "pod-running", Name: "postgres",
+		State: api.ContainerState_CONTAINER_RUNNING}}
+	var logs syncBuffer
+	rec := &recordingHook{}
+	p, err := New(Config{
+		SocketPath: rt.Socket(),
+		Logger:     slog.New(slog.NewTextHandler(&logs, nil)),
+		Hooks:      []Hook{panicHook{}, rec},
+		MinBackoff: 10 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	rt.Start()
+	startPlugin(t, p)
+	waitFor(t, "Synchronize", func() bool { return len(rec.got()) == 1 })
+	rt.WaitRegistered()
+
+	pod := &api.PodSandbox{Id: "pod-new", Name: "web-0", Namespace: "shop", Uid: "uid-web-0"}
+	if err := rt.RunPodSandbox(pod); err != nil {
+		t.Fatalf("RunPodSandbox: %v", err)
+	}
+	if err := rt.RemovePodSandbox(pod); err != nil {
+		t.Fatalf("RemovePodSandbox: %v", err)
+	}
+	waitFor(t, "three notifications", func() bool { return len(rec.got()) == 3 })
+	want := []string{"Synchronize pods=db-0 containers=postgres", "RunPodSandbox web-0", "RemovePodSandbox web-0"}
+	if got := rec.got(); !slices.Equal(got, want) {
+		t.Errorf("notifications = %q, want %q", got, want)
+	}
+	// panicHook implements none of the optional interfaces: nothing logged.
+	if strings.Contains(logs.String(), "hook panicked") {
+		t.Errorf("unexpected panic log:\n%s", logs.String())
+	}
+}
+
+func TestNotifyHooks_panic(t *testing.T) {
+	var logs syncBuffer
+	rec := &recordingHook{}
+	notifyHooks(slog.New(slog.NewTextHandler(&logs, nil)), EventRunPodSandbox, []Hook{panickyNotifiee{}, rec},
+		func(h RunPodSandboxHook) { h.RunPodSandbox(context.Background(), &api.PodSandbox{Name: "web-0"}) })
+	if got, want := rec.got(), []string{"RunPodSandbox web-0"}; !slices.Equal(got, want) {
+		t.Errorf("after a panicking hook, notifications = %q, want %q", got, want)
+	}
+	if want := `level=ERROR msg="hook panicked" hook=panicky-notifiee event=RunPodSandbox panic=boom`; !strings.Contains(logs.String(), want) {
+		t.Errorf("logs lack %s:\n%s", want, logs.String())
+	}
+}
+
+// recordingHook records the notifications it gets.
+type recordingHook struct {
+	nilHook
+	mu    sync.Mutex
+	calls []string
+}
+
+func (r *recordingHook) add(s string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, s)
+}
+
+func (r *recordingHook) got() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.calls)
+}
+
+func (r *recordingHook) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []*api.Container) {
+	var p, c []string
+	for _, pod := range pods {
+		p = append(p, pod.GetName())
+	}
+	for _, ctr := range ctrs {
+		c = append(c, ctr.GetName())
+	}
+	r.add("Synchronize pods=" + strings.Join(p, ",") + " containers=" + strings.Join(c, ","))
+}
+
+func (r *recordingHook) RunPodSandbox(_ context.Context, pod *api.PodSandbox) {
+	r.add("RunPodSandbox " + pod.GetName())
+}
+
+func (r *recordingHook) RemovePodSandbox(_ context.Context, pod *api.PodSandbox) {
+	r.add("RemovePodSandbox " + pod.GetName())
+}
+
+type panickyNotifiee struct{ nilHook }
+
+func (panickyNotifiee) Name() string { return "panicky-notifiee" }
+
+func (panickyNotifiee) RunPodSandbox(context.Context, *api.PodSandbox) { panic("boom") }

@@ -153,6 +153,24 @@ func (r *Runtime) CreateContainer(pod *api.PodSandbox, ctr *api.Container) (*api
 	return a.CreateContainer(context.Background(), &api.CreateContainerRequest{Pod: pod, Container: ctr})
 }
 
+// RunPodSandbox relays a RunPodSandbox event to the plugins.
+func (r *Runtime) RunPodSandbox(pod *api.PodSandbox) error {
+	r.t.Helper()
+	a := r.adaptation()
+	b := a.BlockPluginSync()
+	defer b.Unblock()
+	return a.RunPodSandbox(context.Background(), &api.RunPodSandboxRequest{Pod: pod})
+}
+
+// RemovePodSandbox relays a RemovePodSandbox event to the plugins.
+func (r *Runtime) RemovePodSandbox(pod *api.PodSandbox) error {
+	r.t.Helper()
+	a := r.adaptation()
+	b := a.BlockPluginSync()
+	defer b.Unblock()
+	return a.RemovePodSandbox(context.Background(), &api.RemovePodSandboxRequest{Pod: pod})
+}
+
 func (r *Runtime) adaptation() *nri.Adaptation {
 	r.t.Helper()
 	r.mu.Lock()
