@@ -18,7 +18,7 @@ LDFLAGS    := -s -w -X github.com/berth-io/berth/agent/version.Version=$(VERSION
 GOBUILD    := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
 
 # Binaries shipped in the Berth image, under /usr/local/bin.
-BERTH_BINS    := berth-agent $(notdir $(wildcard cni/*/cmd/*))
+BERTH_BINS    := berth-agent berth-controller $(notdir $(wildcard cni/*/cmd/*))
 TEST_IMAGE    ?= berth.local/busybox:1.35
 BERTH_IMAGE   ?= berth.local/berth:dev
 PAUSE_IMAGE   ?= registry.k8s.io/pause:3.10
@@ -28,6 +28,10 @@ ENVTEST_ASSETS := $(BERTH_CACHE)/envtest-$(K8S_VERSION)-$(ETCD_VERSION)
 TOOLS          := $(BERTH_CACHE)/tools
 GOLANGCI_LINT_VERSION ?= v2.15.0
 GOLANGCI_LINT  := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+CONTROLLER_GEN_VERSION ?= v0.23.0
+CONTROLLER_GEN := $(TOOLS)/controller-gen-$(CONTROLLER_GEN_VERSION)
+CRD_DIR        := deploy/base/crds
+RBAC_DIR       := deploy/base/controller/rbac
 KUBECONFIG_OUT := $(OUT)/kubeconfig
 
 ##@ General
@@ -43,7 +47,7 @@ deps: ## Install the Debian packages the build, tests and local cluster need (ro
 .PHONY: build
 build: ## Build Berth's binaries and the test helpers into _output/bin.
 	@mkdir -p $(BIN)
-	$(GOBUILD) -o $(BIN)/ ./agent/cmd/... $(patsubst %,./%/...,$(wildcard cni/*/cmd)) ./test/images/cmd/berth-images ./test/images/pause ./test/images/nettool
+	$(GOBUILD) -o $(BIN)/ ./agent/cmd/... ./controller/cmd/... $(patsubst %,./%/...,$(wildcard cni/*/cmd)) ./test/images/cmd/berth-images ./test/images/pause ./test/images/nettool
 	@echo "built: $$(ls $(BIN) | tr '\n' ' ')"
 
 .PHONY: images
@@ -95,7 +99,7 @@ e2e: ## End-to-end tests against the local cluster (runs `make up` first if it i
 		go test -tags e2e -count=1 -timeout 20m -v -run '$(E2E_RUN)' ./test/e2e/... 2>&1 | tee $(OUT)/e2e.log; then \
 		echo "make e2e: PASS ($$(grep -c '^--- PASS' $(OUT)/e2e.log) tests, $$(( $$(date +%s) - start ))s)"; \
 	else \
-		echo "make e2e: FAIL ($$(grep -c '^--- FAIL' $(OUT)/e2e.log) failing, see above)"; exit 1; \
+		echo "make e2e: FAIL ($$(grep -cE '^(--- )?FAIL' $(OUT)/e2e.log) failure lines, see above)"; exit 1; \
 	fi
 
 .PHONY: bench
@@ -113,6 +117,26 @@ $(GOLANGCI_LINT):
 	@mkdir -p $(TOOLS)
 	GOBIN=$(TOOLS)/gobin go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	mv $(TOOLS)/gobin/golangci-lint $@
+
+##@ Generated code
+.PHONY: generate
+generate: $(CONTROLLER_GEN) ## Regenerate deepcopy code (api/), CRDs (deploy/base/crds) and berth-controller's ClusterRole from the code.
+	$(CONTROLLER_GEN) object paths=./api/...
+	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=$(CRD_DIR)
+	$(CONTROLLER_GEN) rbac:roleName=berth-controller paths=./controller/... output:rbac:artifacts:config=$(RBAC_DIR)
+
+.PHONY: verify
+verify: $(CONTROLLER_GEN) ## Fail when generated files are stale (then run `make generate` and commit).
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	cp -a api $$tmp/api; cp -a $(CRD_DIR) $$tmp/crds; mkdir -p $(RBAC_DIR); cp -a $(RBAC_DIR) $$tmp/rbac; \
+	$(MAKE) --no-print-directory -s generate >/dev/null; \
+	if diff -r $$tmp/api api && diff -r $$tmp/crds $(CRD_DIR) && diff -r $$tmp/rbac $(RBAC_DIR); then echo "make verify: generated files are current"; \
+	else echo "make verify: generated files were stale (regenerated now; review and commit them)"; exit 1; fi
+
+$(CONTROLLER_GEN):
+	@mkdir -p $(TOOLS)
+	GOBIN=$(TOOLS)/gobin go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
+	mv $(TOOLS)/gobin/controller-gen $@
 
 ##@ Local cluster
 .PHONY: up

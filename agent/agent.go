@@ -13,7 +13,9 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -23,8 +25,11 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
+	"github.com/berth-io/berth/agent/filelogs"
+	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/agent/version"
+	"github.com/berth-io/berth/api/v1alpha1"
 )
 
 // Defaults for Config.
@@ -54,8 +59,15 @@ type Config struct {
 	// context is done. Default 10s.
 	ShutdownTimeout time.Duration
 	// NRI configures the NRI plugin. Its Registerer and OnStateChange are
-	// set by Run.
+	// set by Run, its Hooks too (agent/hooks.go).
 	NRI nriplugin.Config
+	// FileLogs configures KUBERNETES_FILELOGS (the filelogs hook and log
+	// retention); nil disables it. Its Registerer, Recorder and Logger are
+	// set by Run.
+	FileLogs *filelogs.Config
+	// IPAM configures the IPAM server (berth-ipam's socket); nil disables
+	// it. Its Node, Registerer and Logger are set by Run.
+	IPAM *ipamserver.Config
 	// Logger receives all logs, including those of client-go,
 	// controller-runtime and the NRI stub. Default slog.Default().
 	Logger *slog.Logger
@@ -89,7 +101,15 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return fmt.Errorf("scheme: %w", err)
+	}
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return fmt.Errorf("scheme: %w", err)
+	}
 	mgr, err := manager.New(cfg.RestConfig, manager.Options{
+		Scheme:                  scheme,
 		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsBindAddress},
 		HealthProbeBindAddress:  cfg.HealthProbeBindAddress,
 		LeaderElection:          false, // one agent per node: nothing to elect
@@ -107,12 +127,45 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.NodeName != "" {
 		nriCfg.OnStateChange = nodeEvents(mgr.GetEventRecorder(Name), cfg.NodeName)
 	}
+	var fileLogs *filelogs.Manager
+	if cfg.FileLogs != nil {
+		flCfg := *cfg.FileLogs
+		flCfg.Registerer, flCfg.Recorder = ctrlmetrics.Registry, mgr.GetEventRecorder(Name)
+		if flCfg.Logger == nil {
+			flCfg.Logger = log
+		}
+		if fileLogs, err = filelogs.New(flCfg); err != nil {
+			return fmt.Errorf("file logs: %w", err)
+		}
+		if err := mgr.Add(fileLogs); err != nil { // retention
+			return fmt.Errorf("file logs: %w", err)
+		}
+	}
+	nriCfg.Hooks = append(hooks(fileLogs), nriCfg.Hooks...)
 	nri, err := nriplugin.New(nriCfg)
 	if err != nil {
 		return fmt.Errorf("nri plugin: %w", err)
 	}
 	if err := mgr.Add(nri); err != nil {
 		return fmt.Errorf("nri plugin: %w", err)
+	}
+
+	if cfg.IPAM != nil {
+		ipamCfg := *cfg.IPAM
+		ipamCfg.Node, ipamCfg.Registerer = cfg.NodeName, ctrlmetrics.Registry
+		if ipamCfg.Logger == nil {
+			ipamCfg.Logger = log.With("part", "ipam")
+		}
+		srv, err := ipamserver.NewForManager(ctx, mgr, ipamCfg)
+		if err != nil {
+			return fmt.Errorf("ipam server: %w", err)
+		}
+		if err := mgr.Add(srv); err != nil {
+			return fmt.Errorf("ipam server: %w", err)
+		}
+		if err := mgr.AddReadyzCheck("ipam", srv.Check); err != nil {
+			return fmt.Errorf("readyz: %w", err)
+		}
 	}
 
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"k8s.io/client-go/rest"
@@ -16,6 +17,8 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/berth-io/berth/agent"
+	"github.com/berth-io/berth/agent/filelogs"
+	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/agent/version"
 )
@@ -27,6 +30,9 @@ func main() {
 // run is main with its inputs and outputs passed in; it returns the exit
 // code: 0 done, 1 failed, 2 bad usage.
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "install-cni" {
+		return runInstallCNI(args[1:], stdout, stderr)
+	}
 	opts, err := parseFlags(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -68,9 +74,12 @@ type options struct {
 // flag help are the defaults of their flags.
 func parseFlags(args []string, getenv func(string) string, output io.Writer) (options, error) {
 	var (
-		o        options
-		nriIndex int
-		level    string
+		o          options
+		nriIndex   int
+		level      string
+		ipamSocket string
+		ipamEarly  bool
+		fileLogs   filelogs.Config
 	)
 	fs := flag.NewFlagSet("berth-agent", flag.ContinueOnError)
 	fs.SetOutput(output)
@@ -86,6 +95,16 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		`address to serve /healthz and /readyz on; "0" disables it`)
 	fs.StringVar(&o.agent.NodeName, "node-name", getenv("NODE_NAME"),
 		"name of this node, for Events on it (env NODE_NAME)")
+	fs.StringVar(&ipamSocket, "ipam-socket", "",
+		`unix socket to serve berth-ipam on, e.g. /run/berth/ipam.sock; "" disables the IPAM server`)
+	fs.StringVar(&fileLogs.Root, "filelogs-root", filelogs.DefaultRoot,
+		`host directory for KUBERNETES_FILELOGS, the same path inside the agent; "" disables file logs`)
+	fs.DurationVar(&fileLogs.Retention, "filelogs-retention", filelogs.DefaultRetention,
+		"how long file logs are kept: older files, and directories of pods gone this long, are removed")
+	fs.DurationVar(&fileLogs.Interval, "filelogs-retention-interval", filelogs.DefaultInterval,
+		"time between retention passes over --filelogs-root")
+	fs.BoolVar(&ipamEarly, "ipam-early-release", false,
+		"release the addresses of terminating pods annotated berth.io/ip-release: early before their teardown (needs CAP_NET_ADMIN, CAP_SYS_ADMIN and /var/run/netns)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "",
 		"kubeconfig file; default: env KUBECONFIG, then in-cluster, then ~/.kube/config")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
@@ -101,6 +120,27 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		return o, fmt.Errorf("--nri-plugin-index %d: want 0 to 99", nriIndex)
 	}
 	o.agent.NRI.PluginIndex = &nriIndex
+	if ipamSocket != "" {
+		if !filepath.IsAbs(ipamSocket) {
+			return o, fmt.Errorf("--ipam-socket %q: want an absolute path", ipamSocket)
+		}
+		if o.agent.NodeName == "" {
+			return o, errors.New("--ipam-socket needs --node-name (env NODE_NAME): claims record their node")
+		}
+		o.agent.IPAM = &ipamserver.Config{SocketPath: ipamSocket, EarlyRelease: ipamEarly}
+	}
+	if fileLogs.Root != "" {
+		if !filepath.IsAbs(fileLogs.Root) || filepath.Clean(fileLogs.Root) != fileLogs.Root {
+			return o, fmt.Errorf("--filelogs-root %q: want an absolute, clean path", fileLogs.Root)
+		}
+		if fileLogs.Retention <= 0 {
+			return o, fmt.Errorf("--filelogs-retention %s: want > 0", fileLogs.Retention)
+		}
+		if fileLogs.Interval <= 0 {
+			return o, fmt.Errorf("--filelogs-retention-interval %s: want > 0", fileLogs.Interval)
+		}
+		o.agent.FileLogs = &fileLogs
+	}
 	if err := o.logLevel.UnmarshalText([]byte(level)); err != nil || strings.ContainsAny(level, "+-") {
 		return o, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}

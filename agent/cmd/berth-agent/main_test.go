@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseFlags(t *testing.T) {
@@ -94,6 +95,39 @@ func TestParseFlags(t *testing.T) {
 		{name: "unknown format", args: []string{"--log-format=yaml"}, wantErr: `--log-format "yaml": want text or json`},
 		{name: "unknown flag", args: []string{"--nri-sock=/x"}, wantErr: "flag provided but not defined: -nri-sock"},
 		{name: "stray argument", args: []string{"run", "now"}, wantErr: "unexpected arguments: run now"},
+		{
+			name: "file logs by default",
+			check: func(t *testing.T, o options) {
+				fl := o.agent.FileLogs
+				if fl == nil || fl.Root != "/logs" || fl.Retention != 48*time.Hour || fl.Interval != 10*time.Minute {
+					t.Errorf("file logs = %+v, want /logs, 48h, 10m", fl)
+				}
+			},
+		},
+		{
+			name: "file logs set",
+			args: []string{"--filelogs-root=/var/log/berth", "--filelogs-retention=30s", "--filelogs-retention-interval=5s"},
+			check: func(t *testing.T, o options) {
+				fl := o.agent.FileLogs
+				if fl == nil || fl.Root != "/var/log/berth" || fl.Retention != 30*time.Second || fl.Interval != 5*time.Second {
+					t.Errorf("file logs = %+v", fl)
+				}
+			},
+		},
+		{
+			name: "file logs off",
+			args: []string{"--filelogs-root="},
+			check: func(t *testing.T, o options) {
+				if o.agent.FileLogs != nil {
+					t.Errorf("file logs = %+v, want nil", o.agent.FileLogs)
+				}
+			},
+		},
+		{name: "relative file logs root", args: []string{"--filelogs-root=logs"},
+			wantErr: `--filelogs-root "logs": want an absolute, clean path`},
+		{name: "zero retention", args: []string{"--filelogs-retention=0s"}, wantErr: "--filelogs-retention 0s: want > 0"},
+		{name: "negative interval", args: []string{"--filelogs-retention-interval=-1m"},
+			wantErr: "--filelogs-retention-interval -1m0s: want > 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
