@@ -68,8 +68,8 @@ print-test-image: ## Print the image reference of the local busybox test image.
 
 ##@ Test
 .PHONY: envtest-assets
-envtest-assets: ## Build (or reuse) etcd and kube-apiserver for integration tests.
-	@test/cluster/build.sh etcd kubernetes
+envtest-assets: ## Build (or reuse) etcd, kube-apiserver, containerd and runc for integration tests.
+	@test/cluster/build.sh etcd kubernetes containerd runc
 	@mkdir -p $(ENVTEST_ASSETS)
 	@ln -sf $(BERTH_CACHE)/etcd-$(ETCD_VERSION)/bin/etcd $(ENVTEST_ASSETS)/etcd
 	@ln -sf $(BERTH_CACHE)/kubernetes-$(K8S_VERSION)/bin/kube-apiserver $(ENVTEST_ASSETS)/kube-apiserver
@@ -80,7 +80,7 @@ print-envtest-assets: ## Print the KUBEBUILDER_ASSETS directory for running go t
 	@echo $(ENVTEST_ASSETS)
 
 .PHONY: test
-test: envtest-assets ## Unit and integration tests (-race), against a real kube-apiserver, containerd NRI and netns.
+test: envtest-assets images ## Unit and integration tests (-race), against a real kube-apiserver, containerd NRI and netns.
 	@mkdir -p $(OUT)
 	@start=$$(date +%s); \
 	if KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test -race -count=1 ./... 2>&1 | tee $(OUT)/test.log; then \
