@@ -152,3 +152,68 @@ func TestManager_containerd_requiredPlugins(t *testing.T) {
 		t.Error("no log directory")
 	}
 }
+
+// TestManager_containerd_synchronize: a container created while the agent
+// was away runs without its mount (NRI fails open); when the agent
+// connects, containerd's Synchronize shows it, and the agent warns. A
+// container created with the agent connected is not reported on the next
+// connect.
+func TestManager_containerd_synchronize(t *testing.T) {
+	ctrd := containerdtest.Start(t)
+	e := newTestEnv(t, time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rt := ctrd.Runtime
+	podID, podCfg, err := ctrd.RunPod(ctx, "shop", "web-0", "uid-web-0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(name string) {
+		t.Helper()
+		cfg := ctrd.ContainerConfig(name, 0, []string{"KUBERNETES_FILELOGS=/app/logs"}, "/bin/sleep", "3600")
+		c, err := rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: podID, Config: cfg, SandboxConfig: podCfg})
+		if err != nil {
+			t.Fatalf("CreateContainer %s: %v", name, err)
+		}
+		if _, err := rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c.GetContainerId()}); err != nil {
+			t.Fatalf("StartContainer %s: %v", name, err)
+		}
+	}
+	connect := func() context.CancelFunc {
+		p, err := nriplugin.New(nriplugin.Config{SocketPath: ctrd.NRISocket, Hooks: []nriplugin.Hook{e.m},
+			Logger: slog.New(slog.NewTextHandler(e.logs, nil)), MinBackoff: 10 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pctx, pcancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { _ = p.Start(pctx); close(done) }()
+		waitFor(t, "the plugin to connect", p.Connected)
+		return func() { pcancel(); <-done }
+	}
+
+	start("early") // no plugin: created without the mount
+	stop := connect()
+	want := `Warning FileLogsNotMounted Synchronize shop/web-0 container "early" asks for file logs (KUBERNETES_FILELOGS="/app/logs") but runs without a host directory at /app/logs: it was created while berth-agent was not connected to the runtime; delete the pod to get them`
+	waitFor(t, "the warning", func() bool { return len(e.rec.got()) == 1 })
+	if got := e.rec.got()[0]; got != want {
+		t.Errorf("event = %q\nwant %q", got, want)
+	}
+	start("late") // with the plugin: mounted
+	stop()
+	time.Sleep(200 * time.Millisecond) // containerd notices the closed connection
+
+	stop = connect()
+	defer stop()
+	waitFor(t, "the second warning", func() bool { return len(e.rec.got()) == 2 })
+	if got := e.rec.got()[1]; got != want {
+		t.Errorf("second event = %q, want only the early container again", got)
+	}
+	time.Sleep(200 * time.Millisecond) // a report of "late" would come in the same Synchronize
+	if got := value(t, e.m.metrics.unmounted); got != 1 {
+		t.Errorf("unmounted_containers = %v, want 1", got)
+	}
+	if n := len(e.rec.got()); n != 2 {
+		t.Errorf("%d events, want 2: %q", n, e.rec.got())
+	}
+}

@@ -34,7 +34,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		containers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_agent_filelogs_containers_total",
-			Help: "Containers created with KUBERNETES_FILELOGS, by result: mounted, rejected (bad value), failed (host directories).",
+			Help: "CreateContainer requests with KUBERNETES_FILELOGS (kubelet retries count again), by result: mounted, rejected (bad value), failed (host directories).",
 		}, []string{"result"}),
 		unmounted: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "berth_agent_filelogs_unmounted_containers",

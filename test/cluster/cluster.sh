@@ -42,7 +42,8 @@ CTR="$CONTAINERD_BIN/ctr --address /run/containerd/containerd.sock"
 # Host paths the node's components create. Those missing before the first
 # `up` are removed by `down`.
 HOST_PATHS=(/var/lib/kubelet /var/lib/containerd /run/containerd /var/run/nri
-	/var/lib/cni /etc/cni /opt/cni /var/log/pods /var/log/containers /run/netns)
+	/var/lib/cni /etc/cni /opt/cni /var/log/pods /var/log/containers /run/netns
+	/logs /run/berth)
 # Sysctls that kubelet, kube-proxy and the bridge plugin may change.
 SYSCTLS=(net.ipv4.ip_forward net.ipv6.conf.all.forwarding vm.overcommit_memory
 	vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys
