@@ -140,19 +140,15 @@ $(CONTROLLER_GEN):
 
 ##@ Local cluster
 .PHONY: up
-up: ## Build and start a one-node cluster on this host, install Berth from deploy/ (root).
-	@mkdir -p $(OUT)
-	@flock $(OUT)/.up.lock $(MAKE) --no-print-directory up-locked
-
-.PHONY: up-locked
-up-locked: deps images
+# cluster.sh takes the host-wide up/down lock itself (a lock taken here
+# would be inherited by the daemons it starts and never released).
+up: deps images ## Build and start a one-node cluster on this host, install Berth from deploy/ (root).
 	test/cluster/build.sh
 	test/cluster/cluster.sh up
 
 .PHONY: down
 down: ## Stop the local cluster and restore the host.
-	@mkdir -p $(OUT)
-	@flock $(OUT)/.up.lock test/cluster/cluster.sh down
+	test/cluster/cluster.sh down
 
 .PHONY: clean
 clean: ## Remove _output (not the cache of built components).
