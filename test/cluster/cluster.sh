@@ -167,7 +167,9 @@ restore_host() {
 		find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
 	done
 	while read -r p; do
-		[ -n "$p" ] && rm -rf --one-file-system "$p"
+		[ -n "$p" ] || continue
+		umount "$p" 2>/dev/null || true # `ip netns add` bind-mounts /run/netns on itself
+		rm -rf --one-file-system "$p"
 	done <"$HOSTSNAP/created-paths"
 	rm -rf "$HOSTSNAP"
 }
