@@ -1,10 +1,9 @@
 package filelogs
 
 import (
-	"errors"
-	"fmt"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/berth-io/berth/agent/promreg"
 )
 
 // Results of CreateContainer, the result label of
@@ -73,34 +72,21 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	var err error
-	if m.containers, err = register(reg, m.containers); err != nil {
+	if m.containers, err = promreg.Register(reg, m.containers); err != nil {
 		return nil, err
 	}
-	if m.podBytes, err = register(reg, m.podBytes); err != nil {
+	if m.podBytes, err = promreg.Register(reg, m.podBytes); err != nil {
 		return nil, err
 	}
 	for _, g := range []*prometheus.Gauge{&m.unmounted, &m.passSeconds, &m.lastPass} {
-		if *g, err = register(reg, *g); err != nil {
+		if *g, err = promreg.Register(reg, *g); err != nil {
 			return nil, err
 		}
 	}
 	for _, c := range []*prometheus.Counter{&m.removedFiles, &m.removedPods, &m.removedBytes, &m.errors} {
-		if *c, err = register(reg, *c); err != nil {
+		if *c, err = promreg.Register(reg, *c); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
-}
-
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
-	}
-	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, fmt.Errorf("register metrics: %w", err)
 }

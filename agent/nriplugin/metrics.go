@@ -1,10 +1,9 @@
 package nriplugin
 
 import (
-	"errors"
-	"fmt"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/berth-io/berth/agent/promreg"
 )
 
 type metrics struct {
@@ -35,27 +34,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	var err error
-	if m.connected, err = register(reg, m.connected); err != nil {
+	if m.connected, err = promreg.Register(reg, m.connected); err != nil {
 		return nil, err
 	}
-	if m.connects, err = register(reg, m.connects); err != nil {
+	if m.connects, err = promreg.Register(reg, m.connects); err != nil {
 		return nil, err
 	}
-	if m.events, err = register(reg, m.events); err != nil {
+	if m.events, err = promreg.Register(reg, m.events); err != nil {
 		return nil, err
 	}
 	return m, nil
-}
-
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	if err == nil {
-		return c, nil
-	}
-	if are, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); ok {
-		if existing, ok := are.ExistingCollector.(C); ok {
-			return existing, nil
-		}
-	}
-	return c, fmt.Errorf("register metrics: %w", err)
 }
