@@ -1,13 +1,12 @@
 package agent
 
 import (
-	"errors"
-	"fmt"
 	"runtime"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/berth-io/berth/agent/promreg"
 	"github.com/berth-io/berth/agent/version"
 )
 
@@ -16,7 +15,7 @@ import (
 // collectors (same options) when its controller package is linked in; a
 // collector that is already there is kept.
 func registerMetrics(reg prometheus.Registerer) error {
-	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+	buildInfo, err := promreg.Register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "berth_build_info",
 		Help: "Always 1; the labels say which build of Berth is running.",
 		ConstLabels: prometheus.Labels{
@@ -24,16 +23,17 @@ func registerMetrics(reg prometheus.Registerer) error {
 			"commit":    version.Commit,
 			"goversion": runtime.Version(),
 		},
-	})
+	}))
+	if err != nil {
+		return err
+	}
 	buildInfo.Set(1)
 	for _, c := range []prometheus.Collector{
-		buildInfo,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.MetricsAll)),
 	} {
-		err := reg.Register(c)
-		if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); err != nil && !ok {
-			return fmt.Errorf("register metrics: %w", err)
+		if _, err := promreg.Register(reg, c); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -83,6 +83,11 @@ type Allocation struct {
 	// Repeated is whether the pod held the address already (a repeated
 	// ADD, or a new sandbox of the same pod).
 	Repeated bool
+	// Reclaimed is whether the address was reserved for another app,
+	// PreviousApp, and taken over because the pool had no free address
+	// (spec.reclaimReservations).
+	Reclaimed   bool
+	PreviousApp *v1alpha1.App
 }
 
 // Allocate gives the pod one address from each of its pools (one per IP
@@ -209,7 +214,13 @@ func (a *Allocator) tryAllocate(ctx context.Context, req Request, pod *corev1.Po
 				if c.Spec.State != v1alpha1.ClaimReserved {
 					return Allocation{}, a.held(req, pool, c)
 				}
-				return a.take(ctx, req, pod, pool, app, c)
+				al, err := a.take(ctx, req, pod, pool, app, c)
+				if errors.Is(err, ErrNotFound) {
+					// Freed since the cache read it (its reservation ended, or
+					// another app reclaimed it and released it): look again.
+					return Allocation{}, fmt.Errorf("claim %s: %w", c.Name, ErrConflict)
+				}
+				return al, err
 			}
 		} else {
 			var reserved, held []*v1alpha1.IPClaim
@@ -331,8 +342,79 @@ func (a *Allocator) fresh(ctx context.Context, req Request, pod *corev1.Pod, poo
 		}
 		return a.allocation(pool, c, false)
 	}
+	if !pool.Reclaim {
+		return Allocation{}, newError(req.pod(), pool.Name, ErrExhausted,
+			"all %d addresses are bound or reserved for apps (reservations end after %s; reclaimReservations is off)", size, pool.TTL)
+	}
+	return a.reclaim(ctx, req, pod, pool, app)
+}
+
+// reclaim takes over the Reserved claim of another app whose reservation
+// ends soonest (ties: the lowest address), at the claim's resourceVersion;
+// a lost race tries the next. Bound and Releasing claims are never
+// candidates (their address may be on a pod's interface), nor the
+// reservations of the pod's own app (its reserve was tried before).
+func (a *Allocator) reclaim(ctx context.Context, req Request, pod *corev1.Pod, pool *Pool, app *v1alpha1.App) (Allocation, error) {
+	reserved, err := a.cfg.Store.ReservedClaims(pool.Name)
+	if err != nil {
+		return Allocation{}, fmt.Errorf("pod %s, pool %s: reserved claims: %w", req.pod(), pool.Name, err)
+	}
+	own := ""
+	if app != nil {
+		own = AppKey(pool.Name, *app)
+	}
+	type candidate struct {
+		c     *v1alpha1.IPClaim
+		addr  netip.Addr
+		until time.Time // zero: no end recorded, the controller frees it now
+	}
+	var cands []candidate
+	for _, c := range reserved {
+		if c.Spec.Pool != pool.Name || c.Spec.State != v1alpha1.ClaimReserved {
+			continue
+		}
+		if own != "" && c.Spec.App != nil && AppKey(c.Spec.Pool, *c.Spec.App) == own {
+			continue
+		}
+		addr, err := netip.ParseAddr(c.Spec.Address)
+		if err != nil || !pool.Contains(addr) {
+			continue
+		}
+		cd := candidate{c: c, addr: addr}
+		if c.Spec.ReservedUntil != nil {
+			cd.until = c.Spec.ReservedUntil.Time
+		}
+		cands = append(cands, cd)
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		if !cands[i].until.Equal(cands[j].until) {
+			return cands[i].until.Before(cands[j].until)
+		}
+		return cands[i].addr.Less(cands[j].addr)
+	})
+	lost := false
+	for _, cd := range cands {
+		c := cd.c.DeepCopy()
+		a.bind(c, req, pod, app)
+		c.Spec.App = app.DeepCopy() // nil when the pod's address is not retained
+		err := a.cfg.Store.Update(ctx, c)
+		if errors.Is(err, ErrConflict) || errors.Is(err, ErrNotFound) {
+			lost = true // taken back by its app, reclaimed elsewhere, or freed
+			continue
+		}
+		if err != nil {
+			return Allocation{}, fmt.Errorf("pod %s, pool %s: reclaim claim %s: %w", req.pod(), pool.Name, c.Name, err)
+		}
+		al, err := a.allocation(pool, c, false)
+		al.Reclaimed, al.PreviousApp = true, cd.c.Spec.App.DeepCopy()
+		return al, err
+	}
+	if lost {
+		// Each candidate changed under us; one may be free by now: start over.
+		return Allocation{}, fmt.Errorf("pool %s: reclaim: %w", pool.Name, ErrConflict)
+	}
 	return Allocation{}, newError(req.pod(), pool.Name, ErrExhausted,
-		"all %d addresses are bound or reserved for apps (reservations end after %s)", size, pool.TTL)
+		"all %d addresses are bound or reserved for the pod's own app: no reservation of another app is left to reclaim", pool.Size())
 }
 
 func (a *Allocator) allocation(pool *Pool, c *v1alpha1.IPClaim, reused bool) (Allocation, error) {

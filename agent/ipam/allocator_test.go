@@ -310,7 +310,7 @@ func TestAllocator_Allocate_errors(t *testing.T) {
 		{name: "unknown namespace default pool", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24")}, nsAnn: map[string]string{v1alpha1.AnnotationPool: "gone"},
 			want: `pod ns/x, pool gone: no IPPool "gone" (from the namespace annotation berth.io/ippool)`, kind: ipam.ErrUnknownPool},
 		{name: "exhausted", pools: []*v1alpha1.IPPool{full}, fill: 2,
-			want: "pod ns/x, pool tiny: all 2 addresses are bound or reserved for apps (reservations end after 24h0m0s)", kind: ipam.ErrExhausted},
+			want: "pod ns/x, pool tiny: all 2 addresses are bound or reserved for the pod's own app: no reservation of another app is left to reclaim", kind: ipam.ErrExhausted},
 		{name: "forbidden by namespace selector", pools: []*v1alpha1.IPPool{pool("prod", "10.0.0.0/24", func(p *v1alpha1.IPPool) {
 			p.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"env": "prod"}}
 		})}, ann: map[string]string{v1alpha1.AnnotationPool: "prod"},
@@ -533,5 +533,192 @@ func TestAllocator_ReleaseEarly(t *testing.T) {
 	e.del(a)
 	if e.states()[ip] != v1alpha1.ClaimBound {
 		t.Fatalf("old DEL released the new pod's claim: %v", e.states())
+	}
+}
+
+// claimOf returns a claim of addr in pool in the given state, for app (nil:
+// not retained), reserved until t0+until when Reserved.
+func claimOf(pool, addr string, state v1alpha1.ClaimState, app *v1alpha1.App, until time.Duration) *v1alpha1.IPClaim {
+	c := &v1alpha1.IPClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.ClaimName(pool, netip.MustParseAddr(addr)), Labels: map[string]string{v1alpha1.LabelPool: pool}},
+		Spec: v1alpha1.IPClaimSpec{Pool: pool, Address: addr, App: app, State: state, Node: "node-b",
+			Pod: v1alpha1.PodRef{Namespace: "ns", Name: "old-" + addr, UID: types.UID("uid-old-" + addr)}},
+	}
+	if state == v1alpha1.ClaimReserved {
+		c.Spec.ReservedUntil = &metav1.Time{Time: t0.Add(until)}
+	} else {
+		c.Spec.ContainerID = "c-old-" + addr
+	}
+	return c
+}
+
+func deployment(name string) *v1alpha1.App {
+	return &v1alpha1.App{Kind: v1alpha1.AppDeployment, Namespace: "ns", Name: name}
+}
+
+func TestAllocator_Allocate_reclaim(t *testing.T) {
+	db0 := &v1alpha1.App{Kind: v1alpha1.AppStatefulSet, Namespace: "ns", Name: "db", Ordinal: ptr.To[int32](0)}
+	noReclaim := func(p *v1alpha1.IPPool) { p.Spec.ReclaimReservations = ptr.To(false) }
+	for _, tc := range []struct {
+		name   string
+		pool   *v1alpha1.IPPool
+		claims []*v1alpha1.IPClaim
+		pod    [3]string // name, owner kind, owner
+		want   string    // the address the pod gets
+		prev   string    // the app it was reserved for
+		app    *v1alpha1.App
+		err    string
+	}{
+		{name: "takes the reservation of another app that ends soonest, the lowest address on a tie",
+			pool: pool("tiny", "10.9.0.0/29"), claims: []*v1alpha1.IPClaim{
+				claimOf("tiny", "10.9.0.1", v1alpha1.ClaimReserved, deployment("a"), 5*time.Hour),
+				claimOf("tiny", "10.9.0.2", v1alpha1.ClaimBound, deployment("b"), 0),
+				claimOf("tiny", "10.9.0.3", v1alpha1.ClaimReserved, deployment("d"), time.Hour),
+				claimOf("tiny", "10.9.0.4", v1alpha1.ClaimReserved, deployment("c"), time.Hour),
+				claimOf("tiny", "10.9.0.5", v1alpha1.ClaimReleasing, deployment("e"), 0),
+				claimOf("tiny", "10.9.0.6", v1alpha1.ClaimReserved, deployment("f"), 2*time.Hour),
+			}, pod: [3]string{"web-5d8f-aaaaa", "ReplicaSet", "web-5d8f"}, want: "10.9.0.3", prev: "d", app: deployment("web")},
+		{name: "a pod whose address is not retained takes it without keeping it for an app",
+			pool: pool("tiny", "10.9.0.0/30"), claims: []*v1alpha1.IPClaim{
+				claimOf("tiny", "10.9.0.1", v1alpha1.ClaimBound, deployment("a"), 0),
+				claimOf("tiny", "10.9.0.2", v1alpha1.ClaimReserved, deployment("b"), time.Hour),
+			}, pod: [3]string{"x", "", ""}, want: "10.9.0.2", prev: "b"},
+		{name: "never a Bound or Releasing address",
+			pool: pool("tiny", "10.9.0.0/30"), claims: []*v1alpha1.IPClaim{
+				claimOf("tiny", "10.9.0.1", v1alpha1.ClaimBound, deployment("a"), 0),
+				claimOf("tiny", "10.9.0.2", v1alpha1.ClaimReleasing, deployment("b"), 0),
+			}, pod: [3]string{"x", "", ""},
+			err: "pod ns/x, pool tiny: all 2 addresses are bound or reserved for the pod's own app: no reservation of another app is left to reclaim"},
+		{name: "never a reservation of the pod's own app",
+			pool: pool("tiny", "10.9.0.0/30"), claims: []*v1alpha1.IPClaim{
+				claimOf("tiny", "10.9.0.1", v1alpha1.ClaimReserved, db0, time.Hour),
+				claimOf("tiny", "10.9.0.2", v1alpha1.ClaimBound, deployment("a"), 0),
+			}, pod: [3]string{"db-1", "StatefulSet", "db"},
+			err: "pod ns/db-1, pool tiny: all 2 addresses are bound or reserved for the pod's own app: no reservation of another app is left to reclaim"},
+		{name: "reclaimReservations false fails as exhausted",
+			pool: pool("tiny", "10.9.0.0/30", noReclaim), claims: []*v1alpha1.IPClaim{
+				claimOf("tiny", "10.9.0.1", v1alpha1.ClaimReserved, deployment("a"), time.Hour),
+				claimOf("tiny", "10.9.0.2", v1alpha1.ClaimReserved, deployment("b"), time.Hour),
+			}, pod: [3]string{"x", "", ""},
+			err: "pod ns/x, pool tiny: all 2 addresses are bound or reserved for apps (reservations end after 24h0m0s; reclaimReservations is off)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, tc.pool)
+			for _, c := range tc.claims {
+				e.store.PutClaim(c)
+			}
+			writes := e.store.Writes
+			p := e.pod(tc.pod[0], tc.pod[1], tc.pod[2], nil)
+			als, err := e.add(p)
+			if tc.err != "" {
+				if err == nil || err.Error() != tc.err || !errors.Is(err, ipam.ErrExhausted) || ipam.Retryable(err) {
+					t.Fatalf("err = %v\nwant %s (exhausted, permanent)", err, tc.err)
+				}
+				if n := e.store.Writes - writes; n != 0 {
+					t.Errorf("a failed ADD wrote %d claims", n)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			al := als[0]
+			if got := al.Address.Addr().String(); got != tc.want || !al.Reclaimed || al.Reused || al.PreviousApp == nil || al.PreviousApp.Name != tc.prev {
+				t.Fatalf("got %s (reclaimed %v, reused %v, previous app %v), want %s reclaimed from app %s", got, al.Reclaimed, al.Reused, al.PreviousApp, tc.want, tc.prev)
+			}
+			var c *v1alpha1.IPClaim
+			for _, x := range e.store.Claims() {
+				if x.Spec.Address == tc.want {
+					c = x
+				}
+			}
+			if c.Spec.State != v1alpha1.ClaimBound || c.Spec.ReservedUntil != nil || c.Spec.Pod.UID != p.UID || c.Spec.ContainerID != cid(p) ||
+				c.Spec.Node != "node-a" || c.Labels[v1alpha1.LabelPodUID] != string(p.UID) || fmt.Sprint(c.Spec.App) != fmt.Sprint(tc.app) {
+				t.Fatalf("reclaimed claim: %+v, labels %v; want Bound to the pod for app %v", c.Spec, c.Labels, tc.app)
+			}
+			if al.Retained != (tc.app != nil) {
+				t.Errorf("retained %v, want %v", al.Retained, tc.app != nil)
+			}
+			e.del(p)
+			if state, ok := e.states()[tc.want]; tc.app == nil && ok || tc.app != nil && state != v1alpha1.ClaimReserved {
+				t.Errorf("after DEL: claim of %s %q (exists %v), want reserved for the pod's app or deleted", tc.want, state, ok)
+			}
+		})
+	}
+}
+
+// TestAllocator_Allocate_reclaimLostRace: the reservation that ends soonest
+// was taken back by its app after this allocator's cache read it; the
+// update at the stale resourceVersion fails, and the next candidate is
+// taken.
+func TestAllocator_Allocate_reclaimLostRace(t *testing.T) {
+	e := newEnv(t, pool("tiny", "10.9.0.0/29"))
+	for i, app := range []string{"a", "b", "c", "d", "e", "f"} {
+		state := v1alpha1.ClaimBound
+		if i < 2 {
+			state = v1alpha1.ClaimReserved
+		}
+		e.store.PutClaim(claimOf("tiny", fmt.Sprintf("10.9.0.%d", i+1), state, deployment(app), time.Duration(i+1)*time.Hour))
+	}
+	view := e.store.View(true) // as of now
+	alloc, err := ipam.New(ipam.Config{Store: view, Node: "node-a", Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// App a's new pod takes 10.9.0.1 back on another node.
+	back := claimOf("tiny", "10.9.0.1", v1alpha1.ClaimBound, deployment("a"), 0)
+	e.store.PutClaim(back)
+
+	p := e.pod("web-5d8f-aaaaa", "ReplicaSet", "web-5d8f", nil)
+	writes := e.store.Writes
+	als, err := alloc.Allocate(context.Background(), ipam.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: "ns", PodName: p.Name, PodUID: p.UID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := als[0].Address.Addr().String(); got != "10.9.0.2" || !als[0].Reclaimed || als[0].PreviousApp.Name != "b" {
+		t.Fatalf("got %s (reclaimed %v, previous app %v), want 10.9.0.2 reclaimed from app b", got, als[0].Reclaimed, als[0].PreviousApp)
+	}
+	if s := e.states(); s["10.9.0.1"] != v1alpha1.ClaimBound || s["10.9.0.2"] != v1alpha1.ClaimBound {
+		t.Fatalf("states %v", s)
+	}
+	for _, c := range e.store.Claims() {
+		if c.Spec.Address == "10.9.0.1" && c.Spec.Pod.UID != back.Spec.Pod.UID {
+			t.Fatalf("10.9.0.1 went to %s, want it left to app a's pod", c.Spec.Pod.Name)
+		}
+	}
+	if n := e.store.Writes - writes; n != 1 {
+		t.Errorf("%d claim writes, want 1 (the lost race writes nothing)", n)
+	}
+}
+
+// TestAllocator_Allocate_ordinalFreedMeanwhile: a StatefulSet pod's
+// reservation is freed (or reclaimed and released by another app) after
+// the allocator's cache read it: ADD fails as retryable until the cache
+// catches up, then takes a fresh address.
+func TestAllocator_Allocate_ordinalFreedMeanwhile(t *testing.T) {
+	e := newEnv(t, pool("p", "10.0.0.0/24"))
+	db0 := &v1alpha1.App{Kind: v1alpha1.AppStatefulSet, Namespace: "ns", Name: "db", Ordinal: ptr.To[int32](0)}
+	e.store.PutClaim(claimOf("p", "10.0.0.5", v1alpha1.ClaimReserved, db0, time.Hour))
+	view := e.store.View(true)
+	alloc, err := ipam.New(ipam.Config{Store: view, Node: "node-a", Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := e.store.View(false)
+	c, err := live.Claim(v1alpha1.ClaimName("p", netip.MustParseAddr("10.0.0.5")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Delete(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	p := e.pod("db-0", "StatefulSet", "db", nil)
+	req := ipam.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: "ns", PodName: p.Name, PodUID: p.UID}
+	if _, err := alloc.Allocate(context.Background(), req); !errors.Is(err, ipam.ErrTooManyRetries) || !ipam.Retryable(err) {
+		t.Fatalf("ADD with a stale cache: err = %v, want retryable ErrTooManyRetries", err)
+	}
+	view.Sync()
+	if _, err := alloc.Allocate(context.Background(), req); err != nil {
+		t.Fatalf("ADD once the cache caught up: %v", err)
 	}
 }

@@ -25,6 +25,9 @@ type Pool struct {
 	Routes  []Route
 	Retain  bool
 	TTL     time.Duration
+	// Reclaim: when no address is free, a fresh allocation takes over
+	// another app's reservation (spec.reclaimReservations).
+	Reclaim bool
 	ranges  []addrRange // sorted, disjoint
 	size    uint64      // capped at 1<<62
 }
@@ -45,10 +48,13 @@ func ParsePool(p *v1alpha1.IPPool) (*Pool, error) {
 	if pfx.Addr().Zone() != "" {
 		return nil, fmt.Errorf("cidr %q: zones are not allowed", p.Spec.CIDR)
 	}
-	pool := &Pool{Name: p.Name, Prefix: pfx, Retain: true, TTL: v1alpha1.DefaultReservationTTL}
+	pool := &Pool{Name: p.Name, Prefix: pfx, Retain: true, TTL: v1alpha1.DefaultReservationTTL, Reclaim: true}
 	pfx = pfx.Masked()
 	if p.Spec.Retain != nil {
 		pool.Retain = *p.Spec.Retain
+	}
+	if p.Spec.ReclaimReservations != nil {
+		pool.Reclaim = *p.Spec.ReclaimReservations
 	}
 	if p.Spec.ReservationTTL != nil {
 		if p.Spec.ReservationTTL.Duration <= 0 {

@@ -31,6 +31,8 @@ type model struct {
 	holder   map[string]string // address -> uid of the pod whose network has it
 	seq      int
 	failures []string
+	apps     *ipamtest.View // resolves pods' apps
+	reclaims int            // allocations that took over another app's reservation
 }
 
 type node struct {
@@ -42,6 +44,7 @@ type node struct {
 
 type mpod struct {
 	pod   *corev1.Pod
+	app   *v1alpha1.App // nil: not retained
 	node  *node
 	addrs []string
 	state string // pending, running, terminating, gone
@@ -91,8 +94,12 @@ func (m *model) step(r *rand.Rand) {
 		}
 		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID(fmt.Sprintf("uid-%d", m.seq)),
 			Annotations: app.ann, OwnerReferences: []metav1.OwnerReference{{Kind: app.kind, Name: app.owner, Controller: ptr.To(true)}}}}
-		m.pods[string(p.UID)] = &mpod{pod: p, node: m.nodes[r.IntN(len(m.nodes))], state: "pending"}
 		m.store.SetPod(p)
+		owner, err := ipam.AppOf(m.apps, p)
+		if err != nil {
+			m.failures = append(m.failures, fmt.Sprintf("app of %s: %v", name, err))
+		}
+		m.pods[string(p.UID)] = &mpod{pod: p, app: owner, node: m.nodes[r.IntN(len(m.nodes))], state: "pending"}
 		m.mu.Unlock()
 	case op < 5: // ADD of a pending pod
 		p := m.pick(r, "pending")
@@ -120,6 +127,12 @@ func (m *model) step(r *rand.Rand) {
 			}
 			m.holder[addr] = string(p.pod.UID)
 			p.addrs = append(p.addrs, addr)
+			if a.Reclaimed {
+				m.reclaims++
+				if a.PreviousApp == nil || p.app != nil && ipam.AppKey(a.Pool, *a.PreviousApp) == ipam.AppKey(a.Pool, *p.app) {
+					m.failures = append(m.failures, fmt.Sprintf("ADD %s (app %v) reclaimed %s from app %v: not another app's", p.pod.Name, p.app, addr, a.PreviousApp))
+				}
+			}
 		}
 		p.state = "running"
 	case op < 7: // deletion starts
@@ -191,12 +204,17 @@ func (m *model) pick(r *rand.Rand, states ...string) *mpod {
 // TestAllocator_property runs random interleavings of pod creation, ADD,
 // deletion, DEL, agent restarts and lagging caches on several nodes at
 // once, and checks that no address is ever given to a pod while another
-// pod's network still has it, and that nothing leaks once all pods are gone.
+// pod's network still has it, that a full pool hands over only other apps'
+// reservations (reclaimReservations, on for even seeds), and that nothing
+// leaks once all pods are gone.
 func TestAllocator_property(t *testing.T) {
+	reclaims := 0
 	for seed := range uint64(40) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			m := &model{t: t, store: ipamtest.New(), pods: map[string]*mpod{}, holder: map[string]string{}}
-			m.store.AddPool(pool("p", "10.0.0.0/28")) // 14 addresses: contention and exhaustion
+			// 14 addresses: contention and exhaustion.
+			m.store.AddPool(pool("p", "10.0.0.0/28", func(p *v1alpha1.IPPool) { p.Spec.ReclaimReservations = ptr.To(seed%2 == 0) }))
+			m.apps = m.store.View(false)
 			for i := range 4 {
 				n := &node{name: fmt.Sprintf("node-%d", i)}
 				m.restart(n)
@@ -228,6 +246,10 @@ func TestAllocator_property(t *testing.T) {
 			for _, f := range m.failures {
 				t.Error(f)
 			}
+			if seed%2 == 1 && m.reclaims > 0 {
+				t.Errorf("%d reservations reclaimed with reclaimReservations false", m.reclaims)
+			}
+			reclaims += m.reclaims
 			for _, c := range m.store.Claims() {
 				if c.Spec.State != v1alpha1.ClaimReserved || c.Spec.App == nil {
 					t.Errorf("claim %s left %s (app %v) after every pod is gone", c.Name, c.Spec.State, c.Spec.App)
@@ -235,4 +257,8 @@ func TestAllocator_property(t *testing.T) {
 			}
 		})
 	}
+	if reclaims == 0 {
+		t.Error("no seed reclaimed a reservation: the test does not exercise reclaimReservations")
+	}
+	t.Logf("%d reservations reclaimed", reclaims)
 }

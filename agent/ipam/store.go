@@ -1,9 +1,10 @@
 // Package ipam is Berth's address allocator: pure logic over a small Store
 // of IPPools, IPClaims, pods and their owners. An address is taken by
 // creating its IPClaim (the name is the lock) or by updating a Reserved
-// claim of the pod's app at the resourceVersion read (optimistic
-// concurrency); nothing else in this package is shared state, so any number
-// of allocators on any number of nodes may run at once.
+// claim at the resourceVersion read (optimistic concurrency): one of the
+// pod's app or, when the pool has no free address left, one of another app.
+// Nothing else in this package is shared state, so any number of
+// allocators on any number of nodes may run at once.
 package ipam
 
 import (
@@ -45,6 +46,8 @@ type Store interface {
 	ClaimsOfPod(uid types.UID) ([]*v1alpha1.IPClaim, error)
 	// ClaimsOfNode lists the claims whose spec.node is node.
 	ClaimsOfNode(node string) ([]*v1alpha1.IPClaim, error)
+	// ReservedClaims lists the claims of pool in state Reserved (any app).
+	ReservedClaims(pool string) ([]*v1alpha1.IPClaim, error)
 
 	Create(ctx context.Context, c *v1alpha1.IPClaim) error
 	Update(ctx context.Context, c *v1alpha1.IPClaim) error

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -263,6 +264,9 @@ func TestStore_readYourWrites(t *testing.T) {
 		if got, _ := st.Claim(cl.Name); got == nil || got.Spec.State != v1alpha1.ClaimReserved {
 			t.Fatalf("Claim right after Update: %+v", got)
 		}
+		if got, _ := st.ReservedClaims("p"); len(got) != 1 || got[0].Name != cl.Name {
+			t.Fatalf("ReservedClaims right after Update: %d claims", len(got))
+		}
 		if err := st.Update(ctx, cl); !errors.Is(err, ipam.ErrConflict) {
 			t.Fatalf("Update at a stale resourceVersion: %v, want ErrConflict", err)
 		}
@@ -275,5 +279,49 @@ func TestStore_readYourWrites(t *testing.T) {
 		if got, _ := st.ClaimsOfApp("p", v1alpha1.App{Kind: v1alpha1.AppGroup, Namespace: "ns", Name: "g"}); len(got) != 0 {
 			t.Fatalf("ClaimsOfApp right after Delete: %d", len(got))
 		}
+		if got, _ := st.ReservedClaims("p"); len(got) != 0 {
+			t.Fatalf("ReservedClaims right after Delete: %d", len(got))
+		}
+	}
+}
+
+// TestStore_ReservedClaims: the index lists a pool's Reserved claims as
+// the cache sees them, written by others (not through the store).
+func TestStore_ReservedClaims(t *testing.T) {
+	cfg, c := startAPI(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := newNodeStore(t, ctx, cfg, c)
+	until := metav1.NewTime(time.Now().Add(time.Hour))
+	for i, x := range []struct {
+		pool  string
+		state v1alpha1.ClaimState
+	}{{"p", v1alpha1.ClaimReserved}, {"p", v1alpha1.ClaimBound}, {"p", v1alpha1.ClaimReleasing}, {"q", v1alpha1.ClaimReserved}, {"p", v1alpha1.ClaimReserved}} {
+		cl := &v1alpha1.IPClaim{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-10-0-0-%d", x.pool, i)}, Spec: v1alpha1.IPClaimSpec{Pool: x.pool,
+			Address: fmt.Sprintf("10.0.0.%d", i), State: x.state, Pod: v1alpha1.PodRef{Namespace: "ns", Name: "x", UID: "u"},
+			App: &v1alpha1.App{Kind: v1alpha1.AppGroup, Namespace: "ns", Name: "g"}}}
+		if x.state == v1alpha1.ClaimReserved {
+			cl.Spec.ReservedUntil = &until
+		}
+		mustCreate(t, c, cl)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got, err := st.ReservedClaims("p")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, cl := range got {
+			names = append(names, cl.Name)
+		}
+		sort.Strings(names)
+		if fmt.Sprint(names) == "[p-10-0-0-0 p-10-0-0-4]" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ReservedClaims(p) = %v, want [p-10-0-0-0 p-10-0-0-4]", names)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

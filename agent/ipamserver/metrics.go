@@ -2,21 +2,27 @@ package ipamserver
 
 import (
 	"context"
-	"errors"
-	"fmt"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/berth-io/berth/agent/promreg"
 )
 
 type metrics struct {
 	allocation   *prometheus.HistogramVec
 	release      *prometheus.HistogramVec
 	reservations *prometheus.CounterVec
+	reclaimed    *prometheus.CounterVec
 }
 
 var durationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 
+// newMetrics makes the server's metrics and registers them with reg. When
+// reg already holds them (a second Server in the same process), the
+// registered ones are used, so the series continue, and the pool gauges
+// read the newest Server's counts.
 func newMetrics(reg prometheus.Registerer, counts func(context.Context) ([]PoolCount, error)) (*metrics, error) {
 	m := &metrics{
 		allocation: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -33,17 +39,28 @@ func newMetrics(reg prometheus.Registerer, counts func(context.Context) ([]PoolC
 			Name: "berth_ipam_reservations_total",
 			Help: "Allocations of retained apps: hit (an address from the app's reserve) or miss (a fresh address from the pool).",
 		}, []string{"result"}),
+		reclaimed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_ipam_reservations_reclaimed_total",
+			Help: "Addresses reserved for an app that a pod of another app took over because the pool had no free address left (spec.reclaimReservations), by pool.",
+		}, []string{"pool"}),
 	}
-	cs := []prometheus.Collector{m.allocation, m.release, m.reservations}
-	if counts != nil {
-		cs = append(cs, &poolCollector{counts: counts})
-	}
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); !ok {
-				return nil, fmt.Errorf("register metrics: %w", err)
-			}
+	var err error
+	for _, h := range []**prometheus.HistogramVec{&m.allocation, &m.release} {
+		if *h, err = promreg.Register(reg, *h); err != nil {
+			return nil, err
 		}
+	}
+	for _, c := range []**prometheus.CounterVec{&m.reservations, &m.reclaimed} {
+		if *c, err = promreg.Register(reg, *c); err != nil {
+			return nil, err
+		}
+	}
+	if counts != nil {
+		pc, err := promreg.Register(reg, &poolCollector{})
+		if err != nil {
+			return nil, err
+		}
+		pc.setCounts(counts)
 	}
 	m.reservations.WithLabelValues("hit")
 	m.reservations.WithLabelValues("miss")
@@ -54,16 +71,31 @@ var poolDesc = prometheus.NewDesc("berth_ipam_pool_addresses",
 	"Addresses of an IPPool by state: size (all it hands out), bound, reserved, free; as this agent's cache sees them.",
 	[]string{"pool", "state"}, nil)
 
+// poolCollector reports the pool gauges from counts, which the newest
+// Server sets (a registered collector outlives the Server that made it).
 type poolCollector struct {
+	mu     sync.Mutex
 	counts func(context.Context) ([]PoolCount, error)
+}
+
+func (c *poolCollector) setCounts(counts func(context.Context) ([]PoolCount, error)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.counts = counts
 }
 
 func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- poolDesc }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	count := c.counts
+	c.mu.Unlock()
+	if count == nil {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	counts, err := c.counts(ctx)
+	counts, err := count(ctx)
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(poolDesc, err)
 		return

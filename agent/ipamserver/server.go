@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 
 	"github.com/berth-io/berth/agent/ipam"
+	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
 )
 
@@ -31,6 +33,8 @@ import (
 const (
 	DefaultRequestTimeout = 25 * time.Second
 	DefaultQueueDir       = "/run/berth/ipam-del-queue"
+	DefaultMinBackoff     = time.Second
+	DefaultMaxBackoff     = 30 * time.Second
 	// gcGrace keeps CNI GC off claims whose ADD began this recently.
 	gcGrace = 2 * time.Minute
 )
@@ -67,6 +71,13 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// RequestTimeout bounds one request. Default 25s.
 	RequestTimeout time.Duration
+	// MinBackoff is the first wait before Start retries a failed step
+	// before serving (the cache sync, the queued DELs, e.g. while the API
+	// server is unreachable); it doubles after each failure up to
+	// MaxBackoff. Defaults 1s and 30s.
+	MinBackoff time.Duration
+	// MaxBackoff caps the wait between those retries.
+	MaxBackoff time.Duration
 	// Logger. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -78,8 +89,9 @@ type Server struct {
 	metrics *metrics
 	ready   atomic.Bool
 
-	mu     sync.Mutex
-	recent map[string]time.Time // container ID -> ADD start
+	mu       sync.Mutex
+	recent   map[string]time.Time // container ID -> ADD start
+	notReady error                // why the socket is not served yet, when a step failed
 }
 
 // New validates cfg and returns a Server.
@@ -105,6 +117,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RequestTimeout == 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
 	}
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = DefaultMaxBackoff
+	}
+	if cfg.MinBackoff < 0 || cfg.MaxBackoff < cfg.MinBackoff {
+		return nil, fmt.Errorf("ipam server: backoff %s to %s: want 0 < min <= max", cfg.MinBackoff, cfg.MaxBackoff)
+	}
 	if cfg.Registerer == nil {
 		cfg.Registerer = prometheus.NewRegistry()
 	}
@@ -122,13 +143,27 @@ func New(cfg Config) (*Server, error) {
 	return &Server{cfg: cfg, alloc: alloc, metrics: m, recent: map[string]time.Time{}}, nil
 }
 
-// Start serves the socket until ctx is done.
+// errNotSynced is why the socket is not served while the cache syncs.
+var errNotSynced = errors.New("the cache did not sync")
+
+// Start serves the socket until ctx is done. Before serving it waits for
+// the cache and runs the queued DELs, retrying either with backoff while it
+// fails (e.g. the API server is unreachable): not ready meanwhile, and
+// Check says why. It returns nil when ctx ends first.
 func (s *Server) Start(ctx context.Context) error {
-	if s.cfg.WaitForSync != nil && !s.cfg.WaitForSync(ctx) {
-		return errors.New("ipam server: cache did not sync")
+	if s.cfg.WaitForSync != nil {
+		err := s.retry(ctx, "wait for the cache", func(ctx context.Context) error {
+			if !s.cfg.WaitForSync(ctx) {
+				return errNotSynced
+			}
+			return nil
+		})
+		if err != nil {
+			return nil // ctx is done
+		}
 	}
-	if err := s.drainQueue(ctx); err != nil {
-		return err
+	if err := s.retry(ctx, "run the DELs queued while the agent was down", s.drainQueue); err != nil {
+		return nil // ctx is done
 	}
 	if err := os.MkdirAll(filepath.Dir(s.cfg.SocketPath), 0o755); err != nil {
 		return fmt.Errorf("ipam server: %w", err)
@@ -173,12 +208,46 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 }
 
-// Check is a readyz check: ready while the socket is served.
+// Check is a readyz check: ready while the socket is served; else the
+// error of the last failed step before serving, if any.
 func (s *Server) Check(*http.Request) error {
-	if !s.ready.Load() {
-		return errors.New("ipam socket not served yet")
+	if s.ready.Load() {
+		return nil
 	}
-	return nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.notReady != nil {
+		return fmt.Errorf("ipam socket not served yet: %w", s.notReady)
+	}
+	return errors.New("ipam socket not served yet")
+}
+
+// retry runs step until it succeeds, waiting MinBackoff after the first
+// failure and doubling up to MaxBackoff. Each failure is logged and kept
+// for Check. It returns ctx's error when ctx ends first.
+func (s *Server) retry(ctx context.Context, what string, step func(context.Context) error) error {
+	wait := s.cfg.MinBackoff
+	for attempt := 1; ; attempt++ {
+		err := step(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.mu.Lock()
+		s.notReady = err
+		s.mu.Unlock()
+		if err == nil {
+			return nil
+		}
+		s.cfg.Logger.Warn("ipam server: cannot "+what+"; retrying", "err", err, "attempt", attempt, "retry_in_seconds", wait.Seconds())
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		wait = min(2*wait, s.cfg.MaxBackoff)
+	}
 }
 
 // Handler serves POST /v1/<command>.
@@ -285,9 +354,29 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 			}
 			resp.Routes = append(resp.Routes, rt)
 		}
-		log.Info("ADD", "address", a.Address.String(), "pool", a.Pool, "claim", a.Claim, "retained", a.Retained, "reused", a.Reused)
+		if a.Reclaimed {
+			// The previous app's next pod will not get this address back.
+			s.metrics.reclaimed.WithLabelValues(a.Pool).Inc()
+			log.Info("ADD reclaimed the reservation of another app (no free address left in the pool)", "address", a.Address.String(),
+				"pool", a.Pool, "claim", a.Claim, "retained", a.Retained, "previous_app", appString(a.PreviousApp))
+		} else {
+			log.Info("ADD", "address", a.Address.String(), "pool", a.Pool, "claim", a.Claim, "retained", a.Retained, "reused", a.Reused)
+		}
 	}
 	return resp
+}
+
+// appString names an app for logs: kind/namespace/name, with the
+// StatefulSet ordinal if any.
+func appString(app *v1alpha1.App) string {
+	if app == nil {
+		return ""
+	}
+	out := string(app.Kind) + "/" + app.Namespace + "/" + app.Name
+	if app.Ordinal != nil {
+		out += "-" + strconv.Itoa(int(*app.Ordinal))
+	}
+	return out
 }
 
 func (s *Server) del(ctx context.Context, req *protocol.Request) *protocol.Response {
@@ -349,8 +438,8 @@ func (s *Server) status(context.Context, *protocol.Request) *protocol.Response {
 }
 
 // drainQueue runs the DELs berth-ipam queued while the agent was down. A
-// DEL that fails stays queued for the next start and fails the start: the
-// addresses it holds must not look free.
+// DEL that fails stays queued, and the error ends the drain (Start retries
+// it before serving): the addresses it holds must not look free.
 func (s *Server) drainQueue(ctx context.Context) error {
 	files, err := filepath.Glob(filepath.Join(s.cfg.QueueDir, "*.json"))
 	if err != nil {

@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 
+	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/agent/ipam/ipamtest"
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
@@ -33,17 +39,22 @@ type harness struct {
 	http  *http.Client
 }
 
-// serve runs a Server on a real unix socket over an in-memory store.
-func serve(t *testing.T) *harness {
+// serve runs a Server on a real unix socket over an in-memory store; mod
+// changes its configuration first.
+func serve(t *testing.T, mod ...func(*ipamserver.Config)) *harness {
 	t.Helper()
 	st := ipamtest.New()
 	st.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Gateway: "10.0.0.1",
 		Routes: []v1alpha1.Route{{Destination: "0.0.0.0/0"}}}})
 	sock := filepath.Join(t.TempDir(), "ipam.sock")
 	reg := prometheus.NewRegistry()
-	srv, err := ipamserver.New(ipamserver.Config{SocketPath: sock, Node: "n1", Store: st.View(false), Registerer: reg,
+	cfg := ipamserver.Config{SocketPath: sock, Node: "n1", Store: st.View(false), Registerer: reg,
 		QueueDir: filepath.Join(filepath.Dir(sock), "queue"), AttachmentDir: filepath.Join(filepath.Dir(sock), "attachments"),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for _, m := range mod {
+		m(&cfg)
+	}
+	srv, err := ipamserver.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,4 +211,181 @@ func mustCollector(t *testing.T, reg *prometheus.Registry, name, label string) p
 	}
 	t.Fatalf("metric %s{%s} not found", name, label)
 	return nil
+}
+
+// logBuffer collects a logger's output across goroutines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestServer_reclaim: a pool without a free address hands over another
+// app's reservation; the server logs it and counts it by pool.
+func TestServer_reclaim(t *testing.T) {
+	logs := &logBuffer{}
+	h := serve(t, func(c *ipamserver.Config) { c.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
+	h.store.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "tiny"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.9.0.0/30"}})
+	for _, c := range []struct {
+		addr  string
+		state v1alpha1.ClaimState
+		app   string
+	}{{"10.9.0.1", v1alpha1.ClaimBound, "a"}, {"10.9.0.2", v1alpha1.ClaimReserved, "b"}} {
+		cl := &v1alpha1.IPClaim{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.ClaimName("tiny", netip.MustParseAddr(c.addr))},
+			Spec: v1alpha1.IPClaimSpec{Pool: "tiny", Address: c.addr, State: c.state, Node: "n2",
+				App: &v1alpha1.App{Kind: v1alpha1.AppDeployment, Namespace: "ns", Name: c.app},
+				Pod: v1alpha1.PodRef{Namespace: "ns", Name: c.app + "-1", UID: types.UID("uid-" + c.app)}}}
+		if c.state == v1alpha1.ClaimReserved {
+			cl.Spec.ReservedUntil = &metav1.Time{Time: time.Now().Add(time.Hour)}
+		} else {
+			cl.Spec.ContainerID = "c-" + c.app
+		}
+		h.store.PutClaim(cl)
+	}
+	p := h.pod("db-0", map[string]string{v1alpha1.AnnotationPool: "tiny"})
+	r := h.call(protocol.CommandAdd, protocol.Request{ContainerID: "c1", IfName: "eth0", PodNamespace: "ns", PodName: "db-0", PodUID: string(p.UID)})
+	if r.Error != nil || len(r.IPs) != 1 || r.IPs[0].Address != "10.9.0.2/30" {
+		t.Fatalf("ADD: %+v, %+v; want 10.9.0.2/30", r, r.Error)
+	}
+	if got := testutil.ToFloat64(mustCollector(t, h.reg, "berth_ipam_reservations_reclaimed_total", "tiny")); got != 1 {
+		t.Errorf("reservations reclaimed in pool tiny = %v, want 1", got)
+	}
+	for _, want := range []string{`msg="ADD reclaimed the reservation of another app (no free address left in the pool)"`,
+		"address=10.9.0.2/30", "pool=tiny", "previous_app=Deployment/ns/b", "pod=ns/db-0"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %s:\n%s", want, logs)
+		}
+	}
+}
+
+// flakyStore is a store whose API server is unreachable while down is set:
+// listing a container's claims (the first read of a DEL) fails.
+type flakyStore struct {
+	ipam.Store
+	down  atomic.Bool
+	fails atomic.Int32
+}
+
+var errUnreachable = errors.New("dial tcp 10.96.0.1:443: connect: connection refused")
+
+func (f *flakyStore) ClaimsOfContainer(id string) ([]*v1alpha1.IPClaim, error) {
+	if f.down.Load() {
+		f.fails.Add(1)
+		return nil, errUnreachable
+	}
+	return f.Store.ClaimsOfContainer(id)
+}
+
+// TestServer_Start_queuedDELRetried: a DEL queued while the agent was down
+// fails while the API server is unreachable; Start keeps retrying (not
+// ready, saying why, the socket not served, not returning), then runs it
+// and serves.
+func TestServer_Start_queuedDELRetried(t *testing.T) {
+	st := ipamtest.New()
+	st.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"}})
+	st.PutClaim(&v1alpha1.IPClaim{ObjectMeta: metav1.ObjectMeta{Name: "p-10-0-0-7"}, Spec: v1alpha1.IPClaimSpec{Pool: "p", Address: "10.0.0.7",
+		State: v1alpha1.ClaimBound, ContainerID: "c-queued", Interface: "eth0", Node: "n1", Pod: v1alpha1.PodRef{Namespace: "ns", Name: "gone", UID: "uid-gone"}}})
+	dir := t.TempDir()
+	sock, queue := filepath.Join(dir, "ipam.sock"), filepath.Join(dir, "queue")
+	if err := os.MkdirAll(queue, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	queued := filepath.Join(queue, "c-queued-eth0.json")
+	if err := os.WriteFile(queued, []byte(`{"containerID":"c-queued","ifName":"eth0"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fs := &flakyStore{Store: st.View(false)}
+	fs.down.Store(true)
+	srv, err := ipamserver.New(ipamserver.Config{SocketPath: sock, Node: "n1", Store: fs, QueueDir: queue, AttachmentDir: filepath.Join(dir, "attachments"),
+		MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Start(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Start() = %v after the context ended, want nil", err)
+		}
+	}()
+
+	waitUntil(t, "three failed attempts", func() bool { return fs.fails.Load() >= 3 })
+	want := "ipam socket not served yet: ipam server: queued DEL of container c-queued: container c-queued: claims: " + errUnreachable.Error()
+	if err := srv.Check(nil); err == nil || err.Error() != want {
+		t.Fatalf("Check() while failing = %v\nwant %s", err, want)
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket while the queued DEL fails: %v, want none", err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Start() returned %v while the API server was unreachable", err)
+	default:
+	}
+
+	fs.down.Store(false)
+	waitUntil(t, "ready", func() bool { return srv.Check(nil) == nil })
+	if _, err := os.Stat(queued); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("queued DEL still there: %v", err)
+	}
+	if n := len(st.Claims()); n != 0 {
+		t.Errorf("%d claims after the queued DEL, want 0", n)
+	}
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := hc.Post("http://berth/v1/"+protocol.CommandStatus, "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatalf("STATUS over the socket: %v", err)
+	}
+	defer resp.Body.Close()
+	var r protocol.Response
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || r.Error != nil {
+		t.Fatalf("STATUS: %+v, %v", r.Error, err)
+	}
+}
+
+// TestServer_Start_endsWhileSyncing: Start returns nil when its context
+// ends before the cache synced.
+func TestServer_Start_endsWhileSyncing(t *testing.T) {
+	dir := t.TempDir()
+	srv, err := ipamserver.New(ipamserver.Config{SocketPath: filepath.Join(dir, "ipam.sock"), Node: "n1", Store: ipamtest.New().View(false),
+		QueueDir: filepath.Join(dir, "queue"), MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
+		WaitForSync: func(ctx context.Context) bool { <-ctx.Done(); return false },
+		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := srv.Start(ctx); err != nil {
+		t.Fatalf("Start() = %v, want nil", err)
+	}
+	if err := srv.Check(nil); err == nil || err.Error() != "ipam socket not served yet" {
+		t.Fatalf("Check() = %v, want not served yet", err)
+	}
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

@@ -24,6 +24,8 @@ const (
 	indexContainer = "spec.containerID"
 	indexPodUID    = "spec.pod.uid"
 	indexNode      = "spec.node"
+	// indexReserved is the pool of a Reserved claim (none otherwise).
+	indexReserved = "berth.io/reserved-in-pool"
 )
 
 // overlayTTL bounds how long the store's own writes shadow the cache.
@@ -42,6 +44,12 @@ func IndexClaims(ctx context.Context, idx client.FieldIndexer) error {
 		indexContainer: func(c *v1alpha1.IPClaim) string { return c.Spec.ContainerID },
 		indexPodUID:    func(c *v1alpha1.IPClaim) string { return string(c.Spec.Pod.UID) },
 		indexNode:      func(c *v1alpha1.IPClaim) string { return c.Spec.Node },
+		indexReserved: func(c *v1alpha1.IPClaim) string {
+			if c.Spec.State != v1alpha1.ClaimReserved {
+				return ""
+			}
+			return c.Spec.Pool
+		},
 	} {
 		err := idx.IndexField(ctx, &v1alpha1.IPClaim{}, name, func(o client.Object) []string {
 			if v := f(o.(*v1alpha1.IPClaim)); v != "" {
@@ -206,6 +214,13 @@ func (s *Store) ClaimsOfPod(uid types.UID) ([]*v1alpha1.IPClaim, error) {
 // ClaimsOfNode implements ipam.Store.
 func (s *Store) ClaimsOfNode(node string) ([]*v1alpha1.IPClaim, error) {
 	return s.list(indexNode, node, func(c *v1alpha1.IPClaim) bool { return c.Spec.Node == node })
+}
+
+// ReservedClaims implements ipam.Store.
+func (s *Store) ReservedClaims(pool string) ([]*v1alpha1.IPClaim, error) {
+	return s.list(indexReserved, pool, func(c *v1alpha1.IPClaim) bool {
+		return c.Spec.Pool == pool && c.Spec.State == v1alpha1.ClaimReserved
+	})
 }
 
 // PoolCount is one pool's addresses by state, for metrics.

@@ -56,6 +56,9 @@ func TestCRDs(t *testing.T) {
 	if pool.Spec.ReservationTTL == nil || pool.Spec.ReservationTTL.Duration != v1alpha1.DefaultReservationTTL {
 		t.Errorf("reservationTTL default = %v, want %v", pool.Spec.ReservationTTL, v1alpha1.DefaultReservationTTL)
 	}
+	if pool.Spec.ReclaimReservations == nil || !*pool.Spec.ReclaimReservations {
+		t.Errorf("reclaimReservations default = %v, want true", pool.Spec.ReclaimReservations)
+	}
 	pool.Spec.CIDR = "10.2.0.0/24"
 	if err := c.Update(ctx, pool); err == nil || !strings.Contains(err.Error(), "cidr is immutable") {
 		t.Errorf("update cidr: err = %v, want cidr is immutable", err)

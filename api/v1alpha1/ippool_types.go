@@ -70,6 +70,16 @@ type IPPoolSpec struct {
 	// +optional
 	// +kubebuilder:default="24h"
 	ReservationTTL *metav1.Duration `json:"reservationTTL,omitempty"`
+	// ReclaimReservations lets a pod take over a reservation when no free
+	// address is left: a fresh allocation then gets the Reserved address of
+	// another app whose reservation ends soonest (that app's next pod gets
+	// another address). An address that a pod holds (Bound or Releasing) is
+	// never taken, nor a reservation of the pod's own app. With false, the
+	// pod fails as exhausted until reservations expire (ReservationTTL) or
+	// are freed. Default true.
+	// +optional
+	// +kubebuilder:default=true
+	ReclaimReservations *bool `json:"reclaimReservations,omitempty"`
 }
 
 // IPPoolStatus is the pool as berth-controller last counted it.

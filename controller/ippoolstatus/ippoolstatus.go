@@ -98,7 +98,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		Message: "free addresses remain", ObservedGeneration: p.Generation}
 	if err == nil && st.Free == 0 {
 		exhausted.Status, exhausted.Reason = metav1.ConditionTrue, "NoFreeAddress"
-		exhausted.Message = "every address is bound or reserved; new pods of apps without a reserve fail until reservations end"
+		exhausted.Message = "every address is bound or reserved; new pods of apps without a reserve take over other apps' reservations, soonest-ending first"
+		if p.Spec.ReclaimReservations != nil && !*p.Spec.ReclaimReservations {
+			exhausted.Message = "every address is bound or reserved; new pods of apps without a reserve fail until reservations end (reclaimReservations is off)"
+		}
 	}
 	meta.SetStatusCondition(&st.Conditions, exhausted)
 	// 4. Write it if it changed.

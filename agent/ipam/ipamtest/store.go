@@ -246,6 +246,12 @@ func (v *View) ClaimsOfNode(node string) ([]*v1alpha1.IPClaim, error) {
 	return v.filter(func(c *v1alpha1.IPClaim) bool { return c.Spec.Node == node }), nil
 }
 
+func (v *View) ReservedClaims(pool string) ([]*v1alpha1.IPClaim, error) {
+	return v.filter(func(c *v1alpha1.IPClaim) bool {
+		return c.Spec.Pool == pool && c.Spec.State == v1alpha1.ClaimReserved
+	}), nil
+}
+
 func (v *View) Create(_ context.Context, c *v1alpha1.IPClaim) error {
 	v.s.mu.Lock()
 	if _, ok := v.s.claims[c.Name]; ok {
