@@ -25,6 +25,8 @@ import (
 
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// Leader election records its events through the core API.
+// +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 
 // Config configures berth-controller.
 type Config struct {

@@ -166,12 +166,26 @@ restore_host() {
 	done | sort) | while read -r cg; do
 		find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
 	done
+	[ -f "$HOSTSNAP/netns-bind" ] && { umount /run/netns 2>/dev/null || true; }
 	while read -r p; do
 		[ -n "$p" ] || continue
 		umount "$p" 2>/dev/null || true # `ip netns add` bind-mounts /run/netns on itself
 		rm -rf --one-file-system "$p"
 	done <"$HOSTSNAP/created-paths"
 	rm -rf "$HOSTSNAP"
+}
+
+# share_netns_dir: the agent mounts /run/netns with HostToContainer
+# propagation (IPAM early release), which shows it namespaces made later
+# only if the host's /run/netns is a shared mount; do what `ip netns add`
+# does. down unmounts it if up made the bind mount.
+share_netns_dir() {
+	mkdir -p /run/netns
+	if ! mountpoint -q /run/netns; then
+		mount --bind /run/netns /run/netns
+		touch "$HOSTSNAP/netns-bind"
+	fi
+	mount --make-shared /run/netns
 }
 
 # kill_pods: kills every process in a kubepods cgroup (used once kubelet is
@@ -275,14 +289,15 @@ state = "/run/containerd"
 EOF
 	# Pod traffic stays on this machine: no masquerading, and the host's
 	# forwarding chain (below) drops what would leave through another link.
+	# Addresses come from berth-ipam (the IPPool "pods" of deploy/local, the
+	# node's pod subnet $NODE_POD_SUBNET), retained for each pod's app.
 	put /etc/cni/net.d/10-berth.conflist <<EOF
 {
-  "cniVersion": "1.0.0",
+  "cniVersion": "1.1.0",
   "name": "berth",
   "plugins": [
     {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-     "ipam": {"type": "host-local", "dataDir": "/var/lib/cni/networks",
-              "ranges": [[{"subnet": "$NODE_POD_SUBNET"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+     "ipam": {"type": "berth-ipam", "pools": ["pods"]}},
     {"type": "berth-netcheck"},
     {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
@@ -404,8 +419,9 @@ start_kubelet() {
 	restart_if_changed kubelet "$STATE/kubelet.yaml"
 	start kubelet "$K8S_BIN/kubelet" --config="$STATE/kubelet.yaml" \
 		--kubeconfig="$PKI/kubelet.kubeconfig" --hostname-override="$NODE_NAME" --node-ip="$(node_ip)"
+	# Registered, not Ready: the node's network is ready once berth-ipam
+	# answers CNI STATUS, i.e. once Berth's agent runs (install_berth).
 	wait_for 120 "node $NODE_NAME to register" $KUBECTL get node "$NODE_NAME"
-	$KUBECTL wait --for=condition=Ready "node/$NODE_NAME" --timeout=120s >/dev/null
 }
 
 start_kube_proxy() {
@@ -425,18 +441,27 @@ install_addons() {
 
 install_berth() {
 	log "installing Berth: kubectl apply -k deploy/local"
+	# The CRDs first: deploy/local holds an IPPool, which the API server
+	# serves only once its CRD is established.
+	$KUBECTL apply -f "$ROOT/deploy/base/crds" >/dev/null
+	$KUBECTL wait --for=condition=Established --timeout=60s -f "$ROOT/deploy/base/crds" >/dev/null
 	$KUBECTL apply -k "$ROOT/deploy/local" >/dev/null
 	# `make images` may have rebuilt the image under the same tag: stamp its
 	# digest on the pod template, so a new image rolls the pods and the same
 	# image leaves them alone.
 	local digest; digest=$($CTR -n k8s.io images ls | awk -v r="$(berth_image berth)" '$1==r {print $3}')
-	$KUBECTL -n berth-system patch daemonset/berth-agent --type merge \
-		-p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"berth.io/local-image\":\"$digest\"}}}}}" >/dev/null
-	if ! $KUBECTL -n berth-system rollout status daemonset/berth-agent --timeout=180s; then
-		$KUBECTL -n berth-system describe pods
-		$KUBECTL -n berth-system logs daemonset/berth-agent --tail=50 || true
-		die "the Berth DaemonSet did not become ready"
-	fi
+	local w
+	for w in daemonset/berth-agent deployment/berth-controller; do
+		$KUBECTL -n berth-system patch "$w" --type merge \
+			-p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"berth.io/local-image\":\"$digest\"}}}}}" >/dev/null
+	done
+	for w in daemonset/berth-agent deployment/berth-controller; do
+		if ! $KUBECTL -n berth-system rollout status "$w" --timeout=180s; then
+			$KUBECTL -n berth-system describe pods
+			$KUBECTL -n berth-system logs "$w" --all-containers --tail=50 || true
+			die "Berth's $w did not become ready"
+		fi
+	done
 }
 
 # berth_image NAME: the image reference `make images` gave NAME.
@@ -458,6 +483,7 @@ cmd_up() {
 	local t0=$SECONDS
 	mkdir -p "$PIDS" "$LOGS"
 	snapshot_host
+	share_netns_dir
 	gen_pki
 	write_configs
 	guard_network
@@ -469,9 +495,14 @@ cmd_up() {
 	import_images
 	start_kubelet
 	start_kube_proxy
-	# Berth first: its DaemonSet (host network) installs berth-netcheck, which
-	# the CNI chain needs before any pod, CoreDNS included, gets networking.
+	# Berth first: its DaemonSet (host network) installs berth-netcheck and
+	# berth-ipam and serves the IPAM socket, which the CNI chain needs before
+	# any pod, CoreDNS included, gets networking.
 	install_berth
+	if ! $KUBECTL wait --for=condition=Ready "node/$NODE_NAME" --timeout=120s >/dev/null; then
+		$KUBECTL describe node "$NODE_NAME"
+		die "node $NODE_NAME is not Ready"
+	fi
 	install_addons
 	log "cluster up in $((SECONDS - t0))s"
 	cat <<EOF

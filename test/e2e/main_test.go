@@ -8,19 +8,26 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
+	crclient "sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/berth-io/berth/api/v1alpha1"
 )
 
 const berthNamespace = "berth-system"
 
 var (
 	client    kubernetes.Interface
+	berth     crclient.Client // with Berth's types
 	testImage string
 	kubectl   string
 	clusterSh string
@@ -52,12 +59,44 @@ func setup() error {
 	if client, err = kubernetes.NewForConfig(cfg); err != nil {
 		return fmt.Errorf("client: %w", err)
 	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if berth, err = crclient.New(cfg, crclient.Options{Scheme: scheme}); err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
 	for name, v := range map[string]*string{"BERTH_TEST_IMAGE": &testImage, "BERTH_KUBECTL": &kubectl, "BERTH_CLUSTER_SH": &clusterSh} {
 		if *v = os.Getenv(name); *v == "" {
 			return fmt.Errorf("%s is not set: run `make e2e`", name)
 		}
 	}
 	return nil
+}
+
+// expectedRestarts are restarts a test caused on purpose, by
+// "pod/container".
+var (
+	restartsMu       sync.Mutex
+	expectedRestarts = map[string]int32{}
+)
+
+// expectAgentRestart allows one more restart of the agent pod's container,
+// which the calling test is about to kill.
+func expectAgentRestart(t *testing.T, agent *corev1.Pod) {
+	t.Helper()
+	restartsMu.Lock()
+	defer restartsMu.Unlock()
+	for _, cs := range agent.Status.ContainerStatuses {
+		if cs.Name == "berth-agent" {
+			expectedRestarts[agent.Name+"/"+cs.Name] = cs.RestartCount + 1
+			return
+		}
+	}
+	t.Fatalf("agent pod %s has no berth-agent container status", agent.Name)
 }
 
 func checkNoRestarts() error {
@@ -69,7 +108,10 @@ func checkNoRestarts() error {
 	}
 	for _, p := range pods.Items {
 		for _, cs := range p.Status.ContainerStatuses {
-			if cs.RestartCount > 0 {
+			restartsMu.Lock()
+			allowed := expectedRestarts[p.Name+"/"+cs.Name]
+			restartsMu.Unlock()
+			if cs.RestartCount > allowed {
 				return fmt.Errorf("Berth pod %s container %s restarted %d times (last state: %+v)",
 					p.Name, cs.Name, cs.RestartCount, cs.LastTerminationState)
 			}

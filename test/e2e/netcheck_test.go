@@ -16,22 +16,24 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	crclient "sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/berth-io/berth/agent/ipam"
+	"github.com/berth-io/berth/api/v1alpha1"
 )
 
 // The node's CNI chain as test/cluster/cluster.sh writes it: bridge cni0
-// with host-local on the node's pod subnet, then berth-netcheck.
+// with berth-ipam (pool "pods", the node's pod subnet), then berth-netcheck.
 const (
-	nodeConflist  = "/etc/cni/net.d/10-berth.conflist"
-	hostLocalDir  = "/var/lib/cni/networks/berth"
-	nodePodSubnet = "10.244.0.0/24"
-	podBridge     = "cni0"
-	installedBin  = "/opt/cni/bin/berth-netcheck"
-	plantNetNS    = "berth-e2e-netcheck"
-	plantVeth     = "bnce2e0"
+	nodeConflist = "/etc/cni/net.d/10-berth.conflist"
+	podBridge    = "cni0"
+	installedBin = "/opt/cni/bin/berth-netcheck"
+	plantNetNS   = "berth-e2e-netcheck"
+	plantVeth    = "bnce2e0"
 )
 
 // TestNetcheck_Conflict: a pod runs through the chain with berth-netcheck;
-// with every address host-local could hand out planted on the pod bridge by
+// with every address berth-ipam could hand out planted on the pod bridge by
 // a namespace of the test, a new pod stays
 // ContainerCreating, its events naming the planted MAC as berth-netcheck's
 // conflict; once the addresses are gone it runs, and its address works.
@@ -52,7 +54,7 @@ func TestNetcheck_Conflict(t *testing.T) {
 	createPodReady(t, ns, testPod("healthy", nil, "sleep", "3600"))
 
 	mac, planted := plantFreeAddresses(ctx, t)
-	t.Logf("planted %d free addresses of %s at %s", len(planted), nodePodSubnet, mac)
+	t.Logf("planted %d free addresses of pool %s at %s", len(planted), podPool, mac)
 
 	pod := testPod("conflict", nil, "sleep", "3600")
 	if _, err := client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
@@ -60,7 +62,7 @@ func TestNetcheck_Conflict(t *testing.T) {
 	}
 
 	// The sandbox fails with the conflict, and again on kubelet's retry
-	// (host-local hands out another address, planted too).
+	// (berth-ipam hands out a free address again, planted too).
 	want := fmt.Sprintf("on eth0 is already in use by %s", mac)
 	var event string
 	err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
@@ -125,26 +127,32 @@ func containerCreating(p *corev1.Pod) bool {
 }
 
 // plantFreeAddresses makes a namespace joined to the pod bridge by a veth
-// and puts on it every address of the node's pod subnet that host-local has
-// not handed out (nor the gateway), so whatever address the next pod gets
-// is in use. The test's cleanup removes it.
+// and puts on it every address of the pool "pods" that has no IPClaim, so
+// whatever address the next pod gets is in use. The test's cleanup removes
+// it.
 func plantFreeAddresses(ctx context.Context, t *testing.T) (net.HardwareAddr, []netip.Addr) {
 	t.Helper()
-	subnet := netip.MustParsePrefix(nodePodSubnet)
-	gateway := subnet.Addr().Next()
-	taken := map[netip.Addr]bool{gateway: true}
-	entries, err := os.ReadDir(hostLocalDir)
-	if err != nil {
-		t.Fatalf("host-local's reservations: %v", err)
+	var ipp v1alpha1.IPPool
+	if err := berth.Get(ctx, crclient.ObjectKey{Name: podPool}, &ipp); err != nil {
+		t.Fatalf("IPPool %s: %v", podPool, err)
 	}
-	for _, e := range entries {
-		if a, err := netip.ParseAddr(e.Name()); err == nil {
+	pool, err := ipam.ParsePool(&ipp)
+	if err != nil {
+		t.Fatalf("IPPool %s: %v", podPool, err)
+	}
+	var claims v1alpha1.IPClaimList
+	if err := berth.List(ctx, &claims, crclient.MatchingLabels{v1alpha1.LabelPool: podPool}); err != nil {
+		t.Fatalf("IPClaims: %v", err)
+	}
+	taken := map[netip.Addr]bool{}
+	for _, c := range claims.Items {
+		if a, err := netip.ParseAddr(c.Spec.Address); err == nil {
 			taken[a] = true
 		}
 	}
 	var free []netip.Addr
-	for a := gateway.Next(); subnet.Contains(a); a = a.Next() {
-		if !taken[a] && subnet.Contains(a.Next()) { // not the broadcast address
+	for i := range pool.Size() {
+		if a := pool.At(i); !taken[a] {
 			free = append(free, a)
 		}
 	}
@@ -171,7 +179,7 @@ func plantFreeAddresses(ctx context.Context, t *testing.T) (net.HardwareAddr, []
 	batch := filepath.Join(t.TempDir(), "addrs")
 	var b strings.Builder
 	for _, a := range free {
-		fmt.Fprintf(&b, "addr add %s/%d dev eth0\n", a, subnet.Bits())
+		fmt.Fprintf(&b, "addr add %s/%d dev eth0\n", a, pool.Prefix.Bits())
 	}
 	if err := os.WriteFile(batch, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,432 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	crclient "sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/berth-io/berth/api/v1alpha1"
+)
+
+// The local cluster's pod addresses come from berth-ipam under bridge,
+// from the IPPool "pods" (deploy/local/ippool.yaml).
+const podPool = "pods"
+
+// appSpec is a retained app of the test image: a Deployment (or, with
+// statefulSet, a StatefulSet) of replicas pods labelled app=name.
+type appSpec struct {
+	name        string
+	replicas    int32
+	annotations map[string]string
+	// grace is the pods' termination grace period. The test image's sleep
+	// runs as PID 1 and ignores SIGTERM, so a deleted pod stays
+	// Terminating for all of it.
+	grace int64
+}
+
+func (a appSpec) template() corev1.PodTemplateSpec {
+	labels := map[string]string{"app": a.name}
+	return corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: a.annotations},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: &a.grace,
+			Containers: []corev1.Container{{
+				Name: "main", Image: testImage, ImagePullPolicy: corev1.PullNever,
+				Command: []string{"sleep", "3600"},
+			}},
+		},
+	}
+}
+
+func createDeployment(ctx context.Context, t *testing.T, ns string, a appSpec) {
+	t.Helper()
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: a.name},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: &a.replicas,
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": a.name}},
+			Template: a.template(),
+		},
+	}
+	if _, err := client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create deployment %s/%s: %v", ns, a.name, err)
+	}
+}
+
+func scaleDeployment(ctx context.Context, t *testing.T, ns, name string, replicas int32) {
+	t.Helper()
+	patch := fmt.Sprintf(`{"spec":{"replicas":%d}}`, replicas)
+	if _, err := client.AppsV1().Deployments(ns).Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatalf("scale %s/%s to %d: %v", ns, name, replicas, err)
+	}
+}
+
+// readyPods waits until exactly n pods labelled app=name are Ready and none
+// of them is in skip (pods of before, by UID), and returns them sorted by
+// name. Terminating pods are not counted.
+func readyPods(ctx context.Context, t *testing.T, ns, name string, n int, skip map[types.UID]bool) []corev1.Pod {
+	t.Helper()
+	var got []corev1.Pod
+	err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		list, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
+		if err != nil {
+			return false, nil
+		}
+		got = got[:0]
+		for _, p := range list.Items {
+			if p.DeletionTimestamp != nil {
+				continue
+			}
+			if skip[p.UID] || !podReady(&p) {
+				return false, nil
+			}
+			got = append(got, p)
+		}
+		return len(got) == n, nil
+	})
+	if err != nil {
+		t.Fatalf("want %d new Ready pods of %s/%s, have %d: %v\n%s", n, ns, name, len(got), err, describe(ns, "pods -l app="+name))
+	}
+	slices.SortFunc(got, func(a, b corev1.Pod) int { return strings.Compare(a.Name, b.Name) })
+	return got
+}
+
+func uids(pods []corev1.Pod) map[types.UID]bool {
+	m := map[types.UID]bool{}
+	for _, p := range pods {
+		m[p.UID] = true
+	}
+	return m
+}
+
+func ips(pods []corev1.Pod) []string {
+	var out []string
+	for _, p := range pods {
+		out = append(out, p.Status.PodIP)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func deletePods(ctx context.Context, t *testing.T, ns string, pods []corev1.Pod) {
+	t.Helper()
+	for _, p := range pods {
+		if err := client.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatalf("delete pod %s/%s: %v", ns, p.Name, err)
+		}
+	}
+}
+
+// claimsOf lists the IPClaims of pods of namespace ns.
+func claimsOf(ctx context.Context, ns string) ([]v1alpha1.IPClaim, error) {
+	var list v1alpha1.IPClaimList
+	if err := berth.List(ctx, &list, crclient.MatchingLabels{v1alpha1.LabelPool: podPool}); err != nil {
+		return nil, fmt.Errorf("list IPClaims: %w", err)
+	}
+	var out []v1alpha1.IPClaim
+	for _, c := range list.Items {
+		if c.Spec.Pod.Namespace == ns {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// checkClaims fails unless every claim of ns held for a pod (Bound or
+// Releasing) belongs to one of live, by UID, with the pod's address, and
+// each of live holds exactly one: nothing leaked, nothing shared.
+func checkClaims(ctx context.Context, t *testing.T, ns string, live []corev1.Pod) {
+	t.Helper()
+	claims, err := claimsOf(ctx, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byUID := map[types.UID]corev1.Pod{}
+	for _, p := range live {
+		byUID[p.UID] = p
+	}
+	held := map[types.UID]int{}
+	for _, c := range claims {
+		if c.Spec.State == v1alpha1.ClaimReserved {
+			continue
+		}
+		p, ok := byUID[c.Spec.Pod.UID]
+		if !ok {
+			t.Errorf("claim %s (%s) is %s for pod %s/%s (uid %s), which is not a live pod of the test: leaked",
+				c.Name, c.Spec.Address, c.Spec.State, c.Spec.Pod.Namespace, c.Spec.Pod.Name, c.Spec.Pod.UID)
+			continue
+		}
+		if c.Spec.Address != p.Status.PodIP {
+			t.Errorf("claim %s holds %s for pod %s, whose IP is %s", c.Name, c.Spec.Address, p.Name, p.Status.PodIP)
+		}
+		held[p.UID]++
+	}
+	for _, p := range live {
+		if held[p.UID] != 1 {
+			t.Errorf("pod %s (%s) holds %d claims, want 1", p.Name, p.Status.PodIP, held[p.UID])
+		}
+	}
+}
+
+// TestIPAM_ReplacementKeepsIP: a Deployment's pod deleted, its replacement
+// has the same address: after the old pod's teardown by default, while the
+// old pod is still terminating with berth.io/ip-release: early (whose
+// interface then has lost the address).
+func TestIPAM_ReplacementKeepsIP(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		early bool
+	}{
+		{name: "after teardown"},
+		{name: "early release", early: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			ns := namespace(t, "e2e-ipam-replace")
+			a := appSpec{name: "web", replicas: 1, grace: 1}
+			if tc.early {
+				a.grace = 120 // the old pod stays Terminating through the test
+				a.annotations = map[string]string{v1alpha1.AnnotationRelease: "early"}
+			}
+			createDeployment(ctx, t, ns, a)
+			before := readyPods(ctx, t, ns, a.name, 1, nil)
+			deletePods(ctx, t, ns, before)
+			after := readyPods(ctx, t, ns, a.name, 1, uids(before))
+			t.Logf("%s: %s -> %s: %s", tc.name, before[0].Name, after[0].Name, after[0].Status.PodIP)
+			if after[0].Status.PodIP != before[0].Status.PodIP {
+				t.Fatalf("replacement %s has %s, its predecessor had %s", after[0].Name, after[0].Status.PodIP, before[0].Status.PodIP)
+			}
+			if !tc.early {
+				checkClaims(ctx, t, ns, after)
+				return
+			}
+			old, err := client.CoreV1().Pods(ns).Get(ctx, before[0].Name, metav1.GetOptions{})
+			if err != nil || old.DeletionTimestamp == nil {
+				t.Fatalf("the old pod is no longer terminating (%v): early release was not what gave the address back", err)
+			}
+			out, err := kubectlRun(ctx, "-n", ns, "exec", old.Name, "--", "ip", "-o", "addr", "show", "dev", "eth0")
+			if err != nil {
+				t.Fatalf("ip addr in the terminating pod: %v", err)
+			}
+			if strings.Contains(out, " "+before[0].Status.PodIP+"/") {
+				t.Errorf("the terminating pod still has %s on eth0:\n%s", before[0].Status.PodIP, out)
+			}
+			// Only the live pod holds a claim; the old one's DEL later
+			// must not take the address from its successor.
+			checkClaims(ctx, t, ns, after)
+			zero := int64(0)
+			if err := client.CoreV1().Pods(ns).Delete(ctx, old.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+				t.Fatalf("delete the old pod now: %v", err)
+			}
+			err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+				_, err := client.CoreV1().Pods(ns).Get(ctx, old.Name, metav1.GetOptions{})
+				return err != nil, nil
+			})
+			if err != nil {
+				t.Fatalf("the old pod did not go: %v", err)
+			}
+			checkClaims(ctx, t, ns, readyPods(ctx, t, ns, a.name, 1, uids(before)))
+		})
+	}
+}
+
+// TestIPAM_Deployment: all three pods of a Deployment deleted at once give
+// three replacements with the same three addresses; scaling 3 -> 1 -> 3
+// gives the same three back.
+func TestIPAM_Deployment(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	ns := namespace(t, "e2e-ipam-deploy")
+	a := appSpec{name: "web", replicas: 3, grace: 1}
+	createDeployment(ctx, t, ns, a)
+	first := readyPods(ctx, t, ns, a.name, 3, nil)
+	want := ips(first)
+	t.Logf("first pods: %v", want)
+
+	deletePods(ctx, t, ns, first)
+	second := readyPods(ctx, t, ns, a.name, 3, uids(first))
+	if got := ips(second); !slices.Equal(got, want) {
+		t.Fatalf("after deleting all three pods: %v, want %v", got, want)
+	}
+	checkClaims(ctx, t, ns, second)
+
+	scaleDeployment(ctx, t, ns, a.name, 1)
+	one := readyPods(ctx, t, ns, a.name, 1, nil)
+	if !slices.Contains(want, one[0].Status.PodIP) {
+		t.Fatalf("at 1 replica: %s, not one of %v", one[0].Status.PodIP, want)
+	}
+	// The two released addresses are reserved for the app, not freed.
+	err := wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		claims, err := claimsOf(ctx, ns)
+		if err != nil {
+			return false, nil
+		}
+		reserved := 0
+		for _, c := range claims {
+			if c.Spec.State == v1alpha1.ClaimReserved && c.Spec.App != nil && c.Spec.App.Name == a.name {
+				reserved++
+			}
+		}
+		return reserved == 2, nil
+	})
+	if err != nil {
+		t.Fatalf("two addresses not reserved for the app after scaling to 1:\n%s", describe(ns, "pods"))
+	}
+	scaleDeployment(ctx, t, ns, a.name, 3)
+	third := readyPods(ctx, t, ns, a.name, 3, nil)
+	if got := ips(third); !slices.Equal(got, want) {
+		t.Fatalf("after 3 -> 1 -> 3: %v, want %v", got, want)
+	}
+	checkClaims(ctx, t, ns, third)
+}
+
+// TestIPAM_StatefulSet: web-0 keeps its address after deletion, and web-1
+// keeps its own.
+func TestIPAM_StatefulSet(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := namespace(t, "e2e-ipam-sts")
+	a := appSpec{name: "web", replicas: 2, grace: 1}
+	sts := &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: a.name},
+		Spec: appsv1.StatefulSetSpec{
+			Replicas:            &a.replicas,
+			ServiceName:         a.name,
+			PodManagementPolicy: appsv1.ParallelPodManagement,
+			Selector:            &metav1.LabelSelector{MatchLabels: map[string]string{"app": a.name}},
+			Template:            a.template(),
+		},
+	}
+	if _, err := client.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create statefulset: %v", err)
+	}
+	before := readyPods(ctx, t, ns, a.name, 2, nil)
+	deletePods(ctx, t, ns, before[:1])
+	after := readyPods(ctx, t, ns, a.name, 2, uids(before[:1]))
+	for i := range before {
+		if after[i].Name != before[i].Name || after[i].Status.PodIP != before[i].Status.PodIP {
+			t.Errorf("%s had %s, now %s has %s", before[i].Name, before[i].Status.PodIP, after[i].Name, after[i].Status.PodIP)
+		}
+	}
+	t.Logf("web-0 %s, web-1 %s", after[0].Status.PodIP, after[1].Status.PodIP)
+	checkClaims(ctx, t, ns, after)
+}
+
+// TestIPAM_OptOut: a pod with berth.io/ip-retain: "false" gets a fresh
+// address: its replacement starts while the old pod still terminates (it
+// does not wait for an address of its own) with another address, and the
+// old address is freed, not reserved.
+func TestIPAM_OptOut(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := namespace(t, "e2e-ipam-optout")
+	a := appSpec{name: "web", replicas: 1, grace: 30,
+		annotations: map[string]string{v1alpha1.AnnotationRetain: "false"}}
+	createDeployment(ctx, t, ns, a)
+	before := readyPods(ctx, t, ns, a.name, 1, nil)
+	deletePods(ctx, t, ns, before)
+	after := readyPods(ctx, t, ns, a.name, 1, uids(before))
+	if after[0].Status.PodIP == before[0].Status.PodIP {
+		t.Fatalf("the opted-out replacement got its predecessor's %s", after[0].Status.PodIP)
+	}
+	claims, err := claimsOf(ctx, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range claims {
+		if c.Spec.App != nil {
+			t.Errorf("claim %s of an opted-out pod is retained for %+v", c.Name, *c.Spec.App)
+		}
+	}
+	zero := int64(0)
+	if err := client.CoreV1().Pods(ns).Delete(ctx, before[0].Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatalf("delete the old pod now: %v", err)
+	}
+	// Its DEL frees the old address outright.
+	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		claims, err := claimsOf(ctx, ns)
+		if err != nil {
+			return false, nil
+		}
+		for _, c := range claims {
+			if c.Spec.Address == before[0].Status.PodIP {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("the old address %s is still claimed after its pod went", before[0].Status.PodIP)
+	}
+	checkClaims(ctx, t, ns, after)
+}
+
+// TestIPAM_AgentKilledMidAllocation: the agent is killed (SIGKILL) while a
+// Deployment's pods are being given addresses; once it is back every pod
+// runs with one claim of its own, no claim is left for a sandbox that
+// failed, and after the Deployment is deleted no claim of it remains.
+func TestIPAM_AgentKilledMidAllocation(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	ns := namespace(t, "e2e-ipam-kill")
+	agent := agentPod(ctx, t)
+	a := appSpec{name: "burst", replicas: 12, grace: 1}
+	createDeployment(ctx, t, ns, a)
+
+	// Kill the agent as soon as the first claim of the burst is committed:
+	// the other ADDs are in flight or queued behind it.
+	err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		claims, err := claimsOf(ctx, ns)
+		return err == nil && len(claims) > 0, nil
+	})
+	if err != nil {
+		t.Fatalf("no claim of the burst appeared:\n%s", describe(ns, "pods"))
+	}
+	expectAgentRestart(t, agent)
+	if _, err := run(ctx, "pkill", "-KILL", "-x", "berth-agent"); err != nil {
+		t.Fatalf("kill the agent: %v", err)
+	}
+	claims, _ := claimsOf(ctx, ns)
+	t.Logf("killed the agent with %d claims of %d pods committed", len(claims), a.replicas)
+
+	pods := readyPods(ctx, t, ns, a.name, int(a.replicas), nil)
+	agentPod(ctx, t) // back and Ready
+	checkClaims(ctx, t, ns, pods)
+	seen := map[string]string{}
+	for _, p := range pods {
+		if other, dup := seen[p.Status.PodIP]; dup {
+			t.Errorf("pods %s and %s share %s", other, p.Name, p.Status.PodIP)
+		}
+		seen[p.Status.PodIP] = p.Name
+	}
+
+	if err := client.AppsV1().Deployments(ns).Delete(ctx, a.name, metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("delete deployment: %v", err)
+	}
+	// Each DEL reserves its address; the controller frees reservations of
+	// an app that is gone.
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		claims, err := claimsOf(ctx, ns)
+		return err == nil && len(claims) == 0, nil
+	})
+	if err != nil {
+		claims, _ := claimsOf(ctx, ns)
+		for _, c := range claims {
+			t.Logf("left: %s %s %s pod %s", c.Name, c.Spec.Address, c.Spec.State, c.Spec.Pod.Name)
+		}
+		t.Fatalf("%d claims of the deleted Deployment remain", len(claims))
+	}
+}
