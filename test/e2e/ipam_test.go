@@ -430,3 +430,59 @@ func TestIPAM_AgentKilledMidAllocation(t *testing.T) {
 		t.Fatalf("%d claims of the deleted Deployment remain", len(claims))
 	}
 }
+
+// TestIPAM_BadInput: a pod naming an unknown pool, or with a malformed
+// annotation, stays ContainerCreating with berth-ipam's reason (naming the
+// pod and the pool) in its events, and holds no claim.
+func TestIPAM_BadInput(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		annotations map[string]string
+		want        string
+	}{
+		{name: "unknown pool", annotations: map[string]string{v1alpha1.AnnotationPool: "no-such-pool"},
+			want: `pool no-such-pool: no IPPool "no-such-pool"`},
+		{name: "malformed retain", annotations: map[string]string{v1alpha1.AnnotationRetain: "no"},
+			want: `malformed annotation: berth.io/ip-retain: "no"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			ns := namespace(t, "e2e-ipam-bad")
+			pod := testPod("bad", nil, "sleep", "3600")
+			pod.Annotations = tc.annotations
+			if _, err := client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+				t.Fatalf("create pod: %v", err)
+			}
+			want := fmt.Sprintf("pod %s/%s", ns, pod.Name)
+			var msg string
+			err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+				evs, err := client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+				if err != nil {
+					return false, nil
+				}
+				for _, e := range evs.Items {
+					if e.Reason == "FailedCreatePodSandBox" && strings.Contains(e.Message, tc.want) {
+						msg = e.Message
+						return true, nil
+					}
+				}
+				return false, nil
+			})
+			if err != nil {
+				t.Fatalf("no FailedCreatePodSandBox event with %q:\n%s", tc.want, describe(ns, "pod/"+pod.Name))
+			}
+			t.Logf("event: %s", msg)
+			if !strings.Contains(msg, want) || !strings.Contains(msg, `plugin type="bridge"`) {
+				t.Errorf("the event does not name %s and the bridge/berth-ipam plugin: %s", want, msg)
+			}
+			if p, err := client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{}); err != nil || !containerCreating(p) {
+				t.Errorf("pod is not ContainerCreating: %v", err)
+			}
+			claims, err := claimsOf(ctx, ns)
+			if err != nil || len(claims) != 0 {
+				t.Errorf("the refused pod holds claims: %d, %v", len(claims), err)
+			}
+		})
+	}
+}

@@ -74,15 +74,34 @@ func setup() error {
 			return fmt.Errorf("%s is not set: run `make e2e`", name)
 		}
 	}
-	return nil
+	baselineRestarts, err = berthRestarts()
+	return err
 }
 
-// expectedRestarts are restarts a test caused on purpose, by
-// "pod/container".
+// Restarts of Berth's containers, by "pod/container": those before the
+// suite (a cluster reused from an earlier run), and those a test caused on
+// purpose.
 var (
 	restartsMu       sync.Mutex
+	baselineRestarts map[string]int32
 	expectedRestarts = map[string]int32{}
 )
+
+func berthRestarts() (map[string]int32, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pods, err := client.CoreV1().Pods(berthNamespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list Berth pods: %w", err)
+	}
+	m := map[string]int32{}
+	for _, p := range pods.Items {
+		for _, cs := range p.Status.ContainerStatuses {
+			m[p.Name+"/"+cs.Name] = cs.RestartCount
+		}
+	}
+	return m, nil
+}
 
 // expectAgentRestart allows one more restart of the agent pod's container,
 // which the calling test is about to kill.
@@ -90,31 +109,20 @@ func expectAgentRestart(t *testing.T, agent *corev1.Pod) {
 	t.Helper()
 	restartsMu.Lock()
 	defer restartsMu.Unlock()
-	for _, cs := range agent.Status.ContainerStatuses {
-		if cs.Name == "berth-agent" {
-			expectedRestarts[agent.Name+"/"+cs.Name] = cs.RestartCount + 1
-			return
-		}
-	}
-	t.Fatalf("agent pod %s has no berth-agent container status", agent.Name)
+	expectedRestarts[agent.Name+"/berth-agent"]++
 }
 
 func checkNoRestarts() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	pods, err := client.CoreV1().Pods(berthNamespace).List(ctx, metav1.ListOptions{})
+	now, err := berthRestarts()
 	if err != nil {
-		return fmt.Errorf("list Berth pods: %w", err)
+		return err
 	}
-	for _, p := range pods.Items {
-		for _, cs := range p.Status.ContainerStatuses {
-			restartsMu.Lock()
-			allowed := expectedRestarts[p.Name+"/"+cs.Name]
-			restartsMu.Unlock()
-			if cs.RestartCount > allowed {
-				return fmt.Errorf("Berth pod %s container %s restarted %d times (last state: %+v)",
-					p.Name, cs.Name, cs.RestartCount, cs.LastTerminationState)
-			}
+	restartsMu.Lock()
+	defer restartsMu.Unlock()
+	for k, n := range now {
+		if n > baselineRestarts[k]+expectedRestarts[k] {
+			return fmt.Errorf("Berth container %s restarted %d times during the suite (%d expected):\n%s",
+				k, n-baselineRestarts[k], expectedRestarts[k], describe(berthNamespace, "pods"))
 		}
 	}
 	return nil
