@@ -158,6 +158,13 @@ func (a *Allocator) allocateFrom(ctx context.Context, req Request, pod *corev1.P
 	if err != nil {
 		return Allocation{}, newError(req.pod(), p.Name, ErrBadPool, "%v", err)
 	}
+	all, err := a.cfg.Store.Pools()
+	if err != nil {
+		return Allocation{}, fmt.Errorf("pod %s: pools: %w", req.pod(), err)
+	}
+	if err := OverlapError(p, pool, all, a.pools.get); err != nil {
+		return Allocation{}, newError(req.pod(), p.Name, ErrBadPool, "%v", err)
+	}
 	if !pool.Retain {
 		app = nil
 	}

@@ -328,6 +328,9 @@ func TestAllocator_Allocate_errors(t *testing.T) {
 			kind: ipam.ErrBadAnnotation, want: `pod ns/x: pod annotation berth.io/ippool: "p,,q": pool name "": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')`},
 		{name: "two pools of one family", pools: []*v1alpha1.IPPool{pool("a", "10.0.0.0/24"), pool("b", "10.1.0.0/24")}, ann: map[string]string{v1alpha1.AnnotationPool: "a,b"},
 			want: "pod ns/x, pool b: pod annotation berth.io/ippool names two pools of one IP family", kind: ipam.ErrBadAnnotation},
+		{name: "pool overlapping an older pool", pools: []*v1alpha1.IPPool{pool("a", "10.0.0.0/24"), pool("b", "10.0.0.128/25")}, ann: map[string]string{v1alpha1.AnnotationPool: "b"},
+			kind: ipam.ErrBadPool, want: "pod ns/x, pool b: its addresses overlap those of the older pool a (10.0.0.129 among them), which keeps them: " +
+				"the same address could go to two pods; make the pools disjoint (cidr, includeRanges, excludeRanges)"},
 		{name: "malformed group", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24")}, ann: map[string]string{v1alpha1.AnnotationGroup: "Bad_Group"},
 			kind: ipam.ErrBadAnnotation, want: `pod ns/x: malformed annotation: berth.io/ip-group: "Bad_Group": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`},
 	} {

@@ -101,7 +101,10 @@ type IPPoolStatus struct {
 	// +optional
 	Free int64 `json:"free,omitempty"`
 	// Conditions: Ready (the spec is valid and the pool can hand out
-	// addresses), Exhausted (no free address is left).
+	// addresses; False with reason InvalidSpec, or Overlaps when an older
+	// pool hands out some of the same addresses, which berth-ipam then
+	// refuses to hand out from this pool), Exhausted (no free address is
+	// left).
 	// +optional
 	// +listType=map
 	// +listMapKey=type

@@ -58,7 +58,24 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1alpha1.IPClaim{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			return []reconcile.Request{{NamespacedName: client.ObjectKey{Name: o.(*v1alpha1.IPClaim).Spec.Pool}}}
 		})).
+		// A pool's overlap with others changes when any pool does.
+		Watches(&v1alpha1.IPPool{}, handler.EnqueueRequestsFromMapFunc(r.otherPools)).
 		Complete(r)
+}
+
+// otherPools lists every pool but o, to recheck their overlaps.
+func (r *Reconciler) otherPools(ctx context.Context, o client.Object) []reconcile.Request {
+	var pools v1alpha1.IPPoolList
+	if err := r.List(ctx, &pools); err != nil {
+		return nil
+	}
+	var reqs []reconcile.Request
+	for _, p := range pools.Items {
+		if p.Name != o.GetName() {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKey{Name: p.Name}})
+		}
+	}
+	return reqs
 }
 
 // Reconcile recounts one pool.
@@ -72,10 +89,28 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	st.ObservedGeneration = p.Generation
 	// 2. Its spec.
 	pool, err := ipam.ParsePool(&p)
-	if err != nil {
+	var overlap error
+	if err == nil {
+		var pools v1alpha1.IPPoolList
+		if err := r.List(ctx, &pools); err != nil {
+			return reconcile.Result{}, err
+		}
+		all := make([]*v1alpha1.IPPool, len(pools.Items))
+		for i := range pools.Items {
+			all[i] = &pools.Items[i]
+		}
+		overlap = ipam.OverlapError(&p, pool, all, ipam.ParsePool)
+	}
+	switch {
+	case err != nil:
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse,
 			Reason: "InvalidSpec", Message: err.Error(), ObservedGeneration: p.Generation})
-	} else {
+	case overlap != nil:
+		// berth-ipam refuses it the same way (agent/ipam OverlapError).
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse,
+			Reason: "Overlaps", Message: overlap.Error(), ObservedGeneration: p.Generation})
+		st.Size = int64(min(pool.Size(), 1<<62))
+	default:
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue,
 			Reason: "Valid", Message: "the pool hands out addresses", ObservedGeneration: p.Generation})
 		st.Size = int64(min(pool.Size(), 1<<62))

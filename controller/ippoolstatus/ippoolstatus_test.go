@@ -57,19 +57,49 @@ func TestReconciler_Reconcile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	waitPool(ctx, t, c, "small", func(p *v1alpha1.IPPool) bool {
+		st := p.Status
+		return st.Size == 2 && st.Bound == 1 && st.Reserved == 1 && st.Free == 0 && st.ObservedGeneration == p.Generation &&
+			meta.IsStatusConditionTrue(st.Conditions, ippoolstatus.ConditionReady) && meta.IsStatusConditionTrue(st.Conditions, ippoolstatus.ConditionExhausted)
+	})
+
+	// A newer pool overlapping it is not Ready, until the older one goes
+	// (created in the same second: the name decides, "small" < "z-late").
+	late := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "z-late"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.6.0.0/29"}}
+	if err := c.Create(ctx, late); err != nil {
+		t.Fatal(err)
+	}
+	waitPool(ctx, t, c, "z-late", func(p *v1alpha1.IPPool) bool {
+		cond := meta.FindStatusCondition(p.Status.Conditions, ippoolstatus.ConditionReady)
+		return cond != nil && cond.Status == metav1.ConditionFalse && cond.Reason == "Overlaps" &&
+			cond.Message == "its addresses overlap those of the older pool small (10.6.0.1 among them), which keeps them: "+
+				"the same address could go to two pods; make the pools disjoint (cidr, includeRanges, excludeRanges)"
+	})
+	waitPool(ctx, t, c, "small", func(p *v1alpha1.IPPool) bool {
+		return meta.IsStatusConditionTrue(p.Status.Conditions, ippoolstatus.ConditionReady)
+	})
+	if err := c.Delete(ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "small"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitPool(ctx, t, c, "z-late", func(p *v1alpha1.IPPool) bool {
+		return meta.IsStatusConditionTrue(p.Status.Conditions, ippoolstatus.ConditionReady)
+	})
+}
+
+// waitPool polls the pool until ok holds, for at most 20s.
+func waitPool(ctx context.Context, t *testing.T, c client.Client, name string, ok func(*v1alpha1.IPPool) bool) {
+	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		var p v1alpha1.IPPool
-		if err := c.Get(ctx, client.ObjectKey{Name: "small"}, &p); err != nil {
+		if err := c.Get(ctx, client.ObjectKey{Name: name}, &p); err != nil {
 			t.Fatal(err)
 		}
-		st := p.Status
-		if st.Size == 2 && st.Bound == 1 && st.Reserved == 1 && st.Free == 0 && st.ObservedGeneration == p.Generation &&
-			meta.IsStatusConditionTrue(st.Conditions, ippoolstatus.ConditionReady) && meta.IsStatusConditionTrue(st.Conditions, ippoolstatus.ConditionExhausted) {
+		if ok(&p) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("pool status %+v", st)
+			t.Fatalf("pool %s: status %+v", name, p.Status)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
