@@ -4,7 +4,9 @@
 // to it through CRI (k8s.io/cri-api), as kubelet does. It never touches
 // the local cluster's containerd (/run/containerd); only the shims'
 // sockets go to containerd's compiled-in /run/containerd/s/, under names
-// hashed from this containerd's own socket (the directory stays). Pods
+// hashed from this containerd's own socket (that directory, and
+// /run/containerd, are removed at the end if the test made them and they
+// are empty). Pods
 // get a cgroup parent of their own, removed at the end.
 //
 // It needs root (tests fail, not skip, without it), the containerd and
@@ -56,6 +58,8 @@ type Containerd struct {
 	// TestImage is the busybox test image's reference.
 	TestImage string
 
+	// made lists the shared directories (shim sockets) this test created.
+	made   []string
 	cmd    *exec.Cmd
 	cancel context.CancelFunc
 	conn   *grpc.ClientConn
@@ -133,6 +137,11 @@ func Start(t testing.TB) *Containerd {
 		Dir:       dir,
 		Address:   filepath.Join(dir, "containerd.sock"),
 		NRISocket: filepath.Join(dir, "nri.sock"),
+	}
+	for _, d := range []string{shimSocketParent, shimSocketDir} {
+		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
+			c.made = append(c.made, d)
+		}
 	}
 	t.Cleanup(func() { c.stop(t) })
 	ref, err := os.ReadFile(filepath.Join(paths.Images, "busybox.ref"))
@@ -285,7 +294,18 @@ func (c *Containerd) stop(t testing.TB) {
 	if err := os.RemoveAll(c.Dir); err != nil {
 		t.Errorf("containerdtest: %v", err)
 	}
+	// Deepest first; a directory another containerd still uses is not
+	// empty and stays.
+	for i := len(c.made) - 1; i >= 0; i-- {
+		_ = os.Remove(c.made[i])
+	}
 }
+
+// containerd puts shim sockets here whatever its configuration says.
+const (
+	shimSocketParent = "/run/containerd"
+	shimSocketDir    = "/run/containerd/s"
+)
 
 // mountsBelow lists the mount points below dir, deepest first.
 func mountsBelow(dir string) []string {
