@@ -73,13 +73,13 @@ func scaleDeployment(ctx context.Context, t *testing.T, ns, name string, replica
 	}
 }
 
-// readyPods waits until exactly n pods labelled app=name are Ready and none
-// of them is in skip (pods of before, by UID), and returns them sorted by
-// name. Terminating pods are not counted.
+// readyPods waits, until ctx ends, for exactly n pods labelled app=name to
+// be Ready with none of them in skip (pods of before, by UID), and returns
+// them sorted by name. Terminating pods are not counted.
 func readyPods(ctx context.Context, t *testing.T, ns, name string, n int, skip map[types.UID]bool) []corev1.Pod {
 	t.Helper()
 	var got []corev1.Pod
-	err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
 		list, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
 		if err != nil {
 			return false, nil
