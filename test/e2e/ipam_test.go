@@ -97,7 +97,7 @@ func readyPods(ctx context.Context, t *testing.T, ns, name string, n int, skip m
 		return len(got) == n, nil
 	})
 	if err != nil {
-		t.Fatalf("want %d new Ready pods of %s/%s, have %d: %v\n%s", n, ns, name, len(got), err, describe(ns, "pods -l app="+name))
+		t.Fatalf("want %d new Ready pods of %s/%s, have %d: %v\n%s", n, ns, name, len(got), err, describe(ns, "pods"))
 	}
 	slices.SortFunc(got, func(a, b corev1.Pod) int { return strings.Compare(a.Name, b.Name) })
 	return got
