@@ -421,7 +421,7 @@ func (a *Allocator) reclaim(ctx context.Context, req Request, pod *corev1.Pod, p
 		return Allocation{}, fmt.Errorf("pool %s: reclaim: %w", pool.Name, ErrConflict)
 	}
 	return Allocation{}, newError(req.pod(), pool.Name, ErrExhausted,
-		"all %d addresses are bound or reserved for the pod's own app: no reservation of another app is left to reclaim", pool.Size())
+		"all %d addresses are held by pods or reserved for the pod's own app: no other app's reservation is left to reclaim", pool.Size())
 }
 
 func (a *Allocator) allocation(pool *Pool, c *v1alpha1.IPClaim, reused bool) (Allocation, error) {

@@ -310,7 +310,7 @@ func TestAllocator_Allocate_errors(t *testing.T) {
 		{name: "unknown namespace default pool", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24")}, nsAnn: map[string]string{v1alpha1.AnnotationPool: "gone"},
 			want: `pod ns/x, pool gone: no IPPool "gone" (from the namespace annotation berth.io/ippool)`, kind: ipam.ErrUnknownPool},
 		{name: "exhausted", pools: []*v1alpha1.IPPool{full}, fill: 2,
-			want: "pod ns/x, pool tiny: all 2 addresses are bound or reserved for the pod's own app: no reservation of another app is left to reclaim", kind: ipam.ErrExhausted},
+			want: "pod ns/x, pool tiny: all 2 addresses are held by pods or reserved for the pod's own app: no other app's reservation is left to reclaim", kind: ipam.ErrExhausted},
 		{name: "forbidden by namespace selector", pools: []*v1alpha1.IPPool{pool("prod", "10.0.0.0/24", func(p *v1alpha1.IPPool) {
 			p.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"env": "prod"}}
 		})}, ann: map[string]string{v1alpha1.AnnotationPool: "prod"},
@@ -591,13 +591,13 @@ func TestAllocator_Allocate_reclaim(t *testing.T) {
 				claimOf("tiny", "10.9.0.1", v1alpha1.ClaimBound, deployment("a"), 0),
 				claimOf("tiny", "10.9.0.2", v1alpha1.ClaimReleasing, deployment("b"), 0),
 			}, pod: [3]string{"x", "", ""},
-			err: "pod ns/x, pool tiny: all 2 addresses are bound or reserved for the pod's own app: no reservation of another app is left to reclaim"},
+			err: "pod ns/x, pool tiny: all 2 addresses are held by pods or reserved for the pod's own app: no other app's reservation is left to reclaim"},
 		{name: "never a reservation of the pod's own app",
 			pool: pool("tiny", "10.9.0.0/30"), claims: []*v1alpha1.IPClaim{
 				claimOf("tiny", "10.9.0.1", v1alpha1.ClaimReserved, db0, time.Hour),
 				claimOf("tiny", "10.9.0.2", v1alpha1.ClaimBound, deployment("a"), 0),
 			}, pod: [3]string{"db-1", "StatefulSet", "db"},
-			err: "pod ns/db-1, pool tiny: all 2 addresses are bound or reserved for the pod's own app: no reservation of another app is left to reclaim"},
+			err: "pod ns/db-1, pool tiny: all 2 addresses are held by pods or reserved for the pod's own app: no other app's reservation is left to reclaim"},
 		{name: "reclaimReservations false fails as exhausted",
 			pool: pool("tiny", "10.9.0.0/30", noReclaim), claims: []*v1alpha1.IPClaim{
 				claimOf("tiny", "10.9.0.1", v1alpha1.ClaimReserved, deployment("a"), time.Hour),
