@@ -31,26 +31,31 @@ const (
 // overlayTTL bounds how long the store's own writes shadow the cache.
 const overlayTTL = 30 * time.Second
 
+// claimIndexes are the IPClaim indexes the store reads by: index name to
+// the claim's value ("": not indexed). The overlay of the store's own
+// writes keeps them too.
+var claimIndexes = map[string]func(*v1alpha1.IPClaim) string{
+	indexApp: func(c *v1alpha1.IPClaim) string {
+		if c.Spec.App == nil {
+			return ""
+		}
+		return ipam.AppKey(c.Spec.Pool, *c.Spec.App)
+	},
+	indexContainer: func(c *v1alpha1.IPClaim) string { return c.Spec.ContainerID },
+	indexPodUID:    func(c *v1alpha1.IPClaim) string { return string(c.Spec.Pod.UID) },
+	indexNode:      func(c *v1alpha1.IPClaim) string { return c.Spec.Node },
+	indexReserved: func(c *v1alpha1.IPClaim) string {
+		if c.Spec.State != v1alpha1.ClaimReserved {
+			return ""
+		}
+		return c.Spec.Pool
+	},
+}
+
 // IndexClaims registers the IPClaim indexes the store reads by. Call it
 // before the cache starts.
 func IndexClaims(ctx context.Context, idx client.FieldIndexer) error {
-	for name, f := range map[string]func(*v1alpha1.IPClaim) string{
-		indexApp: func(c *v1alpha1.IPClaim) string {
-			if c.Spec.App == nil {
-				return ""
-			}
-			return ipam.AppKey(c.Spec.Pool, *c.Spec.App)
-		},
-		indexContainer: func(c *v1alpha1.IPClaim) string { return c.Spec.ContainerID },
-		indexPodUID:    func(c *v1alpha1.IPClaim) string { return string(c.Spec.Pod.UID) },
-		indexNode:      func(c *v1alpha1.IPClaim) string { return c.Spec.Node },
-		indexReserved: func(c *v1alpha1.IPClaim) string {
-			if c.Spec.State != v1alpha1.ClaimReserved {
-				return ""
-			}
-			return c.Spec.Pool
-		},
-	} {
+	for name, f := range claimIndexes {
 		err := idx.IndexField(ctx, &v1alpha1.IPClaim{}, name, func(o client.Object) []string {
 			if v := f(o.(*v1alpha1.IPClaim)); v != "" {
 				return []string{v}
@@ -75,9 +80,15 @@ type Store struct {
 
 	mu      sync.Mutex
 	overlay map[string]overlayEntry
+	// indexed holds the names of the overlay's claims by index and value,
+	// so that a list looks at the few that match, not at every recent
+	// write.
+	indexed map[indexKey]map[string]struct{}
 	swept   time.Time
 	now     func() time.Time
 }
+
+type indexKey struct{ index, value string }
 
 type overlayEntry struct {
 	claim *v1alpha1.IPClaim // nil: deleted
@@ -89,7 +100,7 @@ type overlayEntry struct {
 // NewStore returns a Store reading c (claims indexed by IndexClaims) and
 // api, writing through w.
 func NewStore(c cache.Cache, api client.Reader, w client.Client) *Store {
-	return &Store{cache: c, api: api, writer: w, overlay: map[string]overlayEntry{}, now: time.Now}
+	return &Store{cache: c, api: api, writer: w, overlay: map[string]overlayEntry{}, indexed: map[indexKey]map[string]struct{}{}, now: time.Now}
 }
 
 var _ ipam.Store = (*Store)(nil)
@@ -185,8 +196,8 @@ func (s *Store) list(field, value string, match func(*v1alpha1.IPClaim) bool) ([
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for name, e := range s.overlay {
-		if !seen[name] && e.claim != nil && match(e.claim) {
+	for name := range s.indexed[indexKey{field, value}] {
+		if e := s.overlay[name]; !seen[name] && e.claim != nil && match(e.claim) {
 			out = append(out, e.claim)
 		}
 	}
@@ -290,10 +301,49 @@ func (s *Store) shadow(name string, c *v1alpha1.IPClaim) *v1alpha1.IPClaim {
 		caught = true // deleted, and the cache agrees
 	}
 	if caught {
-		delete(s.overlay, name)
+		s.drop(name)
 		return c
 	}
 	return e.claim
+}
+
+// set records the overlay entry of a claim; s.mu held.
+func (s *Store) set(name string, e overlayEntry) {
+	s.drop(name)
+	s.overlay[name] = e
+	if e.claim == nil {
+		return
+	}
+	for index, f := range claimIndexes {
+		if v := f(e.claim); v != "" {
+			k := indexKey{index, v}
+			if s.indexed[k] == nil {
+				s.indexed[k] = map[string]struct{}{}
+			}
+			s.indexed[k][name] = struct{}{}
+		}
+	}
+}
+
+// drop removes the overlay entry of a claim; s.mu held.
+func (s *Store) drop(name string) {
+	e, ok := s.overlay[name]
+	if !ok {
+		return
+	}
+	delete(s.overlay, name)
+	if e.claim == nil {
+		return
+	}
+	for index, f := range claimIndexes {
+		if v := f(e.claim); v != "" {
+			k := indexKey{index, v}
+			delete(s.indexed[k], name)
+			if len(s.indexed[k]) == 0 {
+				delete(s.indexed, k)
+			}
+		}
+	}
 }
 
 func (s *Store) remember(name string, c *v1alpha1.IPClaim, rv string) {
@@ -304,7 +354,7 @@ func (s *Store) remember(name string, c *v1alpha1.IPClaim, rv string) {
 	if c != nil {
 		c = c.DeepCopy()
 	}
-	s.overlay[name] = overlayEntry{claim: c, rv: n, until: s.now().Add(overlayTTL)}
+	s.set(name, overlayEntry{claim: c, rv: n, until: s.now().Add(overlayTTL)})
 }
 
 // sweep drops expired overlay entries, at most once a second; s.mu held.
@@ -316,7 +366,7 @@ func (s *Store) sweep() {
 	s.swept = now
 	for name, e := range s.overlay {
 		if now.After(e.until) {
-			delete(s.overlay, name)
+			s.drop(name)
 		}
 	}
 }
@@ -324,7 +374,7 @@ func (s *Store) sweep() {
 func (s *Store) forget(name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.overlay, name)
+	s.drop(name)
 }
 
 // Create implements ipam.Store.
@@ -374,7 +424,7 @@ func (s *Store) Delete(ctx context.Context, c *v1alpha1.IPClaim) error {
 	n, _ := strconv.ParseInt(rv, 10, 64)
 	s.mu.Lock()
 	s.sweep()
-	s.overlay[c.Name] = overlayEntry{uid: c.UID, rv: n + 1<<62, until: s.now().Add(overlayTTL)}
+	s.set(c.Name, overlayEntry{uid: c.UID, rv: n + 1<<62, until: s.now().Add(overlayTTL)})
 	s.mu.Unlock()
 	return nil
 }

@@ -12,9 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -130,26 +128,13 @@ func call(ctx context.Context, c *Config, cmd string, req *protocol.Request, tim
 	if err != nil {
 		return nil, err
 	}
-	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", c.Socket)
-	}}}
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://berth-agent/v1/"+cmd, bytes.NewReader(body))
+	code, data, err := post(ctx, c.Socket, "/v1/"+cmd, body)
 	if err != nil {
 		return nil, err
 	}
-	hreq.Header.Set("Content-Type", "application/json")
-	resp, err := hc.Do(hreq)
-	if err != nil {
-		return nil, &unreachableError{socket: c.Socket, err: err}
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, fmt.Errorf("berth-agent at %s: read: %w", c.Socket, err)
-	}
 	var out protocol.Response
 	if err := protocol.Decode(data, &out); err != nil {
-		return nil, fmt.Errorf("berth-agent at %s: HTTP %d: %w", c.Socket, resp.StatusCode, err)
+		return nil, fmt.Errorf("berth-agent at %s: HTTP %d: %w", c.Socket, code, err)
 	}
 	return &out, nil
 }

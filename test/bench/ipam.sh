@@ -3,6 +3,9 @@
 # Whereabouts v0.9.2, through the plugin binaries, against one real
 # kube-apiserver + etcd (the envtest binaries the local-cluster build caches).
 #   test/bench/ipam.sh [ipambench flags, e.g. -adds 128 -concurrency 1,16,64 -claims 20000]
+# Diagnostics: -floor N (serial IPClaim writes through a plain client),
+# -cpuprofile FILE (this process: the agent's IPAM server),
+# -apiserver-cpuprofile FILE, -agent-qps 0 (client-go's default limit).
 # Builds: berth-ipam (this checkout), Whereabouts from the Go module proxy
 # into $BERTH_CACHE/whereabouts-v0.9.2 (once, ~1 min); host-local is the CNI
 # reference plugins' build in $BERTH_CACHE.
@@ -16,7 +19,8 @@ bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 
 make -s envtest-assets
-CGO_ENABLED=0 go build -o "$bin/berth-ipam" ./cni/ipam/cmd/berth-ipam
+# As `make build` builds it (stripped), so the exec measured is the one shipped.
+CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$bin/berth-ipam" ./cni/ipam/cmd/berth-ipam
 test -x "$BERTH_CACHE/cni-plugins-$CNI_PLUGINS_VERSION/bin/host-local" || test/cluster/build.sh cni_plugins
 cp "$BERTH_CACHE/cni-plugins-$CNI_PLUGINS_VERSION/bin/host-local" "$bin/"
 

@@ -164,6 +164,12 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 		}
+		if cfg.QPS == 0 {
+			// As ctrl.GetConfig does in the pod: client-go's default (5 QPS)
+			// would cap IPAM at 5 ADDs/s; the API server's priority and
+			// fairness applies instead.
+			cfg.QPS = -1
+		}
 		return cfg, nil
 	}
 	return ctrl.GetConfig()

@@ -1,6 +1,8 @@
 // Package protocol is what berth-ipam and berth-agent say to each other over
 // the agent's unix socket: one JSON request per HTTP POST to /v1/<command>,
-// one JSON response. Standard library only: the CNI binary links it.
+// one JSON response. berth-ipam sends HTTP/1.0, one request per
+// connection, so the agent's answer is never chunked. Standard library
+// only: the CNI binary links it.
 package protocol
 
 import (

@@ -3,26 +3,34 @@
 // stdin, CNI_* environment), at several concurrencies, against one real
 // kube-apiserver and etcd: berth-ipam (with berth-agent's IPAM server
 // in-process, committing every claim to the API server), host-local (a
-// local-file floor) and Whereabouts (its Kubernetes datastore). Then it
-// measures berth-ipam's latency with few and with many existing claims.
+// local-file floor) and Whereabouts (its Kubernetes datastore). For each
+// round it also shows where the time goes: the agent's time and its API
+// writes in it, and the CPU time of the plugin processes, of this process
+// (the agent), of kube-apiserver and of etcd. Then it measures berth-ipam's
+// latency with few and with many existing claims. -floor, -cpuprofile and
+// -apiserver-cpuprofile are diagnostics.
 // Run it with test/bench/ipam.sh, which builds what it needs.
 package main
 
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -30,6 +38,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/discovery"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -55,6 +64,11 @@ type opts struct {
 	conc               []int
 	plugins            []string
 	scale              int
+	floor              int
+	cpuprofile         string
+	apiProfile         string
+	apiProfileSeconds  int
+	agentQPS           float64
 }
 
 func run() error {
@@ -66,8 +80,13 @@ func run() error {
 	flag.StringVar(&o.waCRDs, "whereabouts-crds", "", "Whereabouts' CRDs (doc/crds of its module)")
 	flag.IntVar(&o.adds, "adds", 128, "ADDs (then as many DELs) per plugin and concurrency")
 	flag.StringVar(&conc, "concurrency", "1,16,64", "concurrencies")
-	flag.StringVar(&plugins, "plugins", "host-local,berth-ipam,whereabouts", "plugins to run")
+	flag.StringVar(&plugins, "plugins", "host-local,berth-ipam,whereabouts", "plugins to run (berth-ipam* names another build of berth-ipam in -bin)")
 	flag.IntVar(&o.scale, "claims", 20000, "existing claims for the scale run (0: skip)")
+	flag.IntVar(&o.floor, "floor", 0, "first time this many serial creates, updates and deletes of IPClaims through a plain client (0: skip)")
+	flag.Float64Var(&o.agentQPS, "agent-qps", -1, "QPS of the agent's API client: -1 none, as ctrl.GetConfig sets it for berth-agent in a pod; 0 client-go's default (5 QPS, burst 10, per resource), as berth-agent --kubeconfig gets it")
+	flag.StringVar(&o.apiProfile, "apiserver-cpuprofile", "", "write a CPU profile of kube-apiserver over the first -apiserver-cpuprofile-seconds of the plugin rounds")
+	flag.IntVar(&o.apiProfileSeconds, "apiserver-cpuprofile-seconds", 10, "length of the kube-apiserver CPU profile")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (the agent's IPAM server and the exec harness) over the plugin rounds")
 	flag.Parse()
 	for _, s := range strings.Split(conc, ",") {
 		n, err := strconv.Atoi(s)
@@ -82,6 +101,9 @@ func run() error {
 		CRDDirectoryPaths: []string{o.crds}}
 	if o.waCRDs != "" {
 		env.CRDDirectoryPaths = append(env.CRDDirectoryPaths, o.waCRDs)
+	}
+	if o.apiProfile != "" {
+		env.ControlPlane.GetAPIServer().Configure().Set("profiling", "true")
 	}
 	cfg, err := env.Start()
 	if err != nil {
@@ -135,9 +157,19 @@ func run() error {
 		}
 	}
 
-	sock := filepath.Join(work, "ipam.sock")
+	// The agent's socket, DEL queue and attachment records live in
+	// /run/berth on a node, a tmpfs: here too when /dev/shm is one.
+	runPath, err := runDir(work)
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(runPath)
+	sock := filepath.Join(runPath, "ipam.sock")
 	reg := prometheus.NewRegistry()
-	if err := startAgent(ctx, cfg, scheme, c, sock, reg); err != nil {
+	writes := &writeTimer{}
+	agentCfg := rest.CopyConfig(cfg)
+	agentCfg.QPS = float32(o.agentQPS)
+	if err := startAgent(ctx, agentCfg, scheme, sock, reg, writes); err != nil {
 		return err
 	}
 
@@ -145,28 +177,73 @@ func run() error {
 		"host-local": fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": "10.129.0.0/16"}]]}}`,
 			filepath.Join(work, "host-local")),
 		"berth-ipam": fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "ipam": {"type": "berth-ipam", "socket": %q, "queueDir": %q}}`,
-			sock, filepath.Join(work, "queue")),
+			sock, filepath.Join(runPath, "queue")),
 		"whereabouts": fmt.Sprintf(`{"cniVersion": "0.4.0", "name": "bench", "type": "bridge", "ipam": {"type": "whereabouts", "range": "10.130.0.0/16", "configuration_path": %q}}`,
 			waConf),
 	}
 	fmt.Printf("ADD then DEL, %d each, through the plugin binaries; one kube-apiserver %s + etcd (envtest)\n\n", o.adds, serverVersion(cfg))
+	if o.floor > 0 {
+		if err := floor(ctx, c, o.floor); err != nil {
+			return err
+		}
+	}
+	if o.cpuprofile != "" {
+		f, err := os.Create(o.cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
+	if o.apiProfile != "" {
+		done := make(chan error, 1)
+		go func() { done <- apiserverProfile(ctx, cfg, o.apiProfile, o.apiProfileSeconds) }()
+		defer func() {
+			if err := <-done; err != nil {
+				fmt.Fprintln(os.Stderr, "ipambench: kube-apiserver profile:", err)
+			}
+		}()
+	}
+	procs := controlPlane()
 	fmt.Println("| plugin | concurrency | ADD/s | ADD p50 | ADD p99 | DEL/s | DEL p99 | agent's mean ADD |")
 	fmt.Println("|---|---|---|---|---|---|---|---|")
+	var cpuRows []string
 	round := 0
 	for _, n := range o.conc {
 		for _, plugin := range o.plugins {
 			round++
-			sum0, n0 := allocSum(reg)
-			add, del, err := measure(ctx, filepath.Join(o.bins, plugin), confs[plugin], o.adds, n, round)
+			a0, r0 := histSum(reg, "berth_ipam_allocation_duration_seconds"), histSum(reg, "berth_ipam_release_duration_seconds")
+			t0 := procTimes(procs)
+			conf, ok := confs[plugin]
+			if !ok && strings.HasPrefix(plugin, "berth-ipam") {
+				conf = confs["berth-ipam"] // another build, to compare
+			}
+			add, del, err := measure(ctx, filepath.Join(o.bins, plugin), conf, o.adds, n, round, writes)
 			if err != nil {
 				return fmt.Errorf("%s at concurrency %d: %w", plugin, n, err)
 			}
-			agent := "-"
-			if sum1, n1 := allocSum(reg); n1 > n0 {
-				agent = ms(time.Duration((sum1 - sum0) / float64(n1-n0) * float64(time.Second)))
-			}
-			fmt.Printf("| %s | %d | %.0f | %s | %s | %.0f | %s | %s |\n", plugin, n, add.rate, ms(add.p50), ms(add.p99), del.rate, ms(del.p99), agent)
+			t1 := procTimes(procs)
+			agentAdd := histSum(reg, "berth_ipam_allocation_duration_seconds").mean(a0)
+			agentDel := histSum(reg, "berth_ipam_release_duration_seconds").mean(r0)
+			fmt.Printf("| %s | %d | %.0f | %s | %s | %.0f | %s | %s |\n", plugin, n, add.rate, ms(add.p50), ms(add.p99), del.rate, ms(del.p99), agentAdd)
+			per := func(d time.Duration) string { return ms(d / time.Duration(o.adds)) }
+			total := t1[0] + t1[1] + t1[2] - t0[0] - t0[1] - t0[2] + add.cpu + del.cpu
+			row := fmt.Sprintf("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |", plugin, n, agentAdd, add.writeString(), agentDel, del.writeString(),
+				per(add.cpu+del.cpu), per(t1[0]-t0[0]), per(t1[1]-t0[1]), per(t1[2]-t0[2]), per(total))
+			cpuRows = append(cpuRows, row)
 		}
+	}
+	if o.cpuprofile != "" {
+		pprof.StopCPUProfile()
+	}
+	fmt.Printf("\nWhere the time goes: the agent's mean ADD and DEL, and its API writes in them (mean time per call; writes per call, p99 of one);\n")
+	fmt.Printf("CPU time per ADD+DEL pair by process (the bench process runs the agent and execs the plugins)\n\n")
+	fmt.Println("| plugin | concurrency | agent's ADD | its writes | agent's DEL | its writes | CPU: plugin | CPU: bench | CPU: kube-apiserver | CPU: etcd | CPU: total |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, r := range cpuRows {
+		fmt.Println(r)
 	}
 
 	if o.scale > 0 && slices.Contains(o.plugins, "berth-ipam") {
@@ -181,7 +258,7 @@ func run() error {
 			have = target
 			time.Sleep(15 * time.Second) // let the agent's cache and the API server settle
 			round++
-			add, del, err := measure(ctx, filepath.Join(o.bins, "berth-ipam"), confs["berth-ipam"], o.adds, 16, round)
+			add, del, err := measure(ctx, filepath.Join(o.bins, "berth-ipam"), confs["berth-ipam"], o.adds, 16, round, writes)
 			if err != nil {
 				return err
 			}
@@ -203,9 +280,24 @@ func serverVersion(cfg *rest.Config) string {
 	return v.GitVersion
 }
 
+// runDir returns a new directory on a tmpfs (/dev/shm) if there is one,
+// else under work.
+func runDir(work string) (string, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs("/dev/shm", &st); err == nil && st.Type == 0x01021994 { // TMPFS_MAGIC
+		return os.MkdirTemp("/dev/shm", "ipambench-")
+	}
+	dir := filepath.Join(work, "run")
+	return dir, os.Mkdir(dir, 0o700)
+}
+
 // startAgent runs berth-agent's IPAM server in-process: its own informer
 // cache, writes through the API server.
-func startAgent(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, c client.Client, sock string, reg prometheus.Registerer) error {
+func startAgent(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, sock string, reg prometheus.Registerer, writes *writeTimer) error {
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return err
+	}
 	ca, err := ctrlcache.New(cfg, ctrlcache.Options{Scheme: scheme})
 	if err != nil {
 		return err
@@ -214,7 +306,7 @@ func startAgent(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, c
 		return err
 	}
 	go func() { _ = ca.Start(ctx) }()
-	st := ipamserver.NewStore(ca, c, c)
+	st := &timedStore{Store: ipamserver.NewStore(ca, c, c), writes: writes}
 	srv, err := ipamserver.New(ipamserver.Config{SocketPath: sock, QueueDir: filepath.Join(filepath.Dir(sock), "queue"),
 		AttachmentDir: filepath.Join(filepath.Dir(sock), "attachments"), Node: "bench-node",
 		Store: st, Registerer: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -240,6 +332,51 @@ func startAgent(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, c
 		}
 	}
 	return nil
+}
+
+// writeTimer records the time the agent's store spends in each API write.
+type writeTimer struct {
+	mu  sync.Mutex
+	lat []time.Duration
+}
+
+func (w *writeTimer) add(d time.Duration) {
+	w.mu.Lock()
+	w.lat = append(w.lat, d)
+	w.mu.Unlock()
+}
+
+// since returns the writes after the first n, and how many there are now.
+func (w *writeTimer) since(n int) ([]time.Duration, int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.lat[n:]), len(w.lat)
+}
+
+// timedStore is the agent's store, timing its writes.
+type timedStore struct {
+	*ipamserver.Store
+	writes *writeTimer
+}
+
+func (s *timedStore) Create(ctx context.Context, c *v1alpha1.IPClaim) error {
+	defer s.timed()()
+	return s.Store.Create(ctx, c)
+}
+
+func (s *timedStore) Update(ctx context.Context, c *v1alpha1.IPClaim) error {
+	defer s.timed()()
+	return s.Store.Update(ctx, c)
+}
+
+func (s *timedStore) Delete(ctx context.Context, c *v1alpha1.IPClaim) error {
+	defer s.timed()()
+	return s.Store.Delete(ctx, c)
+}
+
+func (s *timedStore) timed() func() {
+	t0 := time.Now()
+	return func() { s.writes.add(time.Since(t0)) }
 }
 
 // fillClaims creates claims up to n in a pool of their own.
@@ -287,24 +424,31 @@ func fillClaims(ctx context.Context, c client.Client, from, to int) error {
 type stats struct {
 	rate     float64
 	p50, p99 time.Duration
+	cpu      time.Duration // of the plugin processes
+	// write is the agent's API write time per call, writeP99 the 99th
+	// percentile of one write, writes the writes per call.
+	write, writeP99 time.Duration
+	writes          float64
 }
 
 // measure runs n ADDs (pods 0..n-1) at concurrency conc, then their DELs.
-func measure(ctx context.Context, bin, conf string, n, conc, round int) (stats, stats, error) {
-	add, err := phase(ctx, "ADD", bin, conf, n, conc, round)
+func measure(ctx context.Context, bin, conf string, n, conc, round int, writes *writeTimer) (stats, stats, error) {
+	add, err := phase(ctx, "ADD", bin, conf, n, conc, round, writes)
 	if err != nil {
 		return stats{}, stats{}, err
 	}
-	del, err := phase(ctx, "DEL", bin, conf, n, conc, round)
+	del, err := phase(ctx, "DEL", bin, conf, n, conc, round, writes)
 	return add, del, err
 }
 
-func phase(ctx context.Context, cmd, bin, conf string, n, conc, round int) (stats, error) {
+func phase(ctx context.Context, cmd, bin, conf string, n, conc, round int, writes *writeTimer) (stats, error) {
+	_, wn0 := writes.since(0)
 	lat := make([]time.Duration, n)
 	next := make(chan int)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var firstErr error
+	var cpu time.Duration
 	start := time.Now()
 	for range conc {
 		wg.Add(1)
@@ -312,15 +456,14 @@ func phase(ctx context.Context, cmd, bin, conf string, n, conc, round int) (stat
 			defer wg.Done()
 			for i := range next {
 				t0 := time.Now()
-				err := call(ctx, cmd, bin, conf, fmt.Sprintf("r%d-c%d", round, i), fmt.Sprintf("pod-%d", i))
+				used, err := call(ctx, cmd, bin, conf, fmt.Sprintf("r%d-c%d", round, i), fmt.Sprintf("pod-%d", i))
 				lat[i] = time.Since(t0)
-				if err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
+				mu.Lock()
+				cpu += used
+				if err != nil && firstErr == nil {
+					firstErr = err
 				}
+				mu.Unlock()
 			}
 		}()
 	}
@@ -335,10 +478,20 @@ func phase(ctx context.Context, cmd, bin, conf string, n, conc, round int) (stat
 	}
 	slices.Sort(lat)
 	q := func(p float64) time.Duration { return lat[max(0, min(n-1, int(p*float64(n)+0.999999)-1))] }
-	return stats{rate: float64(n) / wall.Seconds(), p50: q(0.5), p99: q(0.99)}, nil
+	st := stats{rate: float64(n) / wall.Seconds(), p50: q(0.5), p99: q(0.99), cpu: cpu}
+	if ws, _ := writes.since(wn0); len(ws) > 0 {
+		var sum time.Duration
+		for _, d := range ws {
+			sum += d
+		}
+		slices.Sort(ws)
+		st.write, st.writeP99, st.writes = sum/time.Duration(n), ws[max(0, len(ws)*99/100-1)], float64(len(ws))/float64(n)
+	}
+	return st, nil
 }
 
-func call(ctx context.Context, cmd, bin, conf, id, pod string) error {
+// call execs the plugin once and returns the CPU time it used.
+func call(ctx context.Context, cmd, bin, conf, id, pod string) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	c := exec.CommandContext(ctx, bin)
@@ -347,30 +500,225 @@ func call(ctx context.Context, cmd, bin, conf, id, pod string) error {
 		"CNI_PATH=" + filepath.Dir(bin), "CNI_ARGS=IgnoreUnknown=true;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=" + pod + ";K8S_POD_INFRA_CONTAINER_ID=" + id}
 	var out, errb bytes.Buffer
 	c.Stdout, c.Stderr = &out, &errb
-	if err := c.Run(); err != nil {
-		return fmt.Errorf("%s %s: %w: %s %s", filepath.Base(bin), cmd, err, out.String(), errb.String())
+	err := c.Run()
+	var used time.Duration
+	if c.ProcessState != nil {
+		used = c.ProcessState.UserTime() + c.ProcessState.SystemTime()
 	}
-	return nil
+	if err != nil {
+		return used, fmt.Errorf("%s %s: %w: %s %s", filepath.Base(bin), cmd, err, out.String(), errb.String())
+	}
+	return used, nil
 }
 
-// allocSum reads the agent's ADD histogram: total seconds and count.
-func allocSum(g prometheus.Gatherer) (float64, uint64) {
+// apiserverProfile writes a CPU profile of kube-apiserver (its
+// /debug/pprof) over the next seconds to file.
+func apiserverProfile(ctx context.Context, cfg *rest.Config, file string, seconds int) error {
+	hc, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", strings.TrimSuffix(cfg.Host, "/"), seconds), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// controlPlane returns this process's pid and those of the kube-apiserver
+// and etcd it started (0 when not found).
+func controlPlane() [3]int {
+	pids := [3]int{os.Getpid()}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		status, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		if err != nil || !strings.Contains(string(status), fmt.Sprintf("\nPPid:\t%d\n", os.Getpid())) {
+			continue
+		}
+		comm, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		switch strings.TrimSpace(string(comm)) {
+		case "kube-apiserver":
+			pids[1] = pid
+		case "etcd":
+			pids[2] = pid
+		}
+	}
+	return pids
+}
+
+// procTimes returns the user+system CPU time of each pid so far.
+func procTimes(pids [3]int) [3]time.Duration {
+	var out [3]time.Duration
+	for i, pid := range pids {
+		if pid == 0 {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// Fields after the command name (which may hold spaces): state is
+		// field 3, utime 14, stime 15; clock ticks of 1/100 s on Linux.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		out[i] = time.Duration(u+st) * 10 * time.Millisecond
+	}
+	return out
+}
+
+// floor times n serial creates, then updates, then deletes of IPClaims
+// shaped as the agent writes them, through a plain client: what one
+// durable write costs, without berth-ipam or the allocator; with the CPU
+// time kube-apiserver and etcd spend on each. Then the create again with
+// variants of the request.
+func floor(ctx context.Context, c client.Client, n int) error {
+	procs := controlPlane()
+	mk := func(prefix string, labels bool) []*v1alpha1.IPClaim {
+		claims := make([]*v1alpha1.IPClaim, n)
+		for i := range claims {
+			addr := fmt.Sprintf("10.150.%d.%d", (i+1)/256, (i+1)%256)
+			uid := types.UID(fmt.Sprintf("0b7a1e4c-5d7e-4c7b-9a57-%012d", i))
+			claims[i] = &v1alpha1.IPClaim{
+				ObjectMeta: metav1.ObjectMeta{Name: prefix + strings.ReplaceAll(addr, ".", "-")},
+				Spec: v1alpha1.IPClaimSpec{Pool: "floor", Address: addr, State: v1alpha1.ClaimBound, ContainerID: fmt.Sprintf("%064d", i),
+					Interface: "eth0", Node: "bench-node", Pod: v1alpha1.PodRef{Namespace: "bench", Name: fmt.Sprintf("pod-%d", i), UID: uid}},
+			}
+			if labels {
+				claims[i].Labels = map[string]string{v1alpha1.LabelPool: "floor", v1alpha1.LabelNode: "bench-node", v1alpha1.LabelPodUID: string(uid)}
+			}
+		}
+		return claims
+	}
+	create := func(opts ...client.CreateOption) func(*v1alpha1.IPClaim) error {
+		return func(cl *v1alpha1.IPClaim) error { return c.Create(ctx, cl, opts...) }
+	}
+	del := func(cl *v1alpha1.IPClaim) error {
+		rv := cl.ResourceVersion
+		return c.Delete(ctx, cl, client.Preconditions{ResourceVersion: &rv})
+	}
+	claims, bare, ignore := mk("floor-", true), mk("floor-bare-", false), mk("floor-ignore-", true)
+	ops := []struct {
+		name   string
+		claims []*v1alpha1.IPClaim
+		do     func(*v1alpha1.IPClaim) error
+	}{
+		{"create", claims, create()},
+		{"update (to Reserved)", claims, func(cl *v1alpha1.IPClaim) error {
+			cl.Spec.State = v1alpha1.ClaimReserved
+			cl.Spec.ContainerID = ""
+			return c.Update(ctx, cl)
+		}},
+		{"delete (at its resourceVersion)", claims, del},
+		{"create, no labels", bare, create()},
+		{"delete, no labels", bare, del},
+		{"create, fieldValidation=Ignore", ignore, create(client.FieldValidation("Ignore"))},
+		{"delete", ignore, del},
+	}
+	fmt.Printf("Serial IPClaim writes through a plain controller-runtime client, %d each (in 4 blocks of all operations in turn)\n\n", n)
+	fmt.Println("| operation | mean | p50 | p99 | kube-apiserver CPU | etcd CPU |")
+	fmt.Println("|---|---|---|---|---|---|")
+	lat := make([][]time.Duration, len(ops))
+	cpu := make([][2]time.Duration, len(ops))
+	const blocks = 4
+	for b := range blocks {
+		for i, op := range ops {
+			t0 := procTimes(procs)
+			for _, cl := range op.claims[b*n/blocks : (b+1)*n/blocks] {
+				start := time.Now()
+				if err := op.do(cl); err != nil {
+					return fmt.Errorf("floor: %s %s: %w", op.name, cl.Name, err)
+				}
+				lat[i] = append(lat[i], time.Since(start))
+			}
+			t1 := procTimes(procs)
+			cpu[i][0] += t1[1] - t0[1]
+			cpu[i][1] += t1[2] - t0[2]
+		}
+	}
+	for i, op := range ops {
+		l := lat[i]
+		var sum time.Duration
+		for _, d := range l {
+			sum += d
+		}
+		slices.Sort(l)
+		fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", op.name, ms(sum/time.Duration(len(l))), ms(l[len(l)/2]), ms(l[max(0, len(l)*99/100-1)]),
+			ms(cpu[i][0]/time.Duration(len(l))), ms(cpu[i][1]/time.Duration(len(l))))
+	}
+	// The size of a claim as stored, then.
+	cl := mk("floor-size-", true)[0]
+	if err := c.Create(ctx, cl); err != nil {
+		return fmt.Errorf("floor: %w", err)
+	}
+	all, _ := json.Marshal(cl)
+	trimmed := cl.DeepCopy()
+	trimmed.ManagedFields = nil
+	without, _ := json.Marshal(trimmed)
+	fmt.Printf("\nA claim as the agent writes it is %d bytes of JSON, %d of them managedFields.\n\n", len(all), len(all)-len(without))
+	return del(cl)
+}
+
+type hist struct {
+	sum float64
+	n   uint64
+}
+
+// mean is the mean observation since h0, "-" when none.
+func (h hist) mean(h0 hist) string {
+	if h.n <= h0.n {
+		return "-"
+	}
+	return ms(time.Duration((h.sum - h0.sum) / float64(h.n-h0.n) * float64(time.Second)))
+}
+
+// histSum reads one of the agent's histograms: total seconds and count.
+func histSum(g prometheus.Gatherer, name string) hist {
 	mfs, err := g.Gather()
 	if err != nil {
-		return 0, 0
+		return hist{}
 	}
-	var sum float64
-	var n uint64
+	var h hist
 	for _, mf := range mfs {
-		if mf.GetName() != "berth_ipam_allocation_duration_seconds" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			sum += m.GetHistogram().GetSampleSum()
-			n += m.GetHistogram().GetSampleCount()
+			h.sum += m.GetHistogram().GetSampleSum()
+			h.n += m.GetHistogram().GetSampleCount()
 		}
 	}
-	return sum, n
+	return h
+}
+
+func (s stats) writeString() string {
+	if s.writes == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%s (%.2f, p99 %s)", ms(s.write), s.writes, ms(s.writeP99))
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
