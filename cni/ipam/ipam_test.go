@@ -36,7 +36,16 @@ var (
 	buildErr  error
 )
 
-// pluginDir builds berth-ipam once per test binary.
+// TestMain removes the build of pluginDir after the tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtDir != "" {
+		_ = os.RemoveAll(builtDir)
+	}
+	os.Exit(code)
+}
+
+// pluginDir builds berth-ipam once per test binary (TestMain removes it).
 func pluginDir(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
