@@ -166,7 +166,7 @@ restore_host() {
 	done | sort) | while read -r cg; do
 		find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
 	done
-	[ -f "$HOSTSNAP/netns-bind" ] && { umount /run/netns 2>/dev/null || true; }
+	[ -f "$HOSTSNAP/netns-bind" ] && { umount /run/netns 2>/dev/null || umount -l /run/netns 2>/dev/null || true; }
 	while read -r p; do
 		[ -n "$p" ] || continue
 		umount "$p" 2>/dev/null || true # `ip netns add` bind-mounts /run/netns on itself
