@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -30,7 +31,13 @@ const maxResponse = 1 << 20
 func post(ctx context.Context, socket, path string, body []byte) (int, []byte, error) {
 	code, data, err := exchange(ctx, socket, path, body)
 	if err != nil {
-		if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+		cerr := ctx.Err()
+		if d, ok := ctx.Deadline(); ok && cerr == nil && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(d) {
+			// The connection's deadline (the context's) fired before the
+			// context's own timer did.
+			cerr = context.DeadlineExceeded
+		}
+		if cerr != nil && !errors.Is(err, cerr) {
 			err = fmt.Errorf("%w: %w", cerr, err)
 		}
 		return 0, nil, &unreachableError{socket: socket, err: err}
