@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/agent/ipam/ipamtest"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/test/netnstest"
 )
 
 // TestEarlyReleaser_process: a terminating pod annotated for early release
@@ -97,3 +99,7 @@ func TestEarlyReleaser_process(t *testing.T) {
 		t.Fatalf("Unplug of a gone netns: %v", err)
 	}
 }
+
+// TestMain puts /run/netns back as it was (early release's tests make
+// named namespaces).
+func TestMain(m *testing.M) { os.Exit(netnstest.Run(m)) }

@@ -28,6 +28,7 @@ import (
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam"
+	"github.com/berth-io/berth/test/netnstest"
 )
 
 var (
@@ -36,9 +37,10 @@ var (
 	buildErr  error
 )
 
-// TestMain removes the build of pluginDir after the tests.
+// TestMain removes the build of pluginDir after the tests, and puts
+// /run/netns back (netnstest).
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := netnstest.Run(m)
 	if builtDir != "" {
 		_ = os.RemoveAll(builtDir)
 	}

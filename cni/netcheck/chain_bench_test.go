@@ -19,11 +19,13 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/berth-io/berth/test/netnstest"
 )
 
 // The benchmarks here drive the real binaries the way a runtime does:
 // libcni (containerd's CNI library) execs bridge + host-local (the CNI
-// reference plugins the local cluster uses, from BERTH_CNI_BIN or the
+// reference plugins, from BERTH_CNI_BIN or the
 // harness's cache) and a freshly built berth-netcheck with CNI_* variables
 // and the configuration on stdin, in network namespaces made here. The
 // runtime's side (where the bridge lives) is a namespace too, so nothing
@@ -89,9 +91,10 @@ func netcheckBin(tb testing.TB) string {
 	return builtDir
 }
 
-// TestMain removes the binary the benchmarks built.
+// TestMain removes the binary the benchmarks built, and puts /run/netns
+// back (netnstest).
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := netnstest.Run(m)
 	if builtDir != "" {
 		_ = os.RemoveAll(builtDir)
 	}
