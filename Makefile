@@ -106,6 +106,15 @@ e2e: ## End-to-end tests against the local cluster (runs `make up` first if it i
 bench: ## Go benchmarks (figures go to docs/benchmarks.md).
 	KUBEBUILDER_ASSETS=$(ENVTEST_ASSETS) go test -run '^$$' -bench . -benchmem ./...
 
+FUZZTIME ?= 30s
+.PHONY: fuzz
+fuzz: ## Every Go fuzz target (parsers of user input), FUZZTIME each (default 30s).
+	@set -e; for pkg in $$(go list ./...); do \
+		for f in $$(go test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "== $$pkg $$f"; go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
 .PHONY: lint
 lint: $(GOLANGCI_LINT) ## gofmt, go vet and golangci-lint.
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
