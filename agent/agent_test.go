@@ -24,6 +24,7 @@ import (
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/agent/nriplugin/nritest"
 	"github.com/berth-io/berth/test/envtest"
+	"github.com/berth-io/berth/test/poll"
 )
 
 func TestMain(m *testing.M) {
@@ -78,14 +79,14 @@ func TestRun(t *testing.T) {
 	t.Cleanup(stop)
 
 	// Step 1: alive, but not ready without the runtime.
-	waitFor(t, "/healthz 200", func() bool { return get(t, "http://"+probeAddr+"/healthz").code == http.StatusOK })
+	poll.Until(t, 30*time.Second, "/healthz 200", func() bool { return get(t, "http://"+probeAddr+"/healthz").code == http.StatusOK })
 	if r := get(t, "http://"+probeAddr+"/readyz"); r.code != http.StatusInternalServerError {
 		t.Errorf("/readyz before NRI connected = %d %q, want 500", r.code, r.body)
 	}
 
 	// Step 2: the runtime comes up; the agent connects and is ready.
 	rt.Start()
-	waitFor(t, "/readyz 200", func() bool { return get(t, "http://"+probeAddr+"/readyz").code == http.StatusOK })
+	poll.Until(t, 30*time.Second, "/readyz 200", func() bool { return get(t, "http://"+probeAddr+"/readyz").code == http.StatusOK })
 
 	// Step 3: /metrics has the build, process, Go and NRI metrics.
 	m := get(t, "http://"+metricsAddr+"/metrics")
@@ -106,7 +107,7 @@ func TestRun(t *testing.T) {
 
 	// Step 4: the connect is an Event on the Node.
 	cs := kubernetes.NewForConfigOrDie(admin)
-	waitFor(t, "NRIConnected event on node-a", func() bool {
+	poll.Until(t, 30*time.Second, "NRIConnected event on node-a", func() bool {
 		evs, err := cs.EventsV1().Events(metav1.NamespaceDefault).List(context.Background(), metav1.ListOptions{})
 		if err != nil {
 			t.Fatalf("list events: %v", err)
@@ -197,16 +198,4 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
-}
-
-// waitFor polls cond until it holds, failing the test after 30 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/agent/nriplugin/nritest"
 	"github.com/berth-io/berth/test/envtest"
+	"github.com/berth-io/berth/test/poll"
 )
 
 // TestRun_fileLogs: with file logs on, the agent mounts a container's log
@@ -67,7 +68,7 @@ func TestRun_fileLogs(t *testing.T) {
 	pod := &api.PodSandbox{Id: "sandbox-1", Name: "web-0", Namespace: "shop", Uid: "uid-web-0"}
 	good := &api.Container{Id: "c1", PodSandboxId: "sandbox-1", Name: "app", Env: []string{"KUBERNETES_FILELOGS=/app/logs"}}
 	var rsp *api.CreateContainerResponse
-	waitFor(t, "the plugin to take CreateContainer", func() bool {
+	poll.Until(t, 30*time.Second, "the plugin to take CreateContainer", func() bool {
 		var err error
 		rsp, err = rt.CreateContainer(pod, good)
 		return err == nil && len(rsp.GetAdjust().GetMounts()) == 1
@@ -84,7 +85,7 @@ func TestRun_fileLogs(t *testing.T) {
 		t.Fatalf("CreateContainer(bad) err = %v", err)
 	}
 	want := `container "bad": KUBERNETES_FILELOGS="logs": path "logs" is relative: want an absolute path (starting with "/")`
-	waitFor(t, "the FileLogsRejected event", func() bool {
+	poll.Until(t, 30*time.Second, "the FileLogsRejected event", func() bool {
 		evs, err := cs.EventsV1().Events("shop").List(context.Background(), metav1.ListOptions{})
 		if err != nil {
 			t.Fatalf("list events: %v", err)

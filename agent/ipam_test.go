@@ -27,6 +27,7 @@ import (
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
 	"github.com/berth-io/berth/test/envtest"
+	"github.com/berth-io/berth/test/poll"
 )
 
 // TestRun_ipam runs the agent with its IPAM server, with the RBAC and CRDs
@@ -59,7 +60,7 @@ func TestRun_ipam(t *testing.T) {
 			t.Errorf("Run() = %v", err)
 		}
 	})
-	waitFor(t, "/readyz 200", func() bool { return get(t, "http://"+probeAddr+"/readyz").code == http.StatusOK })
+	poll.Until(t, 30*time.Second, "/readyz 200", func() bool { return get(t, "http://"+probeAddr+"/readyz").code == http.StatusOK })
 
 	sch := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(sch); err != nil {
@@ -101,7 +102,7 @@ func TestRun_ipam(t *testing.T) {
 	if err := c.List(bg, &claims); err != nil || len(claims.Items) != 1 || claims.Items[0].Spec.Node != "node-a" || claims.Items[0].Spec.Pod.UID != pod.UID {
 		t.Fatalf("claims: %+v %v", claims.Items, err)
 	}
-	waitFor(t, "pool gauge", func() bool {
+	poll.Until(t, 30*time.Second, "pool gauge", func() bool {
 		return strings.Contains(get(t, "http://"+metricsAddr+"/metrics").body, `berth_ipam_pool_addresses{pool="pods",state="bound"} 1`)
 	})
 	if m := get(t, "http://"+metricsAddr+"/metrics").body; !strings.Contains(m, `berth_ipam_allocation_duration_seconds_count{result="ok"} 1`) {

@@ -16,6 +16,7 @@ import (
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/hooks/filelogs"
 	"github.com/berth-io/berth/test/containerdtest"
+	"github.com/berth-io/berth/test/poll"
 )
 
 // TestManager_containerd drives a real containerd (its own, see
@@ -107,7 +108,7 @@ func TestManager_containerd(t *testing.T) {
 	if _, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: podID}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the gone mark", func() bool { return exists(filepath.Join(e.root, "shop_web-0_uid-web-0", filelogs.GoneFile)) })
+	poll.Until(t, 10*time.Second, "the gone mark", func() bool { return exists(filepath.Join(e.root, "shop_web-0_uid-web-0", filelogs.GoneFile)) })
 }
 
 // TestManager_containerd_requiredPlugins: NRI fails open, unless a pod
@@ -147,7 +148,7 @@ func TestManager_containerd_requiredPlugins(t *testing.T) {
 		t.Fatal(err)
 	}
 	startPlugin(t, p)
-	waitFor(t, "CreateContainer to pass", func() bool { return create() == nil })
+	poll.Until(t, 10*time.Second, "CreateContainer to pass", func() bool { return create() == nil })
 	if !exists(filepath.Join(e.root, "shop_web-0_uid-web-0", "app", "app-logs")) {
 		t.Error("no log directory")
 	}
@@ -188,14 +189,14 @@ func TestManager_containerd_synchronize(t *testing.T) {
 		pctx, pcancel := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() { _ = p.Start(pctx); close(done) }()
-		waitFor(t, "the plugin to connect", p.Connected)
+		poll.Until(t, 10*time.Second, "the plugin to connect", p.Connected)
 		return func() { pcancel(); <-done }
 	}
 
 	start("early") // no plugin: created without the mount
 	stop := connect()
 	want := `Warning FileLogsNotMounted Synchronize shop/web-0 container "early" asks for file logs (KUBERNETES_FILELOGS="/app/logs") but runs without a host directory at /app/logs: it was created while berth-agent was not connected to the runtime; delete the pod to get them`
-	waitFor(t, "the warning", func() bool { return len(e.rec.got()) == 1 })
+	poll.Until(t, 10*time.Second, "the warning", func() bool { return len(e.rec.got()) == 1 })
 	if got := e.rec.got()[0]; got != want {
 		t.Errorf("event = %q\nwant %q", got, want)
 	}
@@ -205,7 +206,7 @@ func TestManager_containerd_synchronize(t *testing.T) {
 
 	stop = connect()
 	defer stop()
-	waitFor(t, "the second warning", func() bool { return len(e.rec.got()) == 2 })
+	poll.Until(t, 10*time.Second, "the second warning", func() bool { return len(e.rec.got()) == 2 })
 	if got := e.rec.got()[1]; got != want {
 		t.Errorf("second event = %q, want only the early container again", got)
 	}

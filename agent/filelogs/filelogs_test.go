@@ -1,7 +1,6 @@
 package filelogs
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/berth-io/berth/hooks/filelogs"
+	"github.com/berth-io/berth/test/lockedbuf"
 )
 
 const (
@@ -48,7 +48,7 @@ type testEnv struct {
 	m    *Manager
 	root string
 	rec  *fakeRecorder
-	logs *syncBuffer
+	logs *lockedbuf.Buffer
 	reg  *prometheus.Registry
 	now  *fakeClock
 }
@@ -58,7 +58,7 @@ func newTestEnv(t *testing.T, retention time.Duration) *testEnv {
 	e := &testEnv{
 		root: filepath.Join(t.TempDir(), "logs"),
 		rec:  &fakeRecorder{},
-		logs: &syncBuffer{},
+		logs: &lockedbuf.Buffer{},
 		reg:  prometheus.NewRegistry(),
 		now:  &fakeClock{t: time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)},
 	}
@@ -429,23 +429,6 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func mkdir(t *testing.T, p string) {

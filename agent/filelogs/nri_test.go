@@ -16,6 +16,7 @@ import (
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/agent/nriplugin/nritest"
 	"github.com/berth-io/berth/hooks/filelogs"
+	"github.com/berth-io/berth/test/poll"
 )
 
 func TestMain(m *testing.M) {
@@ -44,7 +45,7 @@ func TestManager_nri(t *testing.T) {
 		t.Fatal(err)
 	}
 	startPlugin(t, p)
-	waitFor(t, "the Synchronize warning", func() bool { return len(e.rec.got()) == 1 })
+	poll.Until(t, 10*time.Second, "the Synchronize warning", func() bool { return len(e.rec.got()) == 1 })
 	rt.WaitRegistered()
 	if got := e.rec.got()[0]; !strings.HasPrefix(got, `Warning FileLogsNotMounted Synchronize shop/web-0 container "late" asks for file logs`) {
 		t.Errorf("event = %q", got)
@@ -82,7 +83,7 @@ func TestManager_nri(t *testing.T) {
 	if err := rt.RemovePodSandbox(pod); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the gone mark", func() bool { return exists(filepath.Join(e.root, "shop_api-0_uid-api-0", filelogs.GoneFile)) })
+	poll.Until(t, 10*time.Second, "the gone mark", func() bool { return exists(filepath.Join(e.root, "shop_api-0_uid-api-0", filelogs.GoneFile)) })
 }
 
 // startPlugin runs p until the test ends.
@@ -102,16 +103,5 @@ func startPlugin(t *testing.T, p *nriplugin.Plugin) {
 			t.Error("plugin did not stop")
 		}
 	})
-	waitFor(t, "the plugin to connect", p.Connected)
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, "the plugin to connect", p.Connected)
 }

@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -30,6 +29,8 @@ import (
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
+	"github.com/berth-io/berth/test/lockedbuf"
+	"github.com/berth-io/berth/test/poll"
 )
 
 type harness struct {
@@ -213,28 +214,10 @@ func mustCollector(t *testing.T, reg *prometheus.Registry, name, label string) p
 	return nil
 }
 
-// logBuffer collects a logger's output across goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestServer_reclaim: a pool without a free address hands over another
 // app's reservation; the server logs it and counts it by pool.
 func TestServer_reclaim(t *testing.T) {
-	logs := &logBuffer{}
+	logs := &lockedbuf.Buffer{}
 	h := serve(t, func(c *ipamserver.Config) { c.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
 	h.store.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "tiny"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.9.0.0/30"}})
 	for _, c := range []struct {
@@ -322,7 +305,7 @@ func TestServer_Start_queuedDELRetried(t *testing.T) {
 		}
 	}()
 
-	waitUntil(t, "three failed attempts", func() bool { return fs.fails.Load() >= 3 })
+	poll.Until(t, 10*time.Second, "three failed attempts", func() bool { return fs.fails.Load() >= 3 })
 	want := "ipam socket not served yet: ipam server: queued DEL of container c-queued: container c-queued: claims: " + errUnreachable.Error()
 	if err := srv.Check(nil); err == nil || err.Error() != want {
 		t.Fatalf("Check() while failing = %v\nwant %s", err, want)
@@ -337,7 +320,7 @@ func TestServer_Start_queuedDELRetried(t *testing.T) {
 	}
 
 	fs.down.Store(false)
-	waitUntil(t, "ready", func() bool { return srv.Check(nil) == nil })
+	poll.Until(t, 10*time.Second, "ready", func() bool { return srv.Check(nil) == nil })
 	if _, err := os.Stat(queued); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("queued DEL still there: %v", err)
 	}
@@ -376,16 +359,5 @@ func TestServer_Start_endsWhileSyncing(t *testing.T) {
 	}
 	if err := srv.Check(nil); err == nil || err.Error() != "ipam socket not served yet" {
 		t.Fatalf("Check() = %v, want not served yet", err)
-	}
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -1,7 +1,6 @@
 package nriplugin
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"github.com/berth-io/berth/agent/nriplugin/nritest"
+	"github.com/berth-io/berth/test/lockedbuf"
+	"github.com/berth-io/berth/test/poll"
 	"github.com/containerd/nri/pkg/api"
 	nrilog "github.com/containerd/nri/pkg/log"
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,7 +35,7 @@ func TestPlugin_Start(t *testing.T) {
 		State: api.ContainerState_CONTAINER_RUNNING}}
 
 	var (
-		logs     syncBuffer
+		logs     lockedbuf.Buffer
 		reg      = prometheus.NewRegistry()
 		statesMu sync.Mutex
 		states   []State
@@ -58,7 +59,7 @@ func TestPlugin_Start(t *testing.T) {
 	startPlugin(t, p)
 
 	// Step 1: no runtime yet. The plugin keeps trying and is not ready.
-	waitFor(t, "a failed connect attempt", func() bool {
+	poll.Until(t, 10*time.Second, "a failed connect attempt", func() bool {
 		return strings.Contains(logs.String(), `msg="cannot connect to runtime"`)
 	})
 	if p.Connected() {
@@ -70,11 +71,11 @@ func TestPlugin_Start(t *testing.T) {
 
 	// Step 2: the runtime comes up; the plugin registers and synchronizes.
 	rt.Start()
-	waitFor(t, "Connected()", p.Connected)
+	poll.Until(t, 10*time.Second, "Connected()", p.Connected)
 	if err := p.Check(&http.Request{}); err != nil {
 		t.Fatalf("Check() = %v, want nil", err)
 	}
-	waitFor(t, "Synchronize", func() bool { return metricValue(t, reg, "berth_agent_nri_events_total", EventSynchronize) == 1 })
+	poll.Until(t, 10*time.Second, "Synchronize", func() bool { return metricValue(t, reg, "berth_agent_nri_events_total", EventSynchronize) == 1 })
 	rt.WaitRegistered()
 
 	// Step 3: a container is created: counted, logged, adjusted by the hooks in order.
@@ -103,7 +104,7 @@ func TestPlugin_Start(t *testing.T) {
 
 	// Step 4: the runtime dies. The plugin notices and is not ready.
 	rt.Crash()
-	waitFor(t, "!Connected()", func() bool { return !p.Connected() })
+	poll.Until(t, 10*time.Second, "!Connected()", func() bool { return !p.Connected() })
 	if got := metricValue(t, reg, "berth_agent_nri_connected", ""); got != 0 {
 		t.Errorf("berth_agent_nri_connected = %v, want 0", got)
 	}
@@ -113,8 +114,8 @@ func TestPlugin_Start(t *testing.T) {
 
 	// Step 5: the runtime restarts on the same socket; the plugin reconnects by itself.
 	rt.Start()
-	waitFor(t, "Connected() again", p.Connected)
-	waitFor(t, "second Synchronize", func() bool { return metricValue(t, reg, "berth_agent_nri_events_total", EventSynchronize) == 2 })
+	poll.Until(t, 10*time.Second, "Connected() again", p.Connected)
+	poll.Until(t, 10*time.Second, "second Synchronize", func() bool { return metricValue(t, reg, "berth_agent_nri_events_total", EventSynchronize) == 2 })
 	rt.WaitRegistered()
 	if _, err := rt.CreateContainer(pod, ctr); err != nil {
 		t.Fatalf("CreateContainer after reconnect: %v", err)
@@ -306,7 +307,7 @@ func TestPlugin_Start_silentRuntime(t *testing.T) {
 			connsMu.Unlock()
 		}
 	}()
-	var logs syncBuffer
+	var logs lockedbuf.Buffer
 	p, err := New(Config{
 		SocketPath:     sock,
 		Logger:         slog.New(slog.NewTextHandler(&logs, nil)),
@@ -318,8 +319,8 @@ func TestPlugin_Start_silentRuntime(t *testing.T) {
 	}
 	startPlugin(t, p)
 	want := `msg="cannot connect to runtime" err="connect to ` + sock + `: not configured by the runtime within 100ms" attempt=1`
-	waitFor(t, "a timed-out attempt", func() bool { return strings.Contains(logs.String(), want) })
-	waitFor(t, "a second attempt", func() bool {
+	poll.Until(t, 10*time.Second, "a timed-out attempt", func() bool { return strings.Contains(logs.String(), want) })
+	poll.Until(t, 10*time.Second, "a second attempt", func() bool {
 		connsMu.Lock()
 		defer connsMu.Unlock()
 		return len(conns) >= 2
@@ -347,18 +348,6 @@ func startPlugin(t *testing.T, p *Plugin) {
 			t.Error("Start did not return within 5s of cancel")
 		}
 	})
-}
-
-// waitFor polls cond until it holds, failing the test after 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // metricValue returns the value of the gauge or counter name from reg, with
@@ -446,30 +435,12 @@ func (panicHook) CreateContainer(_ *api.PodSandbox, ctr *api.Container) (*api.Co
 	return nil, errors.New(ctr.GetArgs()[i]) // out of range: Args is empty
 }
 
-// syncBuffer is a bytes.Buffer safe for the plugin's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestPlugin_hookNotifications(t *testing.T) {
 	rt := nritest.New(t, t.TempDir())
 	rt.Pods = []*api.PodSandbox{{Id: "pod-running", Name: "db-0", Namespace: "shop", Uid: "uid-db-0"}}
 	rt.Containers = []*api.Container{{Id: "ctr-running", PodSandboxId: "pod-running", Name: "postgres",
 		State: api.ContainerState_CONTAINER_RUNNING}}
-	var logs syncBuffer
+	var logs lockedbuf.Buffer
 	rec := &recordingHook{}
 	p, err := New(Config{
 		SocketPath: rt.Socket(),
@@ -482,7 +453,7 @@ func TestPlugin_hookNotifications(t *testing.T) {
 	}
 	rt.Start()
 	startPlugin(t, p)
-	waitFor(t, "Synchronize", func() bool { return len(rec.got()) == 1 })
+	poll.Until(t, 10*time.Second, "Synchronize", func() bool { return len(rec.got()) == 1 })
 	rt.WaitRegistered()
 
 	pod := &api.PodSandbox{Id: "pod-new", Name: "web-0", Namespace: "shop", Uid: "uid-web-0"}
@@ -492,7 +463,7 @@ func TestPlugin_hookNotifications(t *testing.T) {
 	if err := rt.RemovePodSandbox(pod); err != nil {
 		t.Fatalf("RemovePodSandbox: %v", err)
 	}
-	waitFor(t, "three notifications", func() bool { return len(rec.got()) == 3 })
+	poll.Until(t, 10*time.Second, "three notifications", func() bool { return len(rec.got()) == 3 })
 	want := []string{"Synchronize pods=db-0 containers=postgres", "RunPodSandbox web-0", "RemovePodSandbox web-0"}
 	if got := rec.got(); !slices.Equal(got, want) {
 		t.Errorf("notifications = %q, want %q", got, want)
@@ -504,7 +475,7 @@ func TestPlugin_hookNotifications(t *testing.T) {
 }
 
 func TestNotifyHooks_panic(t *testing.T) {
-	var logs syncBuffer
+	var logs lockedbuf.Buffer
 	rec := &recordingHook{}
 	notifyHooks(slog.New(slog.NewTextHandler(&logs, nil)), EventRunPodSandbox, []Hook{panickyNotifiee{}, rec},
 		func(h RunPodSandboxHook) { h.RunPodSandbox(context.Background(), &api.PodSandbox{Name: "web-0"}) })

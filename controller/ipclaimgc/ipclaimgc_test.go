@@ -22,6 +22,7 @@ import (
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/controller/ipclaimgc"
 	"github.com/berth-io/berth/test/envtest"
+	"github.com/berth-io/berth/test/poll"
 )
 
 func init() { ctrllog.SetLogger(logr.Discard()) }
@@ -74,18 +75,6 @@ func claim(name, addr string, state v1alpha1.ClaimState, pod v1alpha1.PodRef, no
 	c := &v1alpha1.IPClaim{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{v1alpha1.LabelPodUID: string(pod.UID)}},
 		Spec: v1alpha1.IPClaimSpec{Pool: "p", Address: addr, State: state, Pod: pod, Node: node, App: app, ContainerID: "c-" + name}}
 	return c
-}
-
-// eventually polls cond for 20s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 func get(t *testing.T, c client.Client, name string) (*v1alpha1.IPClaim, bool) {
@@ -156,12 +145,12 @@ func TestReconciler_Reconcile(t *testing.T) {
 	}
 	deleted := func(name string) func() bool { return func() bool { _, ok := get(t, c, name); return !ok } }
 
-	eventually(t, "claim of a vanished pod reserved", reservedFor("p-10-5-0-2", ipclaimgc.ReasonPodGone))
-	eventually(t, "claim of an older pod of the same name reserved", reservedFor("p-10-5-0-3", ipclaimgc.ReasonPodGone))
-	eventually(t, "unretained claim of a vanished pod freed", deleted("p-10-5-0-4"))
-	eventually(t, "expired reservation freed", deleted("p-10-5-0-6"))
-	eventually(t, "reservation of a deleted app freed", deleted("p-10-5-0-7"))
-	eventually(t, "claim on a dead node reserved after the grace period", reservedFor("p-10-5-0-5", ipclaimgc.ReasonNodeGone))
+	poll.Until(t, 20*time.Second, "claim of a vanished pod reserved", reservedFor("p-10-5-0-2", ipclaimgc.ReasonPodGone))
+	poll.Until(t, 20*time.Second, "claim of an older pod of the same name reserved", reservedFor("p-10-5-0-3", ipclaimgc.ReasonPodGone))
+	poll.Until(t, 20*time.Second, "unretained claim of a vanished pod freed", deleted("p-10-5-0-4"))
+	poll.Until(t, 20*time.Second, "expired reservation freed", deleted("p-10-5-0-6"))
+	poll.Until(t, 20*time.Second, "reservation of a deleted app freed", deleted("p-10-5-0-7"))
+	poll.Until(t, 20*time.Second, "claim on a dead node reserved after the grace period", reservedFor("p-10-5-0-5", ipclaimgc.ReasonNodeGone))
 
 	for _, name := range []string{"p-10-5-0-1", "p-10-5-0-8"} {
 		cl, ok := get(t, c, name)
@@ -181,5 +170,5 @@ func TestReconciler_Reconcile(t *testing.T) {
 	if err := c.Delete(ctx, live, client.GracePeriodSeconds(0)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "claim of the deleted live pod reserved", reservedFor("p-10-5-0-1", ipclaimgc.ReasonPodGone))
+	poll.Until(t, 20*time.Second, "claim of the deleted live pod reserved", reservedFor("p-10-5-0-1", ipclaimgc.ReasonPodGone))
 }
