@@ -258,11 +258,7 @@ func (v *View) Create(_ context.Context, c *v1alpha1.IPClaim) error {
 		v.s.mu.Unlock()
 		return fmt.Errorf("ipclaim %s: %w", c.Name, ipam.ErrExists)
 	}
-	c.ResourceVersion = v.s.next()
-	v.s.claims[c.Name] = c.DeepCopy()
-	v.s.Writes++
-	v.s.mu.Unlock()
-	v.remember(c)
+	v.commit(c)
 	return nil
 }
 
@@ -277,11 +273,7 @@ func (v *View) Update(_ context.Context, c *v1alpha1.IPClaim) error {
 		v.s.mu.Unlock()
 		return fmt.Errorf("ipclaim %s: %w", c.Name, ipam.ErrConflict)
 	}
-	c.ResourceVersion = v.s.next()
-	v.s.claims[c.Name] = c.DeepCopy()
-	v.s.Writes++
-	v.s.mu.Unlock()
-	v.remember(c)
+	v.commit(c)
 	return nil
 }
 
@@ -299,6 +291,16 @@ func (v *View) Delete(_ context.Context, c *v1alpha1.IPClaim) error {
 	v.own[c.Name] = nil
 	v.mu.Unlock()
 	return nil
+}
+
+// commit stores c at a new resourceVersion, with v.s.mu held (and
+// released here), and remembers it as this view's own write.
+func (v *View) commit(c *v1alpha1.IPClaim) {
+	c.ResourceVersion = v.s.next()
+	v.s.claims[c.Name] = c.DeepCopy()
+	v.s.Writes++
+	v.s.mu.Unlock()
+	v.remember(c)
 }
 
 func (v *View) remember(c *v1alpha1.IPClaim) {
