@@ -1,7 +1,6 @@
 package filelogs
 
 import (
-	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"github.com/berth-io/berth/agent/nriplugin/nritest"
 	"github.com/berth-io/berth/hooks/filelogs"
 	"github.com/berth-io/berth/test/poll"
+	"github.com/berth-io/berth/test/runnable"
 )
 
 func TestMain(m *testing.M) {
@@ -86,22 +86,9 @@ func TestManager_nri(t *testing.T) {
 	poll.Until(t, 10*time.Second, "the gone mark", func() bool { return exists(filepath.Join(e.root, "shop_api-0_uid-api-0", filelogs.GoneFile)) })
 }
 
-// startPlugin runs p until the test ends.
+// startPlugin runs p until the test ends and waits until it is connected.
 func startPlugin(t *testing.T, p *nriplugin.Plugin) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("plugin Start: %v", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Error("plugin did not stop")
-		}
-	})
+	runnable.Start(t, 5*time.Second, p.Start)
 	poll.Until(t, 10*time.Second, "the plugin to connect", p.Connected)
 }

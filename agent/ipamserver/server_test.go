@@ -31,6 +31,7 @@ import (
 	"github.com/berth-io/berth/cni/ipam/protocol"
 	"github.com/berth-io/berth/test/lockedbuf"
 	"github.com/berth-io/berth/test/poll"
+	"github.com/berth-io/berth/test/runnable"
 )
 
 type harness struct {
@@ -59,25 +60,11 @@ func serve(t *testing.T, mod ...func(*ipamserver.Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("server stopped: %v", err)
-		}
-	})
+	runnable.Start(t, time.Minute, srv.Start)
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 	}}}
-	deadline := time.Now().Add(5 * time.Second)
-	for srv.Check(nil) != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("server not ready")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Until(t, 5*time.Second, "the server to be ready", func() bool { return srv.Check(nil) == nil })
 	return &harness{t: t, store: st, reg: reg, http: hc}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/berth-io/berth/agent/nriplugin/nritest"
 	"github.com/berth-io/berth/test/lockedbuf"
 	"github.com/berth-io/berth/test/poll"
+	"github.com/berth-io/berth/test/runnable"
 	"github.com/containerd/nri/pkg/api"
 	nrilog "github.com/containerd/nri/pkg/log"
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,7 +57,7 @@ func TestPlugin_Start(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	startPlugin(t, p)
+	runnable.Start(t, 5*time.Second, p.Start)
 
 	// Step 1: no runtime yet. The plugin keeps trying and is not ready.
 	poll.Until(t, 10*time.Second, "a failed connect attempt", func() bool {
@@ -317,7 +318,7 @@ func TestPlugin_Start_silentRuntime(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	startPlugin(t, p)
+	runnable.Start(t, 5*time.Second, p.Start)
 	want := `msg="cannot connect to runtime" err="connect to ` + sock + `: not configured by the runtime within 100ms" attempt=1`
 	poll.Until(t, 10*time.Second, "a timed-out attempt", func() bool { return strings.Contains(logs.String(), want) })
 	poll.Until(t, 10*time.Second, "a second attempt", func() bool {
@@ -328,26 +329,6 @@ func TestPlugin_Start_silentRuntime(t *testing.T) {
 	if p.Connected() {
 		t.Error("Connected() = true, want false")
 	}
-}
-
-// startPlugin runs p.Start until the test ends, and checks that it returns
-// nil promptly when cancelled.
-func startPlugin(t *testing.T, p *Plugin) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Start() = %v, want nil", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Error("Start did not return within 5s of cancel")
-		}
-	})
 }
 
 // metricValue returns the value of the gauge or counter name from reg, with
@@ -452,7 +433,7 @@ func TestPlugin_hookNotifications(t *testing.T) {
 		t.Fatalf("New: %v", err)
 	}
 	rt.Start()
-	startPlugin(t, p)
+	runnable.Start(t, 5*time.Second, p.Start)
 	poll.Until(t, 10*time.Second, "Synchronize", func() bool { return len(rec.got()) == 1 })
 	rt.WaitRegistered()
 

@@ -29,6 +29,7 @@ import (
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam"
 	"github.com/berth-io/berth/test/netnstest"
+	"github.com/berth-io/berth/test/poll"
 )
 
 var (
@@ -104,13 +105,7 @@ func startAgent(t *testing.T, st *ipamtest.Store, sock, queue string) *agent {
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &agent{store: st, sock: sock, queue: queue, cancel: cancel, done: make(chan error, 1)}
 	go func() { a.done <- srv.Start(ctx) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for srv.Check(nil) != nil {
-		if time.Now().After(deadline) {
-			t.Fatal("agent not ready")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	poll.Until(t, 5*time.Second, "the agent to be ready", func() bool { return srv.Check(nil) == nil })
 	t.Cleanup(a.stop)
 	return a
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/berth-io/berth/controller/ipclaimgc"
 	"github.com/berth-io/berth/test/envtest"
 	"github.com/berth-io/berth/test/poll"
+	"github.com/berth-io/berth/test/runnable"
 )
 
 func init() { ctrllog.SetLogger(logr.Discard()) }
@@ -48,15 +49,7 @@ func start(t *testing.T) client.Client {
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
+	runnable.Start(t, time.Minute, mgr.Start)
 	c, err := client.New(cfg, client.Options{Scheme: s})
 	if err != nil {
 		t.Fatal(err)

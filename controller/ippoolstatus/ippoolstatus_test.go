@@ -19,6 +19,7 @@ import (
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/controller/ippoolstatus"
 	"github.com/berth-io/berth/test/envtest"
+	"github.com/berth-io/berth/test/runnable"
 )
 
 func TestReconciler_Reconcile(t *testing.T) {
@@ -35,15 +36,8 @@ func TestReconciler_Reconcile(t *testing.T) {
 	if err := r.SetupWithManager(mgr); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	}()
+	runnable.Start(t, time.Minute, mgr.Start)
+	ctx := context.Background()
 	c, _ := client.New(cfg, client.Options{Scheme: s})
 
 	// /30 without network and broadcast: 2 addresses.

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/berth-io/berth/test/poll"
 )
 
 // The test binary runs as pause when this variable is set.
@@ -112,13 +114,7 @@ func TestReap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !isZombie(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("child %d did not exit within 10s", pid)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	poll.Until(t, 10*time.Second, fmt.Sprintf("child %d to exit", pid), func() bool { return isZombie(pid) })
 	if n := reap(); n != 1 {
 		t.Errorf("reap() = %d, want 1", n)
 	}
