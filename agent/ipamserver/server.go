@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 
@@ -226,7 +228,7 @@ func (s *Server) Check(*http.Request) error {
 // failure and doubling up to MaxBackoff. Each failure is logged and kept
 // for Check. It returns ctx's error when ctx ends first.
 func (s *Server) retry(ctx context.Context, what string, step func(context.Context) error) error {
-	wait := s.cfg.MinBackoff
+	b := wait.Backoff{Duration: s.cfg.MinBackoff, Factor: 2, Cap: s.cfg.MaxBackoff, Steps: math.MaxInt32}
 	for attempt := 1; ; attempt++ {
 		err := step(ctx)
 		if ctx.Err() != nil {
@@ -238,15 +240,14 @@ func (s *Server) retry(ctx context.Context, what string, step func(context.Conte
 		if err == nil {
 			return nil
 		}
-		s.cfg.Logger.Warn("ipam server: cannot "+what+"; retrying", "err", err, "attempt", attempt, "retry_in_seconds", wait.Seconds())
-		t := time.NewTimer(wait)
+		s.cfg.Logger.Warn("ipam server: cannot "+what+"; retrying", "err", err, "attempt", attempt, "retry_in_seconds", b.Duration.Seconds())
+		t := time.NewTimer(b.Step())
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()
 		case <-t.C:
 		}
-		wait = min(2*wait, s.cfg.MaxBackoff)
 	}
 }
 

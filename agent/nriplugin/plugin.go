@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // Defaults for Config.
@@ -152,7 +154,7 @@ func (p *Plugin) Check(*http.Request) error {
 // backoff, until ctx is done. It returns nil when ctx is done; it has no
 // other way to end.
 func (p *Plugin) Start(ctx context.Context) error {
-	b := backoff{min: p.cfg.MinBackoff, max: p.cfg.MaxBackoff}
+	b := p.newBackoff()
 	var lastErr string
 	for attempt := 1; ; attempt++ {
 		err := p.session(ctx)
@@ -162,19 +164,19 @@ func (p *Plugin) Start(ctx context.Context) error {
 		switch {
 		case err == nil:
 			// The connection was up and is gone: start over quickly.
-			b.reset()
+			b = p.newBackoff()
 			lastErr = ""
 			attempt = 0
 		case err.Error() != lastErr:
 			// Logged once per distinct error, not at every retry.
 			p.log.Warn("cannot connect to runtime", "err", err, "attempt", attempt,
-				"retry_in_seconds", b.peek().Seconds())
+				"retry_in_seconds", b.Duration.Seconds())
 			lastErr = err.Error()
 		default:
 			p.log.Debug("cannot connect to runtime", "err", err, "attempt", attempt,
-				"retry_in_seconds", b.peek().Seconds())
+				"retry_in_seconds", b.Duration.Seconds())
 		}
-		t := time.NewTimer(b.next())
+		t := time.NewTimer(b.Step())
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -278,25 +280,8 @@ func (p *Plugin) setConnected(st State, notify bool) {
 	p.connected.Store(st.Connected)
 }
 
-// backoff is an exponential backoff: min, 2*min, 4*min, ... capped at max.
-type backoff struct {
-	min, max, cur time.Duration
+// newBackoff returns the waits between connection attempts: MinBackoff,
+// doubling after each failed attempt, capped at MaxBackoff.
+func (p *Plugin) newBackoff() wait.Backoff {
+	return wait.Backoff{Duration: p.cfg.MinBackoff, Factor: 2, Cap: p.cfg.MaxBackoff, Steps: math.MaxInt32}
 }
-
-// next returns the wait before the next attempt and doubles the one after.
-func (b *backoff) next() time.Duration {
-	d := b.peek()
-	b.cur = min(d*2, b.max)
-	return d
-}
-
-// peek returns what next will return.
-func (b *backoff) peek() time.Duration {
-	if b.cur == 0 {
-		return b.min
-	}
-	return b.cur
-}
-
-// reset starts the sequence over at min.
-func (b *backoff) reset() { b.cur = 0 }

@@ -240,20 +240,25 @@ func TestNew_registeredTwice(t *testing.T) {
 	}
 }
 
-func TestBackoff_Next(t *testing.T) {
-	b := backoff{min: 250 * time.Millisecond, max: 10 * time.Second}
+func TestPlugin_newBackoff(t *testing.T) {
+	p, err := New(Config{MinBackoff: 250 * time.Millisecond, MaxBackoff: 10 * time.Second, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := p.newBackoff()
 	var got []time.Duration
 	for range 8 {
-		got = append(got, b.next())
+		got = append(got, b.Step())
 	}
 	want := []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second,
 		4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second}
 	if !slices.Equal(got, want) {
-		t.Errorf("next() gave %v, want %v", got, want)
+		t.Errorf("Step() gave %v, want %v", got, want)
 	}
-	b.reset()
-	if got := b.next(); got != 250*time.Millisecond {
-		t.Errorf("next() after reset = %v, want 250ms", got)
+	// After a connection, Start begins again with a new backoff.
+	fresh := p.newBackoff()
+	if got := fresh.Step(); got != 250*time.Millisecond {
+		t.Errorf("Step() of a new backoff = %v, want 250ms", got)
 	}
 }
 
