@@ -20,7 +20,6 @@
 package containerdtest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -39,6 +38,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/mount-utils"
 )
 
 // PauseImage is the sandbox image the config pins; `make images` builds it.
@@ -309,17 +309,14 @@ const (
 
 // mountsBelow lists the mount points below dir, deepest first.
 func mountsBelow(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
+	mounts, err := mount.ParseMountInfo("/proc/self/mountinfo")
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
 	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && strings.HasPrefix(fields[4], dir+"/") {
-			out = append(out, fields[4])
+	for _, m := range mounts {
+		if strings.HasPrefix(m.MountPoint, dir+"/") {
+			out = append(out, m.MountPoint)
 		}
 	}
 	slices.SortFunc(out, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })

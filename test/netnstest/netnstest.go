@@ -8,10 +8,11 @@ package netnstest
 import (
 	"errors"
 	"os"
-	"strings"
+	"slices"
 	"testing"
 
 	"golang.org/x/sys/unix"
+	"k8s.io/mount-utils"
 )
 
 // Dir is where named network namespaces are mounted.
@@ -38,17 +39,13 @@ func Run(m *testing.M) int {
 	return code
 }
 
-// isMountPoint reports whether dir is a mount point in this mount namespace.
+// isMountPoint reports whether dir is a mount point in this mount namespace
+// (a bind mount of a directory on itself included, which a device
+// comparison would miss).
 func isMountPoint(dir string) bool {
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mount.ParseMountInfo("/proc/self/mountinfo")
 	if err != nil {
 		return false
 	}
-	for line := range strings.SplitSeq(string(data), "\n") {
-		// ID parent major:minor root mountpoint ...
-		if f := strings.Fields(line); len(f) > 4 && f[4] == dir {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(mounts, func(m mount.MountInfo) bool { return m.MountPoint == dir })
 }
