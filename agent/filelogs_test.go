@@ -20,6 +20,7 @@ import (
 	"github.com/berth-io/berth/agent/nriplugin/nritest"
 	"github.com/berth-io/berth/test/envtest"
 	"github.com/berth-io/berth/test/poll"
+	"github.com/berth-io/berth/test/runnable"
 )
 
 // TestRun_fileLogs: with file logs on, the agent mounts a container's log
@@ -39,10 +40,8 @@ func TestRun_fileLogs(t *testing.T) {
 	rt.Start()
 	root := filepath.Join(t.TempDir(), "logs")
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Config{
+	runnable.Start(t, 10*time.Second, func(ctx context.Context) error {
+		return Run(ctx, Config{
 			RestConfig:             cfg,
 			NodeName:               "node-a",
 			MetricsBindAddress:     "0",
@@ -52,17 +51,6 @@ func TestRun_fileLogs(t *testing.T) {
 			FileLogs:               &filelogs.Config{Root: root, Interval: time.Hour},
 			Logger:                 slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run() = %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("Run did not return within 10s of cancel")
-		}
 	})
 
 	pod := &api.PodSandbox{Id: "sandbox-1", Name: "web-0", Namespace: "shop", Uid: "uid-web-0"}

@@ -28,6 +28,7 @@ import (
 	"github.com/berth-io/berth/cni/ipam/protocol"
 	"github.com/berth-io/berth/test/envtest"
 	"github.com/berth-io/berth/test/poll"
+	"github.com/berth-io/berth/test/runnable"
 )
 
 // TestRun_ipam runs the agent with its IPAM server, with the RBAC and CRDs
@@ -42,10 +43,8 @@ func TestRun_ipam(t *testing.T) {
 	metricsAddr, probeAddr := freeAddr(t), freeAddr(t)
 	sock := filepath.Join(t.TempDir(), "berth", "ipam.sock")
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- Run(ctx, Config{
+	runnable.Start(t, time.Minute, func(ctx context.Context) error {
+		return Run(ctx, Config{
 			RestConfig: cfg, NodeName: "node-a", MetricsBindAddress: metricsAddr, HealthProbeBindAddress: probeAddr,
 			ShutdownTimeout: 5 * time.Second,
 			NRI:             nriplugin.Config{SocketPath: rt.Socket(), MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond},
@@ -53,12 +52,6 @@ func TestRun_ipam(t *testing.T) {
 				AttachmentDir: filepath.Join(filepath.Dir(sock), "attachments")},
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run() = %v", err)
-		}
 	})
 	poll.Until(t, 30*time.Second, "/readyz 200", func() bool { return get(t, "http://"+probeAddr+"/readyz").code == http.StatusOK })
 
