@@ -72,6 +72,7 @@ func (r Request) pod() string { return r.PodNamespace + "/" + r.PodName }
 type Allocation struct {
 	Pool    string
 	Claim   string
+	PodUID  types.UID    // the pod the claim is bound to
 	Address netip.Prefix // the address with the pool's prefix length
 	Gateway netip.Addr   // invalid: none
 	Routes  []Route
@@ -81,8 +82,12 @@ type Allocation struct {
 	// reservation hit) rather than fresh from the pool.
 	Reused bool
 	// Repeated is whether the pod held the address already (a repeated
-	// ADD, or a new sandbox of the same pod).
+	// ADD, a new sandbox of the same pod, or a prepared claim).
 	Repeated bool
+	// Prepared is whether the address was allocated by Prepare before the
+	// runtime's ADD: the claim does not record the container yet, and the
+	// caller records it with BindContainer.
+	Prepared bool
 	// Reclaimed is whether the address was reserved for another app,
 	// PreviousApp, and taken over because the pool had no free address
 	// (spec.reclaimReservations).
@@ -190,7 +195,15 @@ func (a *Allocator) tryAllocate(ctx context.Context, req Request, pod *corev1.Po
 		if c.Spec.Pool != pool.Name || c.Spec.Interface != req.IfName || c.Spec.State == v1alpha1.ClaimReserved {
 			continue
 		}
-		if c.Spec.ContainerID != req.ContainerID || c.Spec.Node != a.cfg.Node {
+		switch {
+		case req.ContainerID == "":
+			// Preparing, and the pod holds one already: nothing to do.
+		case c.Spec.ContainerID == "" && c.Spec.Node == a.cfg.Node && c.Spec.State == v1alpha1.ClaimBound:
+			// Prepared for this pod before its sandbox existed.
+			al, err := a.allocation(pool, c, false)
+			al.Repeated, al.Prepared = true, true
+			return al, err
+		case c.Spec.ContainerID != req.ContainerID || c.Spec.Node != a.cfg.Node:
 			c = c.DeepCopy()
 			c.Spec.ContainerID, c.Spec.Node = req.ContainerID, a.cfg.Node
 			if c.Labels == nil {
@@ -430,9 +443,67 @@ func (a *Allocator) allocation(pool *Pool, c *v1alpha1.IPClaim, reused bool) (Al
 		return Allocation{}, fmt.Errorf("claim %s: address %q: %w", c.Name, c.Spec.Address, err)
 	}
 	return Allocation{
-		Pool: pool.Name, Claim: c.Name, Address: netip.PrefixFrom(addr, pool.Prefix.Bits()),
+		Pool: pool.Name, Claim: c.Name, PodUID: c.Spec.Pod.UID, Address: netip.PrefixFrom(addr, pool.Prefix.Bits()),
 		Gateway: pool.Gateway, Routes: pool.Routes, Retained: c.Spec.App != nil, Reused: reused,
 	}, nil
+}
+
+// Prepare allocates the pod's addresses on req.IfName before the runtime
+// asks (req.ContainerID must be empty): the claims are committed, Bound to
+// the pod with no container yet, and the pod's ADD for that interface then
+// gets them without an API write (Allocation.Prepared). A pod that holds an
+// address of a pool already gets it back. Errors are those of Allocate.
+func (a *Allocator) Prepare(ctx context.Context, req Request) ([]Allocation, error) {
+	if req.ContainerID != "" {
+		return nil, fmt.Errorf("pod %s: prepare: a container ID (%s) is set", req.pod(), req.ContainerID)
+	}
+	return a.Allocate(ctx, req)
+}
+
+// ErrNotPrepared is returned by BindContainer when the claim is no longer
+// a prepared claim of the pod.
+var ErrNotPrepared = errors.New("not a prepared claim of the pod")
+
+// BindContainer records containerID on a claim Prepare made for the pod
+// uid, at the claim's resourceVersion (retrying conflicts). Recording it
+// again is not an error; a claim gone, or held by another pod or
+// container, is ErrNotPrepared.
+func (a *Allocator) BindContainer(ctx context.Context, name string, uid types.UID, containerID string) error {
+	for attempt := 0; attempt < a.cfg.MaxConflicts; attempt++ {
+		c, err := a.cfg.Store.Claim(name)
+		if errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("claim %s: %w (it is gone)", name, ErrNotPrepared)
+		}
+		if err != nil {
+			return fmt.Errorf("claim %s: %w", name, err)
+		}
+		switch {
+		case c.Spec.Pod.UID != uid || c.Spec.State != v1alpha1.ClaimBound:
+			return fmt.Errorf("claim %s: %w (now %s by pod uid %s)", name, ErrNotPrepared, c.Spec.State, c.Spec.Pod.UID)
+		case c.Spec.ContainerID == containerID:
+			return nil
+		case c.Spec.ContainerID != "":
+			return fmt.Errorf("claim %s: %w (container %s holds it)", name, ErrNotPrepared, c.Spec.ContainerID)
+		}
+		c = c.DeepCopy()
+		c.Spec.ContainerID = containerID
+		err = a.cfg.Store.Update(ctx, c)
+		if errors.Is(err, ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("claim %s: record container %s: %w", name, containerID, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("claim %s: record container %s: %w", name, containerID, ErrTooManyRetries)
+}
+
+// ReleasePrepared releases a claim Prepare made that no container took
+// (the runtime's ADD asked for other pools). A claim that records a
+// container by now is left alone.
+func (a *Allocator) ReleasePrepared(ctx context.Context, name string) error {
+	return a.releaseClaim(ctx, name, "")
 }
 
 // Release ends the container's hold on its addresses on ifName (all

@@ -725,3 +725,84 @@ func TestAllocator_Allocate_ordinalFreedMeanwhile(t *testing.T) {
 		t.Fatalf("ADD once the cache caught up: %v", err)
 	}
 }
+
+// TestAllocator_Prepare: a pod's addresses allocated before its sandbox
+// exists are what its ADD gets, without a write; BindContainer records the
+// container once, and refuses a claim that is no longer the pod's.
+func TestAllocator_Prepare(t *testing.T) {
+	e := newEnv(t, pool("p", "10.1.0.0/28"))
+	ctx := context.Background()
+	p := e.pod("web-5d8f-a", "ReplicaSet", "web-5d8f", nil)
+	req := ipam.Request{IfName: "eth0", PodNamespace: "ns", PodName: p.Name, PodUID: p.UID}
+
+	if _, err := e.alloc.Prepare(ctx, ipam.Request{ContainerID: "c", IfName: "eth0", PodNamespace: "ns", PodName: p.Name}); err == nil {
+		t.Fatal("Prepare with a container ID: no error")
+	}
+	prep, err := e.alloc.Prepare(ctx, req)
+	if err != nil || len(prep) != 1 || prep[0].Prepared || prep[0].PodUID != p.UID || !prep[0].Retained {
+		t.Fatalf("Prepare: %+v, %v", prep, err)
+	}
+	c := e.store.Claims()[0]
+	if c.Spec.State != v1alpha1.ClaimBound || c.Spec.ContainerID != "" || c.Spec.Pod.UID != p.UID || c.Spec.Node != "node-a" || c.Spec.Interface != "eth0" {
+		t.Fatalf("prepared claim: %+v", c.Spec)
+	}
+	// Preparing again changes nothing.
+	if again, err := e.alloc.Prepare(ctx, req); err != nil || again[0].Claim != prep[0].Claim || len(e.store.Claims()) != 1 {
+		t.Fatalf("Prepare again: %+v, %v; %d claims", again, err, len(e.store.Claims()))
+	}
+	rv := e.store.Claims()[0].ResourceVersion
+
+	als, err := e.add(p)
+	if err != nil || len(als) != 1 || !als[0].Prepared || als[0].Claim != prep[0].Claim || als[0].Address != prep[0].Address {
+		t.Fatalf("ADD after Prepare: %+v, %v; want the prepared %s", als, err, prep[0].Address)
+	}
+	if got := e.store.Claims()[0]; got.ResourceVersion != rv || got.Spec.ContainerID != "" {
+		t.Fatalf("ADD of a prepared claim wrote it: rv %s -> %s, container %q", rv, got.ResourceVersion, got.Spec.ContainerID)
+	}
+	// Until the container is recorded, DEL of it finds nothing (the server
+	// waits for BindContainer first).
+	for range 2 {
+		if err := e.alloc.BindContainer(ctx, als[0].Claim, p.UID, cid(p)); err != nil {
+			t.Fatalf("BindContainer: %v", err)
+		}
+	}
+	if got := e.store.Claims()[0]; got.Spec.ContainerID != cid(p) {
+		t.Fatalf("after BindContainer: container %q, want %s", got.Spec.ContainerID, cid(p))
+	}
+	if again, err := e.add(p); err != nil || again[0].Prepared {
+		t.Fatalf("repeated ADD once bound: %+v, %v; want not prepared", again, err)
+	}
+	for _, tc := range []struct {
+		name      string
+		uid       types.UID
+		container string
+	}{
+		{"another container", p.UID, "other"},
+		{"another pod", "uid-other", cid(p)},
+	} {
+		if err := e.alloc.BindContainer(ctx, als[0].Claim, tc.uid, tc.container); !errors.Is(err, ipam.ErrNotPrepared) {
+			t.Errorf("BindContainer, %s: %v, want ErrNotPrepared", tc.name, err)
+		}
+	}
+	// ReleasePrepared leaves a claim that records its container alone...
+	if err := e.alloc.ReleasePrepared(ctx, als[0].Claim); err != nil || e.states()[als[0].Address.Addr().String()] != v1alpha1.ClaimBound {
+		t.Fatalf("ReleasePrepared of a bound claim: %v, states %v", err, e.states())
+	}
+	e.del(p)
+	if err := e.alloc.BindContainer(ctx, als[0].Claim, p.UID, cid(p)); !errors.Is(err, ipam.ErrNotPrepared) {
+		t.Errorf("BindContainer of a Reserved claim: %v, want ErrNotPrepared", err)
+	}
+
+	// ... and releases one no ADD took: to the app's reserve.
+	q := e.pod("web-5d8f-b", "ReplicaSet", "web-5d8f", nil)
+	prepQ, err := e.alloc.Prepare(ctx, ipam.Request{IfName: "eth0", PodNamespace: "ns", PodName: q.Name, PodUID: q.UID})
+	if err != nil || !prepQ[0].Reused || prepQ[0].Address != als[0].Address {
+		t.Fatalf("Prepare of the app's next pod: %+v, %v; want its reserved %s", prepQ, err, als[0].Address)
+	}
+	if err := e.alloc.ReleasePrepared(ctx, prepQ[0].Claim); err != nil || e.states()[als[0].Address.Addr().String()] != v1alpha1.ClaimReserved {
+		t.Fatalf("ReleasePrepared: %v, states %v; want Reserved again", err, e.states())
+	}
+	if err := e.alloc.BindContainer(ctx, "p-10-1-0-99", q.UID, cid(q)); !errors.Is(err, ipam.ErrNotPrepared) {
+		t.Errorf("BindContainer of a missing claim: %v, want ErrNotPrepared", err)
+	}
+}

@@ -33,6 +33,7 @@ type model struct {
 	failures []string
 	apps     *ipamtest.View // resolves pods' apps
 	reclaims int            // allocations that took over another app's reservation
+	prepared int            // ADDs that got prepared addresses
 }
 
 type node struct {
@@ -77,7 +78,7 @@ func (m *model) restart(n *node) {
 // step runs one random operation.
 func (m *model) step(r *rand.Rand) {
 	m.mu.Lock()
-	switch op := r.IntN(10); {
+	switch op := r.IntN(11); {
 	case op < 2: // a new pod
 		m.seq++
 		app := apps[r.IntN(len(apps))]
@@ -110,6 +111,18 @@ func (m *model) step(r *rand.Rand) {
 		p.node.mu.Lock()
 		als, err := p.node.alloc.Allocate(context.Background(), ipam.Request{ContainerID: "c-" + string(p.pod.UID), IfName: "eth0",
 			PodNamespace: "ns", PodName: p.pod.Name, PodUID: p.pod.UID})
+		for _, a := range als {
+			// The server records the container before it runs the
+			// container's DEL.
+			if a.Prepared {
+				m.mu.Lock()
+				m.prepared++
+				m.mu.Unlock()
+				if err := p.node.alloc.BindContainer(context.Background(), a.Claim, p.pod.UID, "c-"+string(p.pod.UID)); err != nil {
+					m.fail("bind %s: %v", p.pod.Name, err)
+				}
+			}
+		}
 		p.node.mu.Unlock()
 		m.mu.Lock()
 		defer m.mu.Unlock()
@@ -169,6 +182,24 @@ func (m *model) step(r *rand.Rand) {
 		}
 		m.store.RemovePod("ns", p.pod.Name)
 		p.state = "gone"
+		m.mu.Unlock()
+		m.freePrepared(p)
+		m.mu.Lock()
+	case op == 10: // the agent prepares a pending pod's addresses
+		p := m.pick(r, "pending")
+		m.mu.Unlock()
+		if p == nil {
+			return
+		}
+		p.node.mu.Lock()
+		_, err := p.node.alloc.Prepare(context.Background(), ipam.Request{IfName: "eth0", PodNamespace: "ns", PodName: p.pod.Name, PodUID: p.pod.UID})
+		p.node.mu.Unlock()
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		p.busy = false
+		if err != nil && !ipam.Retryable(err) && !errors.Is(err, ipam.ErrExhausted) {
+			m.failures = append(m.failures, fmt.Sprintf("prepare %s: unexpected error %v", p.pod.Name, err))
+		}
 	default: // an agent restarts, or an informer catches up
 		n := m.nodes[r.IntN(len(m.nodes))]
 		m.mu.Unlock()
@@ -178,6 +209,28 @@ func (m *model) step(r *rand.Rand) {
 			n.mu.Lock()
 			n.view.Sync()
 			n.mu.Unlock()
+		}
+	}
+}
+
+func (m *model) fail(format string, args ...any) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.failures = append(m.failures, fmt.Sprintf(format, args...))
+}
+
+// freePrepared releases what was prepared for a pod that is gone without
+// an ADD that took it, as berth-controller does for the claims of pods
+// that are gone.
+func (m *model) freePrepared(p *mpod) {
+	for _, c := range m.store.Claims() {
+		if c.Spec.Pod.UID == p.pod.UID && c.Spec.ContainerID == "" && c.Spec.State == v1alpha1.ClaimBound {
+			p.node.mu.Lock()
+			err := p.node.alloc.ReleasePrepared(context.Background(), c.Name)
+			p.node.mu.Unlock()
+			if err != nil {
+				m.fail("release prepared %s: %v", c.Name, err)
+			}
 		}
 	}
 }
@@ -208,7 +261,7 @@ func (m *model) pick(r *rand.Rand, states ...string) *mpod {
 // reservations (reclaimReservations, on for even seeds), and that nothing
 // leaks once all pods are gone.
 func TestAllocator_property(t *testing.T) {
-	reclaims := 0
+	reclaims, prepared := 0, 0
 	for seed := range uint64(40) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			m := &model{t: t, store: ipamtest.New(), pods: map[string]*mpod{}, holder: map[string]string{}}
@@ -241,6 +294,7 @@ func TestAllocator_property(t *testing.T) {
 					if err := p.node.alloc.Release(context.Background(), "c-"+string(p.pod.UID), "eth0"); err != nil {
 						t.Fatalf("final DEL %s: %v", p.pod.Name, err)
 					}
+					m.freePrepared(p)
 				}
 			}
 			for _, f := range m.failures {
@@ -250,6 +304,7 @@ func TestAllocator_property(t *testing.T) {
 				t.Errorf("%d reservations reclaimed with reclaimReservations false", m.reclaims)
 			}
 			reclaims += m.reclaims
+			prepared += m.prepared
 			for _, c := range m.store.Claims() {
 				if c.Spec.State != v1alpha1.ClaimReserved || c.Spec.App == nil {
 					t.Errorf("claim %s left %s (app %v) after every pod is gone", c.Name, c.Spec.State, c.Spec.App)
@@ -260,5 +315,8 @@ func TestAllocator_property(t *testing.T) {
 	if reclaims == 0 {
 		t.Error("no seed reclaimed a reservation: the test does not exercise reclaimReservations")
 	}
-	t.Logf("%d reservations reclaimed", reclaims)
+	if prepared == 0 {
+		t.Error("no ADD got prepared addresses: the test does not exercise Prepare")
+	}
+	t.Logf("%d reservations reclaimed, %d ADDs of prepared addresses", reclaims, prepared)
 }

@@ -32,6 +32,16 @@ type attachment struct {
 	ContainerID string `json:"containerID"`
 	IfName      string `json:"ifName"`
 	Netns       string `json:"netns"`
+	// PodUID and Claims are set when ADD answered with prepared claims:
+	// they record the container on the claims after the answer.
+	PodUID types.UID `json:"podUID,omitempty"`
+	Claims []string  `json:"claims,omitempty"`
+}
+
+func decodeAttachment(data []byte) (attachment, error) {
+	var a attachment
+	err := json.Unmarshal(data, &a)
+	return a, err
 }
 
 func attachmentFile(dir, containerID, ifName string) string {
@@ -54,12 +64,11 @@ func writeAttachment(dir string, a attachment) error {
 }
 
 func readAttachment(dir, containerID, ifName string) (attachment, error) {
-	var a attachment
 	data, err := os.ReadFile(attachmentFile(dir, containerID, ifName))
 	if err != nil {
-		return a, err
+		return attachment{}, err
 	}
-	return a, json.Unmarshal(data, &a)
+	return decodeAttachment(data)
 }
 
 // Unplug removes addr from ifName in the network namespace at nsPath,

@@ -55,6 +55,13 @@ func startAPI(t testing.TB) (*rest.Config, client.Client) {
 // newNodeStore is one simulated node's store: its own informer cache.
 func newNodeStore(t testing.TB, ctx context.Context, cfg *rest.Config, c client.Client) *ipamserver.Store {
 	t.Helper()
+	st, _ := newNodeCache(t, ctx, cfg, c)
+	return st
+}
+
+// newNodeCache is newNodeStore, and the informer cache it reads.
+func newNodeCache(t testing.TB, ctx context.Context, cfg *rest.Config, c client.Client) (*ipamserver.Store, cache.Cache) {
+	t.Helper()
 	ca, err := cache.New(cfg, cache.Options{Scheme: scheme(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +78,7 @@ func newNodeStore(t testing.TB, ctx context.Context, cfg *rest.Config, c client.
 	if !ca.WaitForCacheSync(ctx) {
 		t.Fatal("cache did not sync")
 	}
-	return ipamserver.NewStore(ca, c, c)
+	return ipamserver.NewStore(ca, c, c), ca
 }
 
 // TestStore_concurrentNodes: 64 allocators, each a node with its own

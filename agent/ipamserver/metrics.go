@@ -15,6 +15,7 @@ type metrics struct {
 	release      *prometheus.HistogramVec
 	reservations *prometheus.CounterVec
 	reclaimed    *prometheus.CounterVec
+	prepared     *prometheus.CounterVec
 }
 
 var durationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
@@ -43,6 +44,10 @@ func newMetrics(reg prometheus.Registerer, counts func(context.Context) ([]PoolC
 			Name: "berth_ipam_reservations_reclaimed_total",
 			Help: "Addresses reserved for an app that a pod of another app took over because the pool had no free address left (spec.reclaimReservations), by pool.",
 		}, []string{"pool"}),
+		prepared: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_ipam_prepared_total",
+			Help: "Pods whose addresses the agent allocated when they were scheduled to the node, before the runtime's ADD, by result: ok, error (ADD allocates then), used (an ADD got prepared addresses and made no API write before answering), released (an ADD asked for other pools).",
+		}, []string{"result"}),
 	}
 	var err error
 	for _, h := range []**prometheus.HistogramVec{&m.allocation, &m.release} {
@@ -50,7 +55,7 @@ func newMetrics(reg prometheus.Registerer, counts func(context.Context) ([]PoolC
 			return nil, err
 		}
 	}
-	for _, c := range []**prometheus.CounterVec{&m.reservations, &m.reclaimed} {
+	for _, c := range []**prometheus.CounterVec{&m.reservations, &m.reclaimed, &m.prepared} {
 		if *c, err = promreg.Register(reg, *c); err != nil {
 			return nil, err
 		}
@@ -64,6 +69,9 @@ func newMetrics(reg prometheus.Registerer, counts func(context.Context) ([]PoolC
 	}
 	m.reservations.WithLabelValues("hit")
 	m.reservations.WithLabelValues("miss")
+	for _, r := range []string{"ok", "error", "used", "released"} {
+		m.prepared.WithLabelValues(r)
+	}
 	return m, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -58,7 +59,15 @@ type Config struct {
 	// (needs CAP_NET_ADMIN and CAP_SYS_ADMIN and the runtime's netns
 	// directory).
 	EarlyRelease bool
-	// PodCache is the informer cache whose pods early release watches.
+	// Prepare, with PodCache, allocates a pod's addresses on eth0 as soon
+	// as it is scheduled to the node, before the runtime's ADD (which then
+	// makes no API write before it answers). It starts after the first ADD
+	// on eth0, which tells the pools the CNI configuration names.
+	Prepare bool
+	// PrepareWorkers is how many pods are prepared at once. Default 4.
+	PrepareWorkers int
+	// PodCache is the informer cache whose pods early release and Prepare
+	// watch.
 	PodCache cache.Cache
 	// Node is this node's name. Required.
 	Node string
@@ -90,6 +99,12 @@ type Server struct {
 	alloc   *ipam.Allocator
 	metrics *metrics
 	ready   atomic.Bool
+	// bg bounds the work that outlives a request (recording the
+	// container on prepared claims): Start's context.
+	bg      context.Context
+	locks   podLocks
+	binds   pendingBinds
+	learned atomic.Pointer[[]string] // pools of the CNI configuration, from the last ADD on eth0
 
 	mu       sync.Mutex
 	recent   map[string]time.Time // container ID -> ADD start
@@ -115,6 +130,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.EarlyRelease && cfg.PodCache == nil {
 		return nil, errors.New("ipam server: early release needs a pod cache")
+	}
+	if cfg.Prepare && cfg.PodCache == nil {
+		return nil, errors.New("ipam server: preparing addresses needs a pod cache")
+	}
+	if cfg.PrepareWorkers == 0 {
+		cfg.PrepareWorkers = DefaultPrepareWorkers
 	}
 	if cfg.RequestTimeout == 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
@@ -142,7 +163,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipam server: %w", err)
 	}
-	return &Server{cfg: cfg, alloc: alloc, metrics: m, recent: map[string]time.Time{}}, nil
+	return &Server{cfg: cfg, alloc: alloc, metrics: m, recent: map[string]time.Time{}, bg: context.Background()}, nil
 }
 
 // errNotSynced is why the socket is not served while the cache syncs.
@@ -153,6 +174,7 @@ var errNotSynced = errors.New("the cache did not sync")
 // fails (e.g. the API server is unreachable): not ready meanwhile, and
 // Check says why. It returns nil when ctx ends first.
 func (s *Server) Start(ctx context.Context) error {
+	s.bg = ctx
 	if s.cfg.WaitForSync != nil {
 		err := s.retry(ctx, "wait for the cache", func(ctx context.Context) error {
 			if !s.cfg.WaitForSync(ctx) {
@@ -163,6 +185,10 @@ func (s *Server) Start(ctx context.Context) error {
 		if err != nil {
 			return nil // ctx is done
 		}
+	}
+	// Before the queued DELs, which find claims by container.
+	if err := s.retry(ctx, "record the containers of prepared claims", s.bindRecorded); err != nil {
+		return nil // ctx is done
 	}
 	if err := s.retry(ctx, "run the DELs queued while the agent was down", s.drainQueue); err != nil {
 		return nil // ctx is done
@@ -193,6 +219,13 @@ func (s *Server) Start(ctx context.Context) error {
 			}
 		}()
 	}
+	if s.cfg.Prepare {
+		go func() {
+			if err := s.runPreparer(ctx); err != nil {
+				s.cfg.Logger.Error("preparing addresses stopped", "err", err)
+			}
+		}()
+	}
 	s.ready.Store(true)
 	s.cfg.Logger.Info("serving IPAM", "socket", s.cfg.SocketPath, "node", s.cfg.Node)
 	select {
@@ -203,6 +236,7 @@ func (s *Server) Start(ctx context.Context) error {
 		defer cancel()
 		err := srv.Shutdown(sctx)
 		_ = os.Remove(s.cfg.SocketPath)
+		s.binds.wg.Wait() // they stop with ctx; the next Start finishes them
 		return err
 	case err := <-errc:
 		s.ready.Store(false)
@@ -315,6 +349,13 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 		}
 	}
 	s.mu.Unlock()
+	// One allocation per pod at a time (ADD, or its preparation), after
+	// the claims of its earlier containers record them.
+	unlock := s.locks.lock(req.PodNamespace, req.PodName)
+	defer unlock()
+	if err := s.binds.wait(ctx, req.PodNamespace+"/"+req.PodName, ""); err != nil {
+		return errResponse(protocol.CodeTryAgainLater, "berth-ipam ADD failed", err)
+	}
 	als, err := s.alloc.Allocate(ctx, ipam.Request{ContainerID: req.ContainerID, IfName: req.IfName,
 		PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: types.UID(req.PodUID), Pools: req.Pools})
 	log := s.cfg.Logger.With("pod", req.PodNamespace+"/"+req.PodName, "container_id", req.ContainerID, "interface", req.IfName,
@@ -328,20 +369,22 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 		log.Warn("ADD failed", "err", err, "retryable", ipam.Retryable(err))
 		return errResponse(errorCode(err), "berth-ipam ADD failed", err)
 	}
-	s.metrics.allocation.WithLabelValues("ok").Observe(time.Since(start).Seconds())
-	if req.Netns != "" {
-		if err := writeAttachment(s.cfg.AttachmentDir, attachment{ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns}); err != nil {
-			log.Warn("cannot record the attachment; early release will not find it", "err", err)
+	if req.IfName == PrepareInterface {
+		if old := s.learned.Load(); old == nil || !slices.Equal(*old, req.Pools) {
+			pools := slices.Clone(req.Pools)
+			s.learned.Store(&pools)
 		}
 	}
+	if err := s.recordAttachment(ctx, req, als); err != nil {
+		s.metrics.allocation.WithLabelValues("error").Observe(time.Since(start).Seconds())
+		log.Warn("ADD failed", "err", err)
+		return errResponse(protocol.CodeInternal, "berth-ipam ADD failed", err)
+	}
+	s.metrics.allocation.WithLabelValues("ok").Observe(time.Since(start).Seconds())
 	resp := &protocol.Response{}
 	for _, a := range als {
-		if a.Retained && !a.Repeated {
-			if a.Reused {
-				s.metrics.reservations.WithLabelValues("hit").Inc()
-			} else {
-				s.metrics.reservations.WithLabelValues("miss").Inc()
-			}
+		if !a.Repeated {
+			s.countReservation(a)
 		}
 		ip := protocol.IP{Address: a.Address.String(), Pool: a.Pool}
 		if a.Gateway.IsValid() {
@@ -361,10 +404,58 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 			log.Info("ADD reclaimed the reservation of another app (no free address left in the pool)", "address", a.Address.String(),
 				"pool", a.Pool, "claim", a.Claim, "retained", a.Retained, "previous_app", appString(a.PreviousApp))
 		} else {
-			log.Info("ADD", "address", a.Address.String(), "pool", a.Pool, "claim", a.Claim, "retained", a.Retained, "reused", a.Reused)
+			log.Info("ADD", "address", a.Address.String(), "pool", a.Pool, "claim", a.Claim, "retained", a.Retained, "reused", a.Reused, "prepared", a.Prepared)
 		}
 	}
+	if len(als) > 0 {
+		s.releaseUnused(als[0].PodUID, req.IfName, als)
+	}
 	return resp
+}
+
+// countReservation counts a retained app's allocation as a reservation
+// hit or miss.
+func (s *Server) countReservation(a ipam.Allocation) {
+	switch {
+	case !a.Retained:
+	case a.Reused:
+		s.metrics.reservations.WithLabelValues("hit").Inc()
+	default:
+		s.metrics.reservations.WithLabelValues("miss").Inc()
+	}
+}
+
+// recordAttachment writes the ADD's attachment record (for early release)
+// and records the container on prepared claims: after the answer when the
+// record names them (bindLater), else now.
+func (s *Server) recordAttachment(ctx context.Context, req *protocol.Request, als []ipam.Allocation) error {
+	att := attachment{ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns}
+	for _, a := range als {
+		if a.Prepared {
+			att.PodUID = a.PodUID
+			att.Claims = append(att.Claims, a.Claim)
+		}
+	}
+	var err error
+	if req.Netns != "" {
+		if err = writeAttachment(s.cfg.AttachmentDir, att); err != nil {
+			s.cfg.Logger.Warn("cannot record the attachment; early release will not find it", "container_id", req.ContainerID, "err", err)
+		}
+	}
+	if len(att.Claims) == 0 {
+		return nil
+	}
+	s.metrics.prepared.WithLabelValues("used").Inc()
+	if req.Netns != "" && err == nil {
+		s.bindLater(req.PodNamespace+"/"+req.PodName, att.PodUID, req.ContainerID, att.Claims)
+		return nil
+	}
+	for _, name := range att.Claims {
+		if err := s.alloc.BindContainer(ctx, name, att.PodUID, req.ContainerID); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // appString names an app for logs: kind/namespace/name, with the
@@ -385,7 +476,10 @@ func (s *Server) del(ctx context.Context, req *protocol.Request) *protocol.Respo
 	if req.ContainerID == "" {
 		return errResponse(protocol.CodeInvalidConfig, "berth-ipam DEL needs the container ID", nil)
 	}
-	err := s.alloc.Release(ctx, req.ContainerID, req.IfName)
+	err := s.binds.wait(ctx, "", req.ContainerID)
+	if err == nil {
+		err = s.alloc.Release(ctx, req.ContainerID, req.IfName)
+	}
 	if err != nil {
 		s.metrics.release.WithLabelValues("error").Observe(time.Since(start).Seconds())
 		s.cfg.Logger.Warn("DEL failed", "container_id", req.ContainerID, "interface", req.IfName, "err", err)
@@ -399,6 +493,9 @@ func (s *Server) del(ctx context.Context, req *protocol.Request) *protocol.Respo
 }
 
 func (s *Server) check(ctx context.Context, req *protocol.Request) *protocol.Response {
+	if err := s.binds.wait(ctx, "", req.ContainerID); err != nil {
+		return errResponse(protocol.CodeInternal, "berth-ipam CHECK failed", err)
+	}
 	claims, err := s.alloc.Check(ctx, req.ContainerID, req.IfName)
 	if err != nil {
 		return errResponse(protocol.CodeInternal, "berth-ipam CHECK failed", err)

@@ -56,16 +56,25 @@ func serve(t *testing.T, mod ...func(*ipamserver.Config)) *harness {
 	for _, m := range mod {
 		m(&cfg)
 	}
+	h := start(t, cfg)
+	h.store = st
+	return h
+}
+
+// start runs a Server with cfg (its Registerer a *prometheus.Registry)
+// until the test ends, and returns a harness calling it on its socket.
+func start(t *testing.T, cfg ipamserver.Config) *harness {
+	t.Helper()
 	srv, err := ipamserver.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	runnable.Start(t, time.Minute, srv.Start)
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", cfg.SocketPath)
 	}}}
 	poll.Until(t, 5*time.Second, "the server to be ready", func() bool { return srv.Check(nil) == nil })
-	return &harness{t: t, store: st, reg: reg, http: hc}
+	return &harness{t: t, reg: cfg.Registerer.(*prometheus.Registry), http: hc}
 }
 
 func (h *harness) call(cmd string, req protocol.Request) protocol.Response {

@@ -13,8 +13,11 @@ func TestParseFlags_ipam(t *testing.T) {
 		return ""
 	}
 	o, err := parseFlags([]string{"--ipam-socket=/run/berth/ipam.sock", "--ipam-early-release"}, env, io.Discard)
-	if err != nil || o.agent.IPAM == nil || o.agent.IPAM.SocketPath != "/run/berth/ipam.sock" || !o.agent.IPAM.EarlyRelease {
+	if err != nil || o.agent.IPAM == nil || o.agent.IPAM.SocketPath != "/run/berth/ipam.sock" || !o.agent.IPAM.EarlyRelease || !o.agent.IPAM.Prepare {
 		t.Fatalf("parseFlags: %+v, %v", o.agent.IPAM, err)
+	}
+	if o, err := parseFlags([]string{"--ipam-socket=/run/berth/ipam.sock", "--ipam-prepare=false"}, env, io.Discard); err != nil || o.agent.IPAM.Prepare {
+		t.Fatalf("--ipam-prepare=false: %+v, %v; want off", o.agent.IPAM, err)
 	}
 	if o, err := parseFlags(nil, env, io.Discard); err != nil || o.agent.IPAM != nil {
 		t.Fatalf("without --ipam-socket: IPAM %+v, %v; want off", o.agent.IPAM, err)

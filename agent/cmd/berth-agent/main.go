@@ -79,6 +79,7 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		level      string
 		ipamSocket string
 		ipamEarly  bool
+		ipamPrep   bool
 		fileLogs   filelogs.Config
 	)
 	fs := flag.NewFlagSet("berth-agent", flag.ContinueOnError)
@@ -105,6 +106,8 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		"time between retention passes over --filelogs-root")
 	fs.BoolVar(&ipamEarly, "ipam-early-release", false,
 		"release the addresses of terminating pods annotated berth.io/ip-release: early before their teardown (needs CAP_NET_ADMIN, CAP_SYS_ADMIN and /var/run/netns)")
+	fs.BoolVar(&ipamPrep, "ipam-prepare", true,
+		"allocate a pod's addresses (eth0) as soon as it is scheduled to the node, so that the runtime's ADD makes no API write before it answers")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "",
 		"kubeconfig file; default: env KUBECONFIG, then in-cluster, then ~/.kube/config")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
@@ -127,7 +130,7 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		if o.agent.NodeName == "" {
 			return o, errors.New("--ipam-socket needs --node-name (env NODE_NAME): claims record their node")
 		}
-		o.agent.IPAM = &ipamserver.Config{SocketPath: ipamSocket, EarlyRelease: ipamEarly}
+		o.agent.IPAM = &ipamserver.Config{SocketPath: ipamSocket, EarlyRelease: ipamEarly, Prepare: ipamPrep}
 	}
 	if fileLogs.Root != "" {
 		if !filepath.IsAbs(fileLogs.Root) || filepath.Clean(fileLogs.Root) != fileLogs.Root {

@@ -1,0 +1,346 @@
+package ipamserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/berth-io/berth/agent/ipam"
+)
+
+// Preparing addresses: when a pod is scheduled to the node, the agent
+// allocates its addresses on PrepareInterface at once (the claims are
+// committed to the API server, Bound to the pod, with no container yet),
+// while the runtime still creates the pod's sandbox. The runtime's ADD then
+// answers from the cache without an API write, and the container ID is
+// recorded on the claims right after the answer (bindLater). Until it is,
+// the attachment record names the claims, so a restarted agent records it
+// (bindRecorded), and DEL, CHECK and GC of that container wait for it.
+
+// PrepareInterface is the interface addresses are prepared for: the one
+// kubelet asks the runtime to create for a pod's default network.
+const PrepareInterface = "eth0"
+
+// DefaultPrepareWorkers is how many pods are prepared at once.
+const DefaultPrepareWorkers = 4
+
+// prepareRetries bounds how often a pod whose preparation waits on
+// something (a terminating pod's address, the cache) is tried again; its
+// ADD allocates after that.
+const prepareRetries = 5
+
+// wantsPrepare reports whether pod is scheduled to node and still waits for
+// its sandbox's network.
+func wantsPrepare(pod *corev1.Pod, node string) bool {
+	return pod.Spec.NodeName == node && pod.DeletionTimestamp == nil && !pod.Spec.HostNetwork &&
+		pod.Status.Phase == corev1.PodPending && len(pod.Status.PodIPs) == 0
+}
+
+// podLocks serializes the ADD and the preparation of one pod, so that the
+// two never allocate for it at once.
+type podLocks struct {
+	mu    sync.Mutex
+	locks map[string]*podLock
+}
+
+type podLock struct {
+	sync.Mutex
+	users int
+}
+
+func (l *podLocks) lock(namespace, name string) (unlock func()) {
+	key := namespace + "/" + name
+	l.mu.Lock()
+	if l.locks == nil {
+		l.locks = map[string]*podLock{}
+	}
+	pl := l.locks[key]
+	if pl == nil {
+		pl = &podLock{}
+		l.locks[key] = pl
+	}
+	pl.users++
+	l.mu.Unlock()
+	pl.Lock()
+	return func() {
+		pl.Unlock()
+		l.mu.Lock()
+		if pl.users--; pl.users == 0 {
+			delete(l.locks, key)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// pendingBinds tracks the containers whose claims do not record them yet.
+type pendingBinds struct {
+	mu sync.Mutex
+	m  map[string]pendingBind // container ID ->
+	wg sync.WaitGroup
+}
+
+type pendingBind struct {
+	pod  string        // namespace/name
+	done chan struct{} // closed when recorded (or given up)
+}
+
+func (p *pendingBinds) start(pod, containerID string) (done func()) {
+	b := pendingBind{pod: pod, done: make(chan struct{})}
+	p.mu.Lock()
+	if p.m == nil {
+		p.m = map[string]pendingBind{}
+	}
+	p.m[containerID] = b
+	p.mu.Unlock()
+	p.wg.Add(1)
+	return func() {
+		p.mu.Lock()
+		if p.m[containerID].done == b.done {
+			delete(p.m, containerID)
+		}
+		p.mu.Unlock()
+		close(b.done)
+		p.wg.Done()
+	}
+}
+
+// wait returns once the claims of the container (containerID not empty),
+// or of all containers of the pod, record their container (at once when
+// nothing is pending), or with ctx's error.
+func (p *pendingBinds) wait(ctx context.Context, pod, containerID string) error {
+	var chs []chan struct{}
+	p.mu.Lock()
+	for id, b := range p.m {
+		if id == containerID || (containerID == "" && b.pod == pod) {
+			chs = append(chs, b.done)
+		}
+	}
+	p.mu.Unlock()
+	for _, ch := range chs {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("the prepared claims do not record their container yet: %w", ctx.Err())
+		}
+	}
+	return nil
+}
+
+// bindLater records containerID on the prepared claims in the background,
+// retrying with backoff while the API server fails, until the server
+// stops (then the next Start does it from the attachment record).
+func (s *Server) bindLater(pod string, uid types.UID, containerID string, claims []string) {
+	done := s.binds.start(pod, containerID)
+	go func() {
+		defer done()
+		start := time.Now()
+		b := wait.Backoff{Duration: 50 * time.Millisecond, Factor: 2, Cap: 5 * time.Second, Steps: 1 << 30}
+		for _, name := range claims {
+			for {
+				ctx, cancel := context.WithTimeout(s.bg, s.cfg.RequestTimeout)
+				err := s.alloc.BindContainer(ctx, name, uid, containerID)
+				cancel()
+				if err == nil {
+					break
+				}
+				if errors.Is(err, ipam.ErrNotPrepared) {
+					s.cfg.Logger.Warn("prepared claim changed before its container was recorded", "claim", name, "container_id", containerID, "err", err)
+					break
+				}
+				s.cfg.Logger.Warn("cannot record the container on its prepared claim; retrying", "claim", name, "container_id", containerID, "err", err)
+				select {
+				case <-s.bg.Done():
+					return
+				case <-time.After(b.Step()):
+				}
+			}
+		}
+		s.cfg.Logger.Debug("recorded the container on its prepared claims", "container_id", containerID, "claims", claims,
+			"duration_seconds", time.Since(start).Seconds())
+	}()
+}
+
+// bindRecorded records, from the attachment records, the containers of
+// prepared claims that an earlier run of the agent answered ADD for but
+// stopped before recording them. It runs before the socket is served.
+func (s *Server) bindRecorded(ctx context.Context) error {
+	files, err := filepath.Glob(filepath.Join(s.cfg.AttachmentDir, "*.json"))
+	if err != nil {
+		return fmt.Errorf("attachment records: %w", err)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("attachment record %s: %w", f, err)
+		}
+		a, err := decodeAttachment(data)
+		if err != nil || a.PodUID == "" {
+			continue // not from a prepared ADD, or unreadable: nothing to record
+		}
+		for _, name := range a.Claims {
+			err := s.alloc.BindContainer(ctx, name, a.PodUID, a.ContainerID)
+			if errors.Is(err, ipam.ErrNotPrepared) {
+				continue // released or moved on since
+			}
+			if err != nil {
+				return fmt.Errorf("attachment record %s: %w", f, err)
+			}
+		}
+	}
+	return nil
+}
+
+// preparer prepares the addresses of the pods scheduled to the node.
+type preparer struct {
+	s     *Server
+	queue workqueue.TypedRateLimitingInterface[types.NamespacedName]
+
+	mu   sync.Mutex
+	done map[types.UID]bool // pods prepared or given up on; forgotten when the pod is deleted
+}
+
+func (s *Server) runPreparer(ctx context.Context) error {
+	p := &preparer{s: s, done: map[types.UID]bool{},
+		queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName]())}
+	inf, err := s.cfg.PodCache.GetInformer(ctx, &corev1.Pod{})
+	if err != nil {
+		return err
+	}
+	on := func(obj any) {
+		if pod, ok := obj.(*corev1.Pod); ok && wantsPrepare(pod, s.cfg.Node) && !p.isDone(pod.UID) {
+			p.queue.Add(types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name})
+		}
+	}
+	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: on, UpdateFunc: func(_, n any) { on(n) },
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			if pod, ok := obj.(*corev1.Pod); ok {
+				p.mu.Lock()
+				delete(p.done, pod.UID)
+				p.mu.Unlock()
+			}
+		},
+	}); err != nil {
+		return err
+	}
+	go func() { <-ctx.Done(); p.queue.ShutDown() }()
+	var wg sync.WaitGroup
+	for range s.cfg.PrepareWorkers {
+		wg.Go(func() {
+			for {
+				key, quit := p.queue.Get()
+				if quit {
+					return
+				}
+				if err := p.prepare(ctx, key); err != nil && p.queue.NumRequeues(key) < prepareRetries {
+					p.queue.AddRateLimited(key)
+				} else {
+					p.queue.Forget(key)
+				}
+				p.queue.Done(key)
+			}
+		})
+	}
+	wg.Wait()
+	return nil
+}
+
+func (p *preparer) isDone(uid types.UID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.done[uid]
+}
+
+func (p *preparer) markDone(uid types.UID) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done[uid] = true
+}
+
+// prepare allocates one pod's addresses; an error asks for a retry.
+func (p *preparer) prepare(ctx context.Context, key types.NamespacedName) error {
+	s := p.s
+	pools := s.learned.Load()
+	if pools == nil {
+		return nil // no ADD seen yet: which pools the CNI configuration names is unknown
+	}
+	unlock := s.locks.lock(key.Namespace, key.Name)
+	defer unlock()
+	pod, err := s.cfg.Store.Pod(key.Namespace, key.Name)
+	if err != nil || !wantsPrepare(pod, s.cfg.Node) || p.isDone(pod.UID) {
+		return nil // gone, started, or handled already
+	}
+	if mine, err := s.cfg.Store.ClaimsOfPod(pod.UID); err != nil || len(mine) > 0 {
+		p.markDone(pod.UID) // its ADD came first (or the cache fails: leave it to ADD)
+		return nil
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	als, err := s.alloc.Prepare(ctx, ipam.Request{IfName: PrepareInterface, PodNamespace: pod.Namespace, PodName: pod.Name,
+		PodUID: pod.UID, Pools: *pools})
+	log := s.cfg.Logger.With("pod", key.String(), "pod_uid", pod.UID, "duration_seconds", time.Since(start).Seconds())
+	if err != nil {
+		if ipam.Retryable(err) {
+			log.Debug("cannot prepare the pod's addresses yet", "err", err)
+			return err
+		}
+		// Its ADD meets the same error and reports it on the pod.
+		p.markDone(pod.UID)
+		s.metrics.prepared.WithLabelValues("error").Inc()
+		log.Debug("cannot prepare the pod's addresses; its ADD allocates", "err", err)
+		return nil
+	}
+	p.markDone(pod.UID)
+	s.metrics.prepared.WithLabelValues("ok").Inc()
+	for _, a := range als {
+		s.countReservation(a)
+		log.Info("prepared", "address", a.Address.String(), "pool", a.Pool, "claim", a.Claim, "retained", a.Retained, "reused", a.Reused)
+	}
+	return nil
+}
+
+// releaseUnused releases, in the background, the prepared claims of the
+// pod on ifName that its ADD did not use (it asked for other pools).
+func (s *Server) releaseUnused(uid types.UID, ifName string, used []ipam.Allocation) {
+	if ifName != PrepareInterface || uid == "" {
+		return
+	}
+	claims, err := s.cfg.Store.ClaimsOfPod(uid)
+	if err != nil {
+		return
+	}
+	for _, c := range claims {
+		if c.Spec.ContainerID != "" || c.Spec.Interface != ifName || c.Spec.Node != s.cfg.Node ||
+			slices.ContainsFunc(used, func(a ipam.Allocation) bool { return a.Claim == c.Name }) {
+			continue
+		}
+		name := c.Name
+		go func() {
+			ctx, cancel := context.WithTimeout(s.bg, s.cfg.RequestTimeout)
+			defer cancel()
+			if err := s.alloc.ReleasePrepared(ctx, name); err != nil {
+				s.cfg.Logger.Warn("cannot release a prepared claim the pod's ADD did not use", "claim", name, "err", err)
+				return
+			}
+			s.metrics.prepared.WithLabelValues("released").Inc()
+		}()
+	}
+}

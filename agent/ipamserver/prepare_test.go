@@ -1,0 +1,163 @@
+package ipamserver_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/berth-io/berth/agent/ipam"
+	"github.com/berth-io/berth/agent/ipamserver"
+	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/cni/ipam/protocol"
+	"github.com/berth-io/berth/test/poll"
+)
+
+// gatedStore holds every claim update until the gate is opened.
+type gatedStore struct {
+	ipam.Store
+	gate chan struct{}
+}
+
+func (g *gatedStore) Update(ctx context.Context, c *v1alpha1.IPClaim) error {
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return g.Store.Update(ctx, c)
+}
+
+// podClaims lists the pod's claims as the API server has them.
+func podClaims(t *testing.T, c client.Client, uid types.UID) []v1alpha1.IPClaim {
+	t.Helper()
+	var l v1alpha1.IPClaimList
+	if err := c.List(context.Background(), &l, client.MatchingLabels{v1alpha1.LabelPodUID: string(uid)}); err != nil {
+		t.Fatal(err)
+	}
+	return l.Items
+}
+
+// TestServer_prepare, against a real API server: once an ADD on eth0 has
+// shown the CNI configuration's pools, a pod scheduled to the node gets its
+// claim before any ADD; its ADD answers with that address while claim
+// updates are held (no API write before the answer); its DEL waits until
+// the container is recorded and then releases the claim. A prepared claim
+// the ADD did not use (it asked for another pool) is released, and a
+// restarted agent records the container an earlier run answered for.
+func TestServer_prepare(t *testing.T) {
+	cfg, c := startAPI(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	mustCreate(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}})
+	mustCreate(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}})
+	mustCreate(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "q"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.21.0.0/24"}})
+	st, ca := newNodeCache(t, ctx, cfg, c)
+	gated := &gatedStore{Store: st, gate: make(chan struct{})}
+	dir := t.TempDir()
+	srvCfg := ipamserver.Config{SocketPath: filepath.Join(dir, "ipam.sock"), QueueDir: filepath.Join(dir, "queue"),
+		AttachmentDir: filepath.Join(dir, "attachments"), Node: "n1", Store: gated, PodCache: ca, Prepare: true,
+		Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	h := start(t, srvCfg)
+	newPod := func(name string, ann map[string]string) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Annotations: ann},
+			Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
+		mustCreate(t, c, p)
+		return p
+	}
+	add := func(p *corev1.Pod, id string, pools ...string) protocol.Response {
+		return h.call(protocol.CommandAdd, protocol.Request{ContainerID: id, IfName: "eth0", Netns: "/var/run/netns/" + id,
+			PodNamespace: p.Namespace, PodName: p.Name, PodUID: string(p.UID), Pools: pools})
+	}
+	prepared := func(result string) float64 {
+		return testutil.ToFloat64(mustCollector(t, h.reg, "berth_ipam_prepared_total", result))
+	}
+
+	// Before any ADD the pools are unknown: nothing is prepared. The first
+	// ADD allocates (its claim create is not held by the gate).
+	first := newPod("first", nil)
+	if r := add(first, "c-first", "p"); r.Error != nil {
+		t.Fatalf("ADD first: %+v", r.Error)
+	}
+	if n := prepared("ok"); n != 0 {
+		t.Fatalf("prepared %v pods before an ADD showed the pools", n)
+	}
+
+	// The next pod's claim exists before its ADD.
+	second := newPod("second", nil)
+	poll.Until(t, 30*time.Second, "the second pod's claim to be prepared", func() bool { return len(podClaims(t, c, second.UID)) == 1 })
+	claim := podClaims(t, c, second.UID)[0]
+	if claim.Spec.ContainerID != "" || claim.Spec.State != v1alpha1.ClaimBound || claim.Spec.Node != "n1" || claim.Spec.Pool != "p" {
+		t.Fatalf("prepared claim: %+v", claim.Spec)
+	}
+	r := add(second, "c-second", "p")
+	if r.Error != nil || len(r.IPs) != 1 || !strings.HasPrefix(r.IPs[0].Address, claim.Spec.Address+"/") {
+		t.Fatalf("ADD second (claim updates held): %+v, want the prepared %s", r, claim.Spec.Address)
+	}
+	if n := prepared("used"); n != 1 {
+		t.Errorf("prepared used = %v, want 1", n)
+	}
+	var rec map[string]any
+	data, err := os.ReadFile(filepath.Join(srvCfg.AttachmentDir, "c-second-eth0.json"))
+	if err != nil || json.Unmarshal(data, &rec) != nil || rec["podUID"] != string(second.UID) {
+		t.Fatalf("attachment record: %s, %v; want the pod UID and claims", data, err)
+	}
+	// DEL waits until the claim records the container, then releases it.
+	delDone := make(chan protocol.Response, 1)
+	go func() { delDone <- h.call(protocol.CommandDel, protocol.Request{ContainerID: "c-second", IfName: "eth0"}) }()
+	select {
+	case d := <-delDone:
+		t.Fatalf("DEL returned (%+v) before the container was recorded on its claim", d)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(gated.gate)
+	if d := <-delDone; d.Error != nil {
+		t.Fatalf("DEL second: %+v", d.Error)
+	}
+	if left := podClaims(t, c, second.UID); len(left) != 0 {
+		t.Fatalf("after DEL: %d claims of the pod left, want none (DEL ran before the container was recorded)", len(left))
+	}
+
+	// A prepared claim of a pool the ADD does not ask for is released.
+	third := newPod("third", nil)
+	poll.Until(t, 30*time.Second, "the third pod's claim to be prepared", func() bool { return len(podClaims(t, c, third.UID)) == 1 })
+	if r := add(third, "c-third", "q"); r.Error != nil || !strings.HasPrefix(r.IPs[0].Address, "10.21.") {
+		t.Fatalf("ADD third from pool q: %+v", r)
+	}
+	poll.Until(t, 30*time.Second, "the unused prepared claim to be released", func() bool {
+		cl := podClaims(t, c, third.UID)
+		return len(cl) == 1 && cl[0].Spec.Pool == "q" && cl[0].Spec.ContainerID == "c-third"
+	})
+	if n := prepared("released"); n != 1 {
+		t.Errorf("prepared released = %v, want 1", n)
+	}
+
+	// A restarted agent records the container an earlier run answered ADD
+	// for from the attachment record.
+	fourth := newPod("fourth", nil)
+	poll.Until(t, 30*time.Second, "the fourth pod's claim to be prepared (pools now q)", func() bool { return len(podClaims(t, c, fourth.UID)) == 1 })
+	name := podClaims(t, c, fourth.UID)[0].Name
+	rec = map[string]any{"containerID": "c-fourth", "ifName": "eth0", "netns": "/var/run/netns/x", "podUID": string(fourth.UID), "claims": []string{name}}
+	data, _ = json.Marshal(rec)
+	if err := os.WriteFile(filepath.Join(srvCfg.AttachmentDir, "c-fourth-eth0.json"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	again := srvCfg
+	again.SocketPath, again.Registerer = filepath.Join(dir, "again.sock"), prometheus.NewRegistry()
+	start(t, again)
+	if cl := podClaims(t, c, fourth.UID); len(cl) != 1 || cl[0].Spec.ContainerID != "c-fourth" {
+		t.Fatalf("after a restart: %+v, want the claim to record c-fourth", cl)
+	}
+}
