@@ -116,7 +116,9 @@ func TestServer_prepare(t *testing.T) {
 	}
 	// DEL waits until the claim records the container, then releases it.
 	delDone := make(chan protocol.Response, 1)
-	go func() { delDone <- h.call(protocol.CommandDel, protocol.Request{ContainerID: "c-second", IfName: "eth0"}) }()
+	go func() {
+		delDone <- h.call(protocol.CommandDel, protocol.Request{ContainerID: "c-second", IfName: "eth0"})
+	}()
 	select {
 	case d := <-delDone:
 		t.Fatalf("DEL returned (%+v) before the container was recorded on its claim", d)
