@@ -499,11 +499,12 @@ func (a *Allocator) BindContainer(ctx context.Context, name string, uid types.UI
 	return fmt.Errorf("claim %s: record container %s: %w", name, containerID, ErrTooManyRetries)
 }
 
-// ReleasePrepared releases a claim Prepare made that no container took
-// (the runtime's ADD asked for other pools). A claim that records a
-// container by now is left alone.
-func (a *Allocator) ReleasePrepared(ctx context.Context, name string) error {
-	return a.releaseClaim(ctx, name, "")
+// ReleasePrepared releases a claim Prepare made for the pod uid that
+// records no container: no ADD took it (it asked for other pools), or the
+// container's DEL came before BindContainer. A claim that records a
+// container by now, or is another pod's, is left alone.
+func (a *Allocator) ReleasePrepared(ctx context.Context, name string, uid types.UID) error {
+	return a.release(ctx, name, func(c *v1alpha1.IPClaim) bool { return c.Spec.ContainerID == "" && c.Spec.Pod.UID == uid })
 }
 
 // Release ends the container's hold on its addresses on ifName (all
@@ -530,6 +531,12 @@ func (a *Allocator) Release(ctx context.Context, containerID, ifName string) err
 // releaseClaim releases one claim if containerID still holds it, retrying
 // on conflicts.
 func (a *Allocator) releaseClaim(ctx context.Context, name, containerID string) error {
+	return a.release(ctx, name, func(c *v1alpha1.IPClaim) bool { return c.Spec.ContainerID == containerID })
+}
+
+// release releases one claim while holds says its holder still holds it,
+// retrying on conflicts.
+func (a *Allocator) release(ctx context.Context, name string, holds func(*v1alpha1.IPClaim) bool) error {
 	for attempt := 0; attempt < a.cfg.MaxConflicts; attempt++ {
 		c, err := a.cfg.Store.Claim(name)
 		if errors.Is(err, ErrNotFound) {
@@ -538,7 +545,7 @@ func (a *Allocator) releaseClaim(ctx context.Context, name, containerID string) 
 		if err != nil {
 			return fmt.Errorf("claim %s: %w", name, err)
 		}
-		if c.Spec.ContainerID != containerID || c.Spec.State == v1alpha1.ClaimReserved {
+		if !holds(c) || c.Spec.State == v1alpha1.ClaimReserved {
 			return nil // someone else's now, or released already
 		}
 		var ttl time.Duration

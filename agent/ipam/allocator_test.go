@@ -785,7 +785,7 @@ func TestAllocator_Prepare(t *testing.T) {
 		}
 	}
 	// ReleasePrepared leaves a claim that records its container alone...
-	if err := e.alloc.ReleasePrepared(ctx, als[0].Claim); err != nil || e.states()[als[0].Address.Addr().String()] != v1alpha1.ClaimBound {
+	if err := e.alloc.ReleasePrepared(ctx, als[0].Claim, p.UID); err != nil || e.states()[als[0].Address.Addr().String()] != v1alpha1.ClaimBound {
 		t.Fatalf("ReleasePrepared of a bound claim: %v, states %v", err, e.states())
 	}
 	e.del(p)
@@ -799,7 +799,10 @@ func TestAllocator_Prepare(t *testing.T) {
 	if err != nil || !prepQ[0].Reused || prepQ[0].Address != als[0].Address {
 		t.Fatalf("Prepare of the app's next pod: %+v, %v; want its reserved %s", prepQ, err, als[0].Address)
 	}
-	if err := e.alloc.ReleasePrepared(ctx, prepQ[0].Claim); err != nil || e.states()[als[0].Address.Addr().String()] != v1alpha1.ClaimReserved {
+	if err := e.alloc.ReleasePrepared(ctx, prepQ[0].Claim, p.UID); err != nil || e.states()[als[0].Address.Addr().String()] != v1alpha1.ClaimBound {
+		t.Fatalf("ReleasePrepared for another pod: %v, states %v; want it left Bound", err, e.states())
+	}
+	if err := e.alloc.ReleasePrepared(ctx, prepQ[0].Claim, q.UID); err != nil || e.states()[als[0].Address.Addr().String()] != v1alpha1.ClaimReserved {
 		t.Fatalf("ReleasePrepared: %v, states %v; want Reserved again", err, e.states())
 	}
 	if err := e.alloc.BindContainer(ctx, "p-10-1-0-99", q.UID, cid(q)); !errors.Is(err, ipam.ErrNotPrepared) {

@@ -111,10 +111,12 @@ func (m *model) step(r *rand.Rand) {
 		p.node.mu.Lock()
 		als, err := p.node.alloc.Allocate(context.Background(), ipam.Request{ContainerID: "c-" + string(p.pod.UID), IfName: "eth0",
 			PodNamespace: "ns", PodName: p.pod.Name, PodUID: p.pod.UID})
+		bind := r.IntN(2) == 0
 		for _, a := range als {
-			// The server records the container before it runs the
-			// container's DEL.
-			if a.Prepared {
+			// The server records the container after the answer, or the
+			// container's DEL comes first and releases the claims that do
+			// not record it (freePrepared, below).
+			if a.Prepared && bind {
 				m.mu.Lock()
 				m.prepared++
 				m.mu.Unlock()
@@ -219,14 +221,14 @@ func (m *model) fail(format string, args ...any) {
 	m.failures = append(m.failures, fmt.Sprintf(format, args...))
 }
 
-// freePrepared releases what was prepared for a pod that is gone without
-// an ADD that took it, as berth-controller does for the claims of pods
-// that are gone.
+// freePrepared releases the pod's claims that record no container: as the
+// server's DEL does when it comes before the container is recorded, and
+// berth-controller for the claims of pods that are gone.
 func (m *model) freePrepared(p *mpod) {
 	for _, c := range m.store.Claims() {
 		if c.Spec.Pod.UID == p.pod.UID && c.Spec.ContainerID == "" && c.Spec.State == v1alpha1.ClaimBound {
 			p.node.mu.Lock()
-			err := p.node.alloc.ReleasePrepared(context.Background(), c.Name)
+			err := p.node.alloc.ReleasePrepared(context.Background(), c.Name, p.pod.UID)
 			p.node.mu.Unlock()
 			if err != nil {
 				m.fail("release prepared %s: %v", c.Name, err)

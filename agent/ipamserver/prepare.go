@@ -86,33 +86,55 @@ func (l *podLocks) lock(namespace, name string) (unlock func()) {
 // pendingBinds tracks the containers whose claims do not record them yet.
 type pendingBinds struct {
 	mu sync.Mutex
-	m  map[string]pendingBind // container ID ->
+	m  map[string]*pendingBind // container ID ->
 	wg sync.WaitGroup
 }
 
 type pendingBind struct {
-	pod  string        // namespace/name
-	done chan struct{} // closed when recorded (or given up)
+	pod    string // namespace/name
+	uid    types.UID
+	claims []string
+	done   chan struct{} // closed when recorded (or given up)
+
+	mu       sync.Mutex // held while a claim is written
+	canceled bool       // by the container's DEL: write no more
 }
 
-func (p *pendingBinds) start(pod, containerID string) (done func()) {
-	b := pendingBind{pod: pod, done: make(chan struct{})}
+func (p *pendingBinds) start(b *pendingBind, containerID string) (done func()) {
+	b.done = make(chan struct{})
 	p.mu.Lock()
 	if p.m == nil {
-		p.m = map[string]pendingBind{}
+		p.m = map[string]*pendingBind{}
 	}
 	p.m[containerID] = b
 	p.mu.Unlock()
 	p.wg.Add(1)
 	return func() {
 		p.mu.Lock()
-		if p.m[containerID].done == b.done {
+		if p.m[containerID] == b {
 			delete(p.m, containerID)
 		}
 		p.mu.Unlock()
 		close(b.done)
 		p.wg.Done()
 	}
+}
+
+// cancel stops the recording of containerID on its claims (its DEL is
+// here) and returns what was pending, nil if nothing; no write of it is
+// in flight once cancel returns.
+func (p *pendingBinds) cancel(containerID string) *pendingBind {
+	p.mu.Lock()
+	b := p.m[containerID]
+	delete(p.m, containerID)
+	p.mu.Unlock()
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	b.canceled = true
+	b.mu.Unlock()
+	return b
 }
 
 // wait returns once the claims of the container (containerID not empty),
@@ -138,19 +160,27 @@ func (p *pendingBinds) wait(ctx context.Context, pod, containerID string) error 
 }
 
 // bindLater records containerID on the prepared claims in the background,
-// retrying with backoff while the API server fails, until the server
-// stops (then the next Start does it from the attachment record).
+// retrying with backoff while the API server fails, until the container's
+// DEL cancels it or the server stops (then the next Start does it from
+// the attachment record).
 func (s *Server) bindLater(pod string, uid types.UID, containerID string, claims []string) {
-	done := s.binds.start(pod, containerID)
+	b := &pendingBind{pod: pod, uid: uid, claims: claims}
+	done := s.binds.start(b, containerID)
 	go func() {
 		defer done()
 		start := time.Now()
-		b := wait.Backoff{Duration: 50 * time.Millisecond, Factor: 2, Cap: 5 * time.Second, Steps: 1 << 30}
+		backoff := wait.Backoff{Duration: 50 * time.Millisecond, Factor: 2, Cap: 5 * time.Second, Steps: 1 << 30}
 		for _, name := range claims {
 			for {
+				b.mu.Lock()
+				if b.canceled {
+					b.mu.Unlock()
+					return
+				}
 				ctx, cancel := context.WithTimeout(s.bg, s.cfg.RequestTimeout)
 				err := s.alloc.BindContainer(ctx, name, uid, containerID)
 				cancel()
+				b.mu.Unlock()
 				if err == nil {
 					break
 				}
@@ -162,13 +192,30 @@ func (s *Server) bindLater(pod string, uid types.UID, containerID string, claims
 				select {
 				case <-s.bg.Done():
 					return
-				case <-time.After(b.Step()):
+				case <-time.After(backoff.Step()):
 				}
 			}
 		}
 		s.cfg.Logger.Debug("recorded the container on its prepared claims", "container_id", containerID, "claims", claims,
 			"duration_seconds", time.Since(start).Seconds())
 	}()
+}
+
+// releasePending releases, for the container's DEL, the prepared claims
+// that do not record it yet (the recording is canceled): one write
+// instead of two.
+func (s *Server) releasePending(ctx context.Context, containerID string) error {
+	b := s.binds.cancel(containerID)
+	if b == nil {
+		return nil
+	}
+	var errs []error
+	for _, name := range b.claims {
+		if err := s.alloc.ReleasePrepared(ctx, name, b.uid); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // bindRecorded records, from the attachment records, the containers of
@@ -336,7 +383,7 @@ func (s *Server) releaseUnused(uid types.UID, ifName string, used []ipam.Allocat
 		go func() {
 			ctx, cancel := context.WithTimeout(s.bg, s.cfg.RequestTimeout)
 			defer cancel()
-			if err := s.alloc.ReleasePrepared(ctx, name); err != nil {
+			if err := s.alloc.ReleasePrepared(ctx, name, uid); err != nil {
 				s.cfg.Logger.Warn("cannot release a prepared claim the pod's ADD did not use", "claim", name, "err", err)
 				return
 			}

@@ -476,7 +476,10 @@ func (s *Server) del(ctx context.Context, req *protocol.Request) *protocol.Respo
 	if req.ContainerID == "" {
 		return errResponse(protocol.CodeInvalidConfig, "berth-ipam DEL needs the container ID", nil)
 	}
-	err := s.binds.wait(ctx, "", req.ContainerID)
+	var err error
+	if req.IfName == "" || req.IfName == PrepareInterface {
+		err = s.releasePending(ctx, req.ContainerID)
+	}
 	if err == nil {
 		err = s.alloc.Release(ctx, req.ContainerID, req.IfName)
 	}

@@ -2,7 +2,9 @@
 // binaries, the way a runtime calls them (one exec per call, config on
 // stdin, CNI_* environment), at several concurrencies, against one real
 // kube-apiserver and etcd: berth-ipam (with berth-agent's IPAM server
-// in-process, committing every claim to the API server), host-local (a
+// in-process, committing every claim to the API server), berth-ipam with
+// the pods scheduled to the node first so the agent prepares their
+// addresses (berth-ipam-prepared), host-local (a
 // local-file floor) and Whereabouts (its Kubernetes datastore). For each
 // round it also shows where the time goes: the agent's time and its API
 // writes in it, and the CPU time of the plugin processes, of this process
@@ -80,7 +82,8 @@ func run() error {
 	flag.StringVar(&o.waCRDs, "whereabouts-crds", "", "Whereabouts' CRDs (doc/crds of its module)")
 	flag.IntVar(&o.adds, "adds", 128, "ADDs (then as many DELs) per plugin and concurrency")
 	flag.StringVar(&conc, "concurrency", "1,16,64", "concurrencies")
-	flag.StringVar(&plugins, "plugins", "host-local,berth-ipam,whereabouts", "plugins to run (berth-ipam* names another build of berth-ipam in -bin)")
+	flag.StringVar(&plugins, "plugins", "host-local,berth-ipam,"+preparedPlugin+",whereabouts",
+		"plugins to run ("+preparedPlugin+": berth-ipam for pods scheduled to the node first; other berth-ipam* names another build of berth-ipam in -bin)")
 	flag.IntVar(&o.scale, "claims", 20000, "existing claims for the scale run (0: skip)")
 	flag.IntVar(&o.floor, "floor", 0, "first time this many serial creates, updates and deletes of IPClaims through a plain client (0: skip)")
 	flag.Float64Var(&o.agentQPS, "agent-qps", -1, "QPS of the agent's API client: -1 none, as ctrl.GetConfig sets it for berth-agent in a pod; 0 client-go's default (5 QPS, burst 10, per resource), as berth-agent --kubeconfig gets it")
@@ -172,12 +175,18 @@ func run() error {
 	if err := startAgent(ctx, agentCfg, scheme, sock, reg, writes); err != nil {
 		return err
 	}
+	// One ADD shows the agent the CNI configuration's pools, as the first
+	// pod on a node does; until then it prepares nothing.
+	for _, cmd := range []string{"ADD", "DEL"} {
+		if _, err := call(ctx, cmd, filepath.Join(o.bins, "berth-ipam"), confsBerth(sock, runPath), "warmup", "pod-0"); err != nil {
+			return fmt.Errorf("warm-up: %w", err)
+		}
+	}
 
 	confs := map[string]string{
 		"host-local": fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": "10.129.0.0/16"}]]}}`,
 			filepath.Join(work, "host-local")),
-		"berth-ipam": fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "ipam": {"type": "berth-ipam", "socket": %q, "queueDir": %q}}`,
-			sock, filepath.Join(runPath, "queue")),
+		"berth-ipam": confsBerth(sock, runPath),
 		"whereabouts": fmt.Sprintf(`{"cniVersion": "0.4.0", "name": "bench", "type": "bridge", "ipam": {"type": "whereabouts", "range": "10.130.0.0/16", "configuration_path": %q}}`,
 			waConf),
 	}
@@ -209,7 +218,7 @@ func run() error {
 	procs := controlPlane()
 	fmt.Println("| plugin | concurrency | ADD/s | ADD p50 | ADD p99 | DEL/s | DEL p99 | agent's mean ADD |")
 	fmt.Println("|---|---|---|---|---|---|---|---|")
-	var cpuRows []string
+	var cpuRows, prepRows []string
 	round := 0
 	for _, n := range o.conc {
 		for _, plugin := range o.plugins {
@@ -220,9 +229,23 @@ func run() error {
 			if !ok && strings.HasPrefix(plugin, "berth-ipam") {
 				conf = confs["berth-ipam"] // another build, to compare
 			}
-			add, del, err := measure(ctx, filepath.Join(o.bins, plugin), conf, o.adds, n, round, writes)
+			bin, prefix := filepath.Join(o.bins, plugin), "pod-"
+			if plugin == preparedPlugin {
+				bin, prefix = filepath.Join(o.bins, "berth-ipam"), fmt.Sprintf("r%d-", round)
+				took, err := schedulePods(ctx, c, prefix, o.adds)
+				if err != nil {
+					return err
+				}
+				prepRows = append(prepRows, fmt.Sprintf("| %d | %d | %s | %.0f |", n, o.adds, ms(took), float64(o.adds)/took.Seconds()))
+			}
+			add, del, err := measure(ctx, bin, conf, o.adds, n, round, prefix, writes)
 			if err != nil {
 				return fmt.Errorf("%s at concurrency %d: %w", plugin, n, err)
+			}
+			if plugin == preparedPlugin {
+				if err := c.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace("bench"), client.MatchingLabels{"round": strings.TrimSuffix(prefix, "-")}); err != nil {
+					return err
+				}
 			}
 			t1 := procTimes(procs)
 			agentAdd := histSum(reg, "berth_ipam_allocation_duration_seconds").mean(a0)
@@ -245,6 +268,15 @@ func run() error {
 	for _, r := range cpuRows {
 		fmt.Println(r)
 	}
+	if len(prepRows) > 0 {
+		fmt.Printf("\n%s: the pods created bound to the node (as the scheduler does) before the round; the agent prepared their\n", preparedPlugin)
+		fmt.Printf("addresses (one claim create each) in the time below, from the first pod create to the last claim listed (its CPU is in the rows above)\n\n")
+		fmt.Println("| concurrency | pods | all prepared after | pods/s |")
+		fmt.Println("|---|---|---|---|")
+		for _, r := range prepRows {
+			fmt.Println(r)
+		}
+	}
 
 	if o.scale > 0 && slices.Contains(o.plugins, "berth-ipam") {
 		fmt.Printf("\nberth-ipam with existing claims (other pool addresses; concurrency 16)\n\n")
@@ -258,7 +290,7 @@ func run() error {
 			have = target
 			time.Sleep(15 * time.Second) // let the agent's cache and the API server settle
 			round++
-			add, del, err := measure(ctx, filepath.Join(o.bins, "berth-ipam"), confs["berth-ipam"], o.adds, 16, round, writes)
+			add, del, err := measure(ctx, filepath.Join(o.bins, "berth-ipam"), confs["berth-ipam"], o.adds, 16, round, "pod-", writes)
 			if err != nil {
 				return err
 			}
@@ -266,6 +298,47 @@ func run() error {
 		}
 	}
 	return nil
+}
+
+// preparedPlugin is berth-ipam for pods the agent prepared.
+const preparedPlugin = "berth-ipam-prepared"
+
+func confsBerth(sock, runPath string) string {
+	return fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "ipam": {"type": "berth-ipam", "socket": %q, "queueDir": %q}}`,
+		sock, filepath.Join(runPath, "queue"))
+}
+
+// schedulePods creates n pods prefix0..n-1 bound to the agent's node, as
+// the scheduler leaves them for kubelet, and waits until the agent has
+// prepared a claim for each. It returns the time that took.
+func schedulePods(ctx context.Context, c client.Client, prefix string, n int) (time.Duration, error) {
+	start := time.Now()
+	for i := range n {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: fmt.Sprintf("%s%d", prefix, i), Labels: map[string]string{"round": strings.TrimSuffix(prefix, "-")}},
+			Spec: corev1.PodSpec{NodeName: benchNode, Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
+		if err := c.Create(ctx, p); err != nil {
+			return 0, err
+		}
+	}
+	for {
+		var l v1alpha1.IPClaimList
+		if err := c.List(ctx, &l, client.MatchingLabels{v1alpha1.LabelNode: benchNode}); err != nil {
+			return 0, err
+		}
+		ready := 0
+		for _, cl := range l.Items {
+			if strings.HasPrefix(cl.Spec.Pod.Name, prefix) && cl.Spec.ContainerID == "" {
+				ready++
+			}
+		}
+		if ready == n {
+			return time.Since(start), nil
+		}
+		if time.Since(start) > 2*time.Minute {
+			return 0, fmt.Errorf("the agent prepared %d of %d pods in 2 minutes", ready, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func serverVersion(cfg *rest.Config) string {
@@ -291,6 +364,8 @@ func runDir(work string) (string, error) {
 	return dir, os.Mkdir(dir, 0o700)
 }
 
+const benchNode = "bench-node"
+
 // startAgent runs berth-agent's IPAM server in-process: its own informer
 // cache, writes through the API server.
 func startAgent(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, sock string, reg prometheus.Registerer, writes *writeTimer) error {
@@ -308,8 +383,8 @@ func startAgent(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, s
 	go func() { _ = ca.Start(ctx) }()
 	st := &timedStore{Store: ipamserver.NewStore(ca, c, c), writes: writes}
 	srv, err := ipamserver.New(ipamserver.Config{SocketPath: sock, QueueDir: filepath.Join(filepath.Dir(sock), "queue"),
-		AttachmentDir: filepath.Join(filepath.Dir(sock), "attachments"), Node: "bench-node",
-		Store: st, Registerer: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		AttachmentDir: filepath.Join(filepath.Dir(sock), "attachments"), Node: benchNode,
+		Store: st, Prepare: true, PodCache: ca, Registerer: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		WaitForSync: func(ctx context.Context) bool {
 			for _, o := range []client.Object{&v1alpha1.IPClaim{}, &v1alpha1.IPPool{}, &corev1.Pod{}, &corev1.Namespace{}} {
 				if _, err := ca.GetInformer(ctx, o); err != nil {
@@ -431,17 +506,18 @@ type stats struct {
 	writes          float64
 }
 
-// measure runs n ADDs (pods 0..n-1) at concurrency conc, then their DELs.
-func measure(ctx context.Context, bin, conf string, n, conc, round int, writes *writeTimer) (stats, stats, error) {
-	add, err := phase(ctx, "ADD", bin, conf, n, conc, round, writes)
+// measure runs n ADDs (pods prefix0..n-1) at concurrency conc, then their
+// DELs.
+func measure(ctx context.Context, bin, conf string, n, conc, round int, prefix string, writes *writeTimer) (stats, stats, error) {
+	add, err := phase(ctx, "ADD", bin, conf, n, conc, round, prefix, writes)
 	if err != nil {
 		return stats{}, stats{}, err
 	}
-	del, err := phase(ctx, "DEL", bin, conf, n, conc, round, writes)
+	del, err := phase(ctx, "DEL", bin, conf, n, conc, round, prefix, writes)
 	return add, del, err
 }
 
-func phase(ctx context.Context, cmd, bin, conf string, n, conc, round int, writes *writeTimer) (stats, error) {
+func phase(ctx context.Context, cmd, bin, conf string, n, conc, round int, prefix string, writes *writeTimer) (stats, error) {
 	_, wn0 := writes.since(0)
 	lat := make([]time.Duration, n)
 	next := make(chan int)
@@ -456,7 +532,7 @@ func phase(ctx context.Context, cmd, bin, conf string, n, conc, round int, write
 			defer wg.Done()
 			for i := range next {
 				t0 := time.Now()
-				used, err := call(ctx, cmd, bin, conf, fmt.Sprintf("r%d-c%d", round, i), fmt.Sprintf("pod-%d", i))
+				used, err := call(ctx, cmd, bin, conf, fmt.Sprintf("r%d-c%d", round, i), fmt.Sprintf("%s%d", prefix, i))
 				lat[i] = time.Since(t0)
 				mu.Lock()
 				cpu += used
