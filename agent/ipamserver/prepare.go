@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -88,16 +89,23 @@ type pendingBinds struct {
 	mu sync.Mutex
 	m  map[string]*pendingBind // container ID ->
 	wg sync.WaitGroup
+	// sem bounds the recordings in flight: under a burst of ADDs they
+	// queue here, where a DEL cancels them before any write.
+	sem chan struct{}
 }
+
+// bindWorkers is how many containers are recorded on their claims at once.
+const bindWorkers = 4
 
 type pendingBind struct {
 	pod    string // namespace/name
 	uid    types.UID
 	claims []string
 	done   chan struct{} // closed when recorded (or given up)
-
-	mu       sync.Mutex // held while a claim is written
-	canceled bool       // by the container's DEL: write no more
+	// canceled by the container's DEL: write no more. A write in flight
+	// then and the DEL's release are ordered by the claim's
+	// resourceVersion: whichever lands second conflicts and looks again.
+	canceled atomic.Bool
 }
 
 func (p *pendingBinds) start(b *pendingBind, containerID string) (done func()) {
@@ -121,19 +129,15 @@ func (p *pendingBinds) start(b *pendingBind, containerID string) (done func()) {
 }
 
 // cancel stops the recording of containerID on its claims (its DEL is
-// here) and returns what was pending, nil if nothing; no write of it is
-// in flight once cancel returns.
+// here) and returns what was pending, nil if nothing.
 func (p *pendingBinds) cancel(containerID string) *pendingBind {
 	p.mu.Lock()
 	b := p.m[containerID]
 	delete(p.m, containerID)
 	p.mu.Unlock()
-	if b == nil {
-		return nil
+	if b != nil {
+		b.canceled.Store(true)
 	}
-	b.mu.Lock()
-	b.canceled = true
-	b.mu.Unlock()
 	return b
 }
 
@@ -168,21 +172,27 @@ func (s *Server) bindLater(pod string, uid types.UID, containerID string, claims
 	done := s.binds.start(b, containerID)
 	go func() {
 		defer done()
+		select {
+		case s.binds.sem <- struct{}{}:
+			defer func() { <-s.binds.sem }()
+		case <-s.bg.Done():
+			return
+		}
 		start := time.Now()
 		backoff := wait.Backoff{Duration: 50 * time.Millisecond, Factor: 2, Cap: 5 * time.Second, Steps: 1 << 30}
 		for _, name := range claims {
 			for {
-				b.mu.Lock()
-				if b.canceled {
-					b.mu.Unlock()
+				if b.canceled.Load() {
 					return
 				}
 				ctx, cancel := context.WithTimeout(s.bg, s.cfg.RequestTimeout)
 				err := s.alloc.BindContainer(ctx, name, uid, containerID)
 				cancel()
-				b.mu.Unlock()
 				if err == nil {
 					break
+				}
+				if b.canceled.Load() {
+					return // the DEL released the claim under this write
 				}
 				if errors.Is(err, ipam.ErrNotPrepared) {
 					s.cfg.Logger.Warn("prepared claim changed before its container was recorded", "claim", name, "container_id", containerID, "err", err)
@@ -203,7 +213,8 @@ func (s *Server) bindLater(pod string, uid types.UID, containerID string, claims
 
 // releasePending releases, for the container's DEL, the prepared claims
 // that do not record it yet (the recording is canceled): one write
-// instead of two.
+// instead of two. Those recorded meanwhile are released by container as
+// usual, after this.
 func (s *Server) releasePending(ctx context.Context, containerID string) error {
 	b := s.binds.cancel(containerID)
 	if b == nil {

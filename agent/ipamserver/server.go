@@ -163,7 +163,8 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipam server: %w", err)
 	}
-	return &Server{cfg: cfg, alloc: alloc, metrics: m, recent: map[string]time.Time{}, bg: context.Background()}, nil
+	return &Server{cfg: cfg, alloc: alloc, metrics: m, recent: map[string]time.Time{}, bg: context.Background(),
+		binds: pendingBinds{sem: make(chan struct{}, bindWorkers)}}, nil
 }
 
 // errNotSynced is why the socket is not served while the cache syncs.
