@@ -85,7 +85,9 @@ type IPClaimSpec struct {
 	// Pod holds the address (Bound, Releasing) or last held it (Reserved).
 	// +required
 	Pod PodRef `json:"pod"`
-	// ContainerID is the pod sandbox's ID, as CNI gives it.
+	// ContainerID is the pod sandbox's ID, as CNI gives it. Empty on a
+	// Bound claim the agent prepared when the pod was scheduled, until the
+	// pod's ADD took it (recorded right after the ADD answered).
 	// +optional
 	ContainerID string `json:"containerID,omitempty"`
 	// Interface is the pod interface the address is on, as CNI gives it.
