@@ -119,6 +119,9 @@ type earlyReleaser struct {
 	log    *slog.Logger
 	unplug func(nsPath, ifName string, addr netip.Addr) error
 	queue  workqueue.TypedRateLimitingInterface[types.UID]
+	// waitBinds, if set, waits until the pod's prepared claims record
+	// their container (ReleaseEarly skips claims that record none).
+	waitBinds func(context.Context, types.UID) error
 }
 
 // wantsEarly reports whether pod is terminating on node and asked for
@@ -129,6 +132,14 @@ func wantsEarly(pod *corev1.Pod, node string) bool {
 
 // process releases one pod's claims early.
 func (r *earlyReleaser) process(ctx context.Context, uid types.UID) error {
+	if r.waitBinds != nil {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := r.waitBinds(wctx, uid)
+		cancel()
+		if err != nil {
+			return err // retried with backoff
+		}
+	}
 	return r.alloc.ReleaseEarly(ctx, uid, func(c *v1alpha1.IPClaim) error {
 		att, err := readAttachment(r.dir, c.Spec.ContainerID, c.Spec.Interface)
 		if errors.Is(err, os.ErrNotExist) {

@@ -142,13 +142,13 @@ func (p *pendingBinds) cancel(containerID string) *pendingBind {
 }
 
 // wait returns once the claims of the container (containerID not empty),
-// or of all containers of the pod, record their container (at once when
-// nothing is pending), or with ctx's error.
-func (p *pendingBinds) wait(ctx context.Context, pod, containerID string) error {
+// or of all containers of the pod (by namespace/name or by uid), record
+// their container (at once when nothing is pending), or with ctx's error.
+func (p *pendingBinds) wait(ctx context.Context, pod string, uid types.UID, containerID string) error {
 	var chs []chan struct{}
 	p.mu.Lock()
 	for id, b := range p.m {
-		if id == containerID || (containerID == "" && b.pod == pod) {
+		if id == containerID || (containerID == "" && (b.pod == pod || b.uid == uid)) {
 			chs = append(chs, b.done)
 		}
 	}

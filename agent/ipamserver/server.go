@@ -213,6 +213,7 @@ func (s *Server) Start(ctx context.Context) error {
 	go func() { errc <- srv.Serve(l) }()
 	if s.cfg.EarlyRelease {
 		r := &earlyReleaser{alloc: s.alloc, node: s.cfg.Node, dir: s.cfg.AttachmentDir, log: s.cfg.Logger, unplug: Unplug,
+			waitBinds: func(ctx context.Context, uid types.UID) error { return s.binds.wait(ctx, "", uid, "") },
 			queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.UID]())}
 		go func() {
 			if err := r.run(ctx, s.cfg.PodCache); err != nil {
@@ -354,7 +355,7 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 	// the claims of its earlier containers record them.
 	unlock := s.locks.lock(req.PodNamespace, req.PodName)
 	defer unlock()
-	if err := s.binds.wait(ctx, req.PodNamespace+"/"+req.PodName, ""); err != nil {
+	if err := s.binds.wait(ctx, req.PodNamespace+"/"+req.PodName, "", ""); err != nil {
 		return errResponse(protocol.CodeTryAgainLater, "berth-ipam ADD failed", err)
 	}
 	als, err := s.alloc.Allocate(ctx, ipam.Request{ContainerID: req.ContainerID, IfName: req.IfName,
@@ -497,7 +498,7 @@ func (s *Server) del(ctx context.Context, req *protocol.Request) *protocol.Respo
 }
 
 func (s *Server) check(ctx context.Context, req *protocol.Request) *protocol.Response {
-	if err := s.binds.wait(ctx, "", req.ContainerID); err != nil {
+	if err := s.binds.wait(ctx, "", "", req.ContainerID); err != nil {
 		return errResponse(protocol.CodeInternal, "berth-ipam CHECK failed", err)
 	}
 	claims, err := s.alloc.Check(ctx, req.ContainerID, req.IfName)

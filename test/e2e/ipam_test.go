@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -149,9 +150,23 @@ func claimsOf(ctx context.Context, ns string) ([]v1alpha1.IPClaim, error) {
 // each of live holds exactly one: nothing leaked, nothing shared.
 func checkClaims(ctx context.Context, t *testing.T, ns string, live []corev1.Pod) {
 	t.Helper()
-	claims, err := claimsOf(ctx, ns)
+	// A claim prepared before its pod's ADD records the container right
+	// after the ADD answered (or after an agent restart).
+	var claims []v1alpha1.IPClaim
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		var err error
+		if claims, err = claimsOf(ctx, ns); err != nil {
+			return false, nil
+		}
+		for _, c := range claims {
+			if c.Spec.State == v1alpha1.ClaimBound && c.Spec.ContainerID == "" {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("a Bound claim records no container a minute after its pods ran: %+v", claims)
 	}
 	byUID := map[types.UID]corev1.Pod{}
 	for _, p := range live {
@@ -485,4 +500,40 @@ func TestIPAM_BadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestIPAM_Prepared: the agent allocates a scheduled pod's address before
+// kubelet's ADD (berth_ipam_prepared_total{result="used"} counts the ADDs
+// that found it), and the claim then records the pod's container.
+func TestIPAM_Prepared(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := namespace(t, "e2e-ipam-prepared")
+	agent := agentPod(ctx, t)
+	before := metricValue(t, agentMetrics(ctx, t, agent), `berth_ipam_prepared_total{result="used"}`)
+	a := appSpec{name: "web", replicas: 2, grace: 1}
+	createDeployment(ctx, t, ns, a)
+	pods := readyPods(ctx, t, ns, a.name, 2, nil)
+	checkClaims(ctx, t, ns, pods)
+	used := metricValue(t, agentMetrics(ctx, t, agent), `berth_ipam_prepared_total{result="used"}`) - before
+	t.Logf("ADDs that found their pod's address prepared: %v of 2", used)
+	if used < 1 {
+		t.Errorf("no ADD of the 2 pods found its address prepared (berth_ipam_prepared_total{result=\"used\"} +%v)\n%s", used, agentLogs(ctx, t, agent))
+	}
+}
+
+// metricValue returns the value of series (name and labels, as exposed)
+// in a /metrics body, 0 if absent.
+func metricValue(t *testing.T, body, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatalf("metric %s: %q: %v", series, v, err)
+			}
+			return f
+		}
+	}
+	return 0
 }
