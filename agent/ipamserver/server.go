@@ -214,7 +214,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if s.cfg.EarlyRelease {
 		r := &earlyReleaser{alloc: s.alloc, node: s.cfg.Node, dir: s.cfg.AttachmentDir, log: s.cfg.Logger, unplug: Unplug,
 			waitBinds: func(ctx context.Context, uid types.UID) error { return s.binds.wait(ctx, "", uid, "") },
-			queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.UID]())}
+			queue:     workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.UID]())}
 		go func() {
 			if err := r.run(ctx, s.cfg.PodCache); err != nil {
 				s.cfg.Logger.Error("early release stopped", "err", err)
@@ -410,7 +410,7 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 		}
 	}
 	if len(als) > 0 {
-		s.releaseUnused(als[0].PodUID, req.IfName, als)
+		s.releaseUnused(als[0].PodUID, req.IfName, als) //nolint:contextcheck // outlives the request, bounded by Start's context
 	}
 	return resp
 }
@@ -449,7 +449,7 @@ func (s *Server) recordAttachment(ctx context.Context, req *protocol.Request, al
 	}
 	s.metrics.prepared.WithLabelValues("used").Inc()
 	if req.Netns != "" && err == nil {
-		s.bindLater(req.PodNamespace+"/"+req.PodName, att.PodUID, req.ContainerID, att.Claims)
+		s.bindLater(req.PodNamespace+"/"+req.PodName, att.PodUID, req.ContainerID, att.Claims) //nolint:contextcheck // outlives the request, bounded by Start's context
 		return nil
 	}
 	for _, name := range att.Claims {
