@@ -144,6 +144,15 @@ func (r *Reconciler) orphaned(ctx context.Context, c *v1alpha1.IPClaim, now time
 	case pod.UID != c.Spec.Pod.UID:
 		return ReasonPodGone, 0, nil // a new pod of the same name
 	}
+	if cond := meta.FindStatusCondition(c.Status.Conditions, ConditionOrphaned); cond != nil && cond.Status == metav1.ConditionTrue {
+		// Orphaned by an earlier holder, then taken by this live pod (its
+		// app took its reservation back, or another app reclaimed it).
+		meta.RemoveStatusCondition(&c.Status.Conditions, ConditionOrphaned)
+		c.Status.ObservedGeneration = c.Generation
+		if err := r.Status().Update(ctx, c); err != nil {
+			return "", 0, err
+		}
+	}
 	if c.Spec.Node == "" {
 		return "", 0, nil
 	}

@@ -158,6 +158,22 @@ func TestReconciler_Reconcile(t *testing.T) {
 		}
 	}
 
+	// The app takes the reservation of the vanished pod back for a new
+	// pod: the claim is no longer marked Orphaned.
+	next := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "next"}, Spec: corev1.PodSpec{NodeName: "alive",
+		Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
+	create(t, c, next)
+	taken, _ := get(t, c, "p-10-5-0-2")
+	taken.Spec.State, taken.Spec.ReservedUntil, taken.Spec.ContainerID = v1alpha1.ClaimBound, nil, "c-next"
+	taken.Spec.Pod = v1alpha1.PodRef{Namespace: "ns", Name: "next", UID: next.UID}
+	if err := c.Update(ctx, taken); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 20*time.Second, "a claim taken back by its app to lose its Orphaned condition", func() bool {
+		cl, ok := get(t, c, "p-10-5-0-2")
+		return ok && cl.Spec.State == v1alpha1.ClaimBound && meta.FindStatusCondition(cl.Status.Conditions, ipclaimgc.ConditionOrphaned) == nil
+	})
+
 	// The live pod is deleted: its claim is reserved (the pod event
 	// triggers it).
 	if err := c.Delete(ctx, live, client.GracePeriodSeconds(0)); err != nil {
