@@ -49,14 +49,19 @@ func attachmentFile(dir, containerID, ifName string) string {
 }
 
 func writeAttachment(dir string, a attachment) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
 	data, err := json.Marshal(a)
 	if err != nil {
 		return err
 	}
-	f := attachmentFile(dir, a.ContainerID, a.IfName)
+	return writeFileAtomic(attachmentFile(dir, a.ContainerID, a.IfName), data)
+}
+
+// writeFileAtomic writes data to f through a temporary file and a rename,
+// making f's directory if missing.
+func writeFileAtomic(f string, data []byte) error {
+	if err := os.MkdirAll(filepath.Dir(f), 0o700); err != nil {
+		return err
+	}
 	if err := os.WriteFile(f+".tmp", data, 0o600); err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package ipamserver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -260,6 +261,38 @@ func (s *Server) bindRecorded(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// learnedPoolsFile keeps the pools of the last ADD on eth0 next to the
+// attachment records, so a restarted agent prepares at once.
+func (s *Server) learnedPoolsFile() string {
+	return filepath.Join(s.cfg.AttachmentDir, "pools.learned")
+}
+
+// learnPools remembers pools, those of an ADD on PrepareInterface, as the
+// CNI configuration's.
+func (s *Server) learnPools(pools []string) {
+	if old := s.learned.Load(); old != nil && slices.Equal(*old, pools) {
+		return
+	}
+	pools = slices.Clone(pools)
+	s.learned.Store(&pools)
+	data, _ := json.Marshal(pools)
+	if err := writeFileAtomic(s.learnedPoolsFile(), data); err != nil {
+		s.cfg.Logger.Warn("cannot keep the CNI configuration's pools for the next start", "err", err)
+	}
+}
+
+// loadLearnedPools reads what learnPools kept, if anything.
+func (s *Server) loadLearnedPools() {
+	data, err := os.ReadFile(s.learnedPoolsFile())
+	if err != nil {
+		return
+	}
+	var pools []string
+	if json.Unmarshal(data, &pools) == nil {
+		s.learned.Store(&pools)
+	}
 }
 
 // preparer prepares the addresses of the pods scheduled to the node.

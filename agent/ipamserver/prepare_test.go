@@ -94,6 +94,10 @@ func TestServer_prepare(t *testing.T) {
 	if n := prepared("ok"); n != 0 {
 		t.Fatalf("prepared %v pods before an ADD showed the pools", n)
 	}
+	// They are kept for the next start.
+	if data, err := os.ReadFile(filepath.Join(srvCfg.AttachmentDir, "pools.learned")); err != nil || string(data) != `["p"]` {
+		t.Fatalf("pools kept for the next start: %q, %v; want [\"p\"]", data, err)
+	}
 
 	// The next pod's claim exists before its ADD.
 	second := newPod("second", nil)

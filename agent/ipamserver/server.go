@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -222,6 +221,7 @@ func (s *Server) Start(ctx context.Context) error {
 		}()
 	}
 	if s.cfg.Prepare {
+		s.loadLearnedPools()
 		go func() {
 			if err := s.runPreparer(ctx); err != nil {
 				s.cfg.Logger.Error("preparing addresses stopped", "err", err)
@@ -372,10 +372,7 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 		return errResponse(errorCode(err), "berth-ipam ADD failed", err)
 	}
 	if req.IfName == PrepareInterface {
-		if old := s.learned.Load(); old == nil || !slices.Equal(*old, req.Pools) {
-			pools := slices.Clone(req.Pools)
-			s.learned.Store(&pools)
-		}
+		s.learnPools(req.Pools)
 	}
 	if err := s.recordAttachment(ctx, req, als); err != nil {
 		s.metrics.allocation.WithLabelValues("error").Observe(time.Since(start).Seconds())
