@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/berth-io/berth/agent/ipam"
+	"github.com/berth-io/berth/api/v1alpha1"
 )
 
 // Preparing addresses: when a pod is scheduled to the node, the agent
@@ -47,6 +48,13 @@ const prepareRetries = 5
 func wantsPrepare(pod *corev1.Pod, node string) bool {
 	return pod.Spec.NodeName == node && pod.DeletionTimestamp == nil && !pod.Spec.HostNetwork &&
 		pod.Status.Phase == corev1.PodPending && len(pod.Status.PodIPs) == 0
+}
+
+// finished reports whether pod, on node, ended without being deleted
+// (e.g. kubelet refused it): a claim prepared for it that no ADD took
+// would otherwise be held until someone deletes the pod object.
+func finished(pod *corev1.Pod, node string) bool {
+	return pod.Spec.NodeName == node && (pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed)
 }
 
 // podLocks serializes the ADD and the preparation of one pod, so that the
@@ -312,7 +320,7 @@ func (s *Server) runPreparer(ctx context.Context) error {
 		return err
 	}
 	on := func(obj any) {
-		if pod, ok := obj.(*corev1.Pod); ok && wantsPrepare(pod, s.cfg.Node) && !p.isDone(pod.UID) {
+		if pod, ok := obj.(*corev1.Pod); ok && (wantsPrepare(pod, s.cfg.Node) && !p.isDone(pod.UID) || finished(pod, s.cfg.Node)) {
 			p.queue.Add(types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name})
 		}
 	}
@@ -375,6 +383,9 @@ func (p *preparer) prepare(ctx context.Context, key types.NamespacedName) error 
 	unlock := s.locks.lock(key.Namespace, key.Name)
 	defer unlock()
 	pod, err := s.cfg.Store.Pod(key.Namespace, key.Name)
+	if err == nil && finished(pod, s.cfg.Node) {
+		return s.releaseFinished(ctx, pod)
+	}
 	if err != nil || !wantsPrepare(pod, s.cfg.Node) || p.isDone(pod.UID) {
 		return nil // gone, started, or handled already
 	}
@@ -406,6 +417,34 @@ func (p *preparer) prepare(ctx context.Context, key types.NamespacedName) error 
 		log.Info("prepared", "address", a.Address.String(), "pool", a.Pool, "claim", a.Claim, "retained", a.Retained, "reused", a.Reused)
 	}
 	return nil
+}
+
+// releaseFinished releases the prepared claims of a pod that ended that
+// record no container (no ADD took them). Called with the pod's lock.
+func (s *Server) releaseFinished(ctx context.Context, pod *corev1.Pod) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	if err := s.binds.wait(ctx, pod.Namespace+"/"+pod.Name, pod.UID, ""); err != nil {
+		return err
+	}
+	claims, err := s.cfg.Store.ClaimsOfPod(pod.UID)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, c := range claims {
+		if c.Spec.ContainerID != "" || c.Spec.Node != s.cfg.Node || c.Spec.State != v1alpha1.ClaimBound {
+			continue
+		}
+		if err := s.alloc.ReleasePrepared(ctx, c.Name, pod.UID); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.metrics.prepared.WithLabelValues("released").Inc()
+		s.cfg.Logger.Info("released a prepared address: its pod ended without taking it", "pod", pod.Namespace+"/"+pod.Name,
+			"phase", pod.Status.Phase, "address", c.Spec.Address, "claim", c.Name)
+	}
+	return errors.Join(errs...)
 }
 
 // releaseUnused releases, in the background, the prepared claims of the

@@ -55,8 +55,9 @@ func podClaims(t *testing.T, c client.Client, uid types.UID) []v1alpha1.IPClaim 
 // claim before any ADD; its ADD answers with that address while claim
 // updates are held (no API write before the answer); its DEL, before the
 // container is recorded, releases the claim. A prepared claim
-// the ADD did not use (it asked for another pool) is released, and a
-// restarted agent records the container an earlier run answered for.
+// the ADD did not use (it asked for another pool) is released, as is one
+// of a pod that failed without an ADD, and a restarted agent records the
+// container an earlier run answered for.
 func TestServer_prepare(t *testing.T) {
 	cfg, c := startAPI(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -140,6 +141,19 @@ func TestServer_prepare(t *testing.T) {
 	})
 	if n := prepared("released"); n != 1 {
 		t.Errorf("prepared released = %v, want 1", n)
+	}
+
+	// A pod that ends without an ADD (kubelet refused it) gives its
+	// prepared claim back.
+	refused := newPod("refused", nil)
+	poll.Until(t, 30*time.Second, "the refused pod's claim to be prepared", func() bool { return len(podClaims(t, c, refused.UID)) == 1 })
+	refused.Status.Phase, refused.Status.Reason = corev1.PodFailed, "OutOfcpu"
+	if err := c.Status().Update(ctx, refused); err != nil {
+		t.Fatal(err)
+	}
+	poll.Until(t, 30*time.Second, "the failed pod's prepared claim to be released", func() bool { return len(podClaims(t, c, refused.UID)) == 0 })
+	if n := prepared("released"); n != 2 {
+		t.Errorf("prepared released = %v, want 2", n)
 	}
 
 	// A restarted agent records the container an earlier run answered ADD
