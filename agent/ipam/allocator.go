@@ -380,8 +380,8 @@ func (a *Allocator) reclaim(ctx context.Context, req Request, pod *corev1.Pod, p
 		return Allocation{}, fmt.Errorf("pod %s, pool %s: reserved claims: %w", req.pod(), pool.Name, err)
 	}
 	own := ""
-	if app != nil {
-		own = AppKey(pool.Name, *app)
+	if owner := a.ownerApp(pod, app); owner != nil {
+		own = AppKey(pool.Name, *owner)
 	}
 	type candidate struct {
 		c     *v1alpha1.IPClaim
@@ -435,6 +435,22 @@ func (a *Allocator) reclaim(ctx context.Context, req Request, pod *corev1.Pod, p
 	}
 	return Allocation{}, newError(req.pod(), pool.Name, ErrExhausted,
 		"all %d addresses are held by pods or reserved for the pod's own app: no other app's reservation is left to reclaim", pool.Size())
+}
+
+// ownerApp is the app whose reservations the pod must leave alone: its
+// app, or for a pod that opted out (berth.io/ip-retain: "false") the app
+// it would have had, whose next pods expect those addresses back.
+func (a *Allocator) ownerApp(pod *corev1.Pod, app *v1alpha1.App) *v1alpha1.App {
+	if app != nil || pod.Annotations[v1alpha1.AnnotationRetain] != "false" {
+		return app
+	}
+	p := pod.DeepCopy()
+	delete(p.Annotations, v1alpha1.AnnotationRetain)
+	owner, err := AppOf(a.cfg.Store, p)
+	if err != nil {
+		return nil
+	}
+	return owner
 }
 
 func (a *Allocator) allocation(pool *Pool, c *v1alpha1.IPClaim, reused bool) (Allocation, error) {

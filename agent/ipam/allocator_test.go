@@ -567,8 +567,9 @@ func TestAllocator_Allocate_reclaim(t *testing.T) {
 		pool   *v1alpha1.IPPool
 		claims []*v1alpha1.IPClaim
 		pod    [3]string // name, owner kind, owner
-		want   string    // the address the pod gets
-		prev   string    // the app it was reserved for
+		ann    map[string]string
+		want   string // the address the pod gets
+		prev   string // the app it was reserved for
 		app    *v1alpha1.App
 		err    string
 	}{
@@ -586,6 +587,12 @@ func TestAllocator_Allocate_reclaim(t *testing.T) {
 				claimOf("tiny", "10.9.0.1", v1alpha1.ClaimBound, deployment("a"), 0),
 				claimOf("tiny", "10.9.0.2", v1alpha1.ClaimReserved, deployment("b"), time.Hour),
 			}, pod: [3]string{"x", "", ""}, want: "10.9.0.2", prev: "b"},
+		{name: "an opted-out pod never takes a reservation of the app it would have had",
+			pool: pool("tiny", "10.9.0.0/30"), claims: []*v1alpha1.IPClaim{
+				claimOf("tiny", "10.9.0.1", v1alpha1.ClaimReserved, deployment("web"), time.Hour),
+				claimOf("tiny", "10.9.0.2", v1alpha1.ClaimReserved, deployment("a"), 2*time.Hour),
+			}, pod: [3]string{"web-5d8f-bbbbb", "ReplicaSet", "web-5d8f"}, ann: map[string]string{v1alpha1.AnnotationRetain: "false"},
+			want: "10.9.0.2", prev: "a"},
 		{name: "never a Bound or Releasing address",
 			pool: pool("tiny", "10.9.0.0/30"), claims: []*v1alpha1.IPClaim{
 				claimOf("tiny", "10.9.0.1", v1alpha1.ClaimBound, deployment("a"), 0),
@@ -611,7 +618,7 @@ func TestAllocator_Allocate_reclaim(t *testing.T) {
 				e.store.PutClaim(c)
 			}
 			writes := e.store.Writes
-			p := e.pod(tc.pod[0], tc.pod[1], tc.pod[2], nil)
+			p := e.pod(tc.pod[0], tc.pod[1], tc.pod[2], tc.ann)
 			als, err := e.add(p)
 			if tc.err != "" {
 				if err == nil || err.Error() != tc.err || !errors.Is(err, ipam.ErrExhausted) || ipam.Retryable(err) {
