@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -427,22 +428,30 @@ func (s *Server) releaseFinished(ctx context.Context, pod *corev1.Pod) error {
 	if err := s.binds.wait(ctx, pod.Namespace+"/"+pod.Name, pod.UID, ""); err != nil {
 		return err
 	}
-	claims, err := s.cfg.Store.ClaimsOfPod(pod.UID)
+	log := s.cfg.Logger.With("pod", pod.Namespace+"/"+pod.Name, "phase", pod.Status.Phase)
+	return s.releasePrepared(ctx, pod.UID, func(*v1alpha1.IPClaim) bool { return true }, log,
+		"released a prepared address: its pod ended without taking it")
+}
+
+// releasePrepared releases those of the pod's claims on this node that
+// are Bound with no container (prepared, taken by no ADD) and that which
+// selects, logging msg for each.
+func (s *Server) releasePrepared(ctx context.Context, uid types.UID, which func(*v1alpha1.IPClaim) bool, log *slog.Logger, msg string) error {
+	claims, err := s.cfg.Store.ClaimsOfPod(uid)
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, c := range claims {
-		if c.Spec.ContainerID != "" || c.Spec.Node != s.cfg.Node || c.Spec.State != v1alpha1.ClaimBound {
+		if c.Spec.ContainerID != "" || c.Spec.Node != s.cfg.Node || c.Spec.State != v1alpha1.ClaimBound || !which(c) {
 			continue
 		}
-		if err := s.alloc.ReleasePrepared(ctx, c.Name, pod.UID); err != nil {
+		if err := s.alloc.ReleasePrepared(ctx, c.Name, uid); err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		s.metrics.prepared.WithLabelValues("released").Inc()
-		s.cfg.Logger.Info("released a prepared address: its pod ended without taking it", "pod", pod.Namespace+"/"+pod.Name,
-			"phase", pod.Status.Phase, "address", c.Spec.Address, "claim", c.Name)
+		log.Info(msg, "pod_uid", uid, "address", c.Spec.Address, "claim", c.Name)
 	}
 	return errors.Join(errs...)
 }
@@ -453,24 +462,16 @@ func (s *Server) releaseUnused(uid types.UID, ifName string, used []ipam.Allocat
 	if ifName != PrepareInterface || uid == "" {
 		return
 	}
-	claims, err := s.cfg.Store.ClaimsOfPod(uid)
-	if err != nil {
-		return
-	}
-	for _, c := range claims {
-		if c.Spec.ContainerID != "" || c.Spec.Interface != ifName || c.Spec.Node != s.cfg.Node ||
-			slices.ContainsFunc(used, func(a ipam.Allocation) bool { return a.Claim == c.Name }) {
-			continue
+	go func() {
+		ctx, cancel := context.WithTimeout(s.bg, s.cfg.RequestTimeout)
+		defer cancel()
+		unused := func(c *v1alpha1.IPClaim) bool {
+			return c.Spec.Interface == ifName && !slices.ContainsFunc(used, func(a ipam.Allocation) bool { return a.Claim == c.Name })
 		}
-		name := c.Name
-		go func() {
-			ctx, cancel := context.WithTimeout(s.bg, s.cfg.RequestTimeout)
-			defer cancel()
-			if err := s.alloc.ReleasePrepared(ctx, name, uid); err != nil {
-				s.cfg.Logger.Warn("cannot release a prepared claim the pod's ADD did not use", "claim", name, "err", err)
-				return
-			}
-			s.metrics.prepared.WithLabelValues("released").Inc()
-		}()
-	}
+		err := s.releasePrepared(ctx, uid, unused, s.cfg.Logger,
+			"released a prepared address the pod's ADD did not use (it asked for other pools)")
+		if err != nil {
+			s.cfg.Logger.Warn("cannot release the prepared claims the pod's ADD did not use", "pod_uid", uid, "err", err)
+		}
+	}()
 }
