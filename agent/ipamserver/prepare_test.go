@@ -139,9 +139,8 @@ func TestServer_prepare(t *testing.T) {
 		cl := podClaims(t, c, third.UID)
 		return len(cl) == 1 && cl[0].Spec.Pool == "q" && cl[0].Spec.ContainerID == "c-third"
 	})
-	if n := prepared("released"); n != 1 {
-		t.Errorf("prepared released = %v, want 1", n)
-	}
+	// Counted just after the claim is gone from the API server.
+	poll.Until(t, 10*time.Second, "berth_ipam_prepared_total{result=released} to be 1", func() bool { return prepared("released") == 1 })
 
 	// A pod that ends without an ADD (kubelet refused it) gives its
 	// prepared claim back.
@@ -152,9 +151,8 @@ func TestServer_prepare(t *testing.T) {
 		t.Fatal(err)
 	}
 	poll.Until(t, 30*time.Second, "the failed pod's prepared claim to be released", func() bool { return len(podClaims(t, c, refused.UID)) == 0 })
-	if n := prepared("released"); n != 2 {
-		t.Errorf("prepared released = %v, want 2", n)
-	}
+	// Counted just after the claim is gone from the API server.
+	poll.Until(t, 10*time.Second, "berth_ipam_prepared_total{result=released} to be 2", func() bool { return prepared("released") == 2 })
 
 	// A restarted agent records the container an earlier run answered ADD
 	// for from the attachment record.
