@@ -46,7 +46,7 @@ func newMetrics(reg prometheus.Registerer, counts func(context.Context) ([]PoolC
 		}, []string{"pool"}),
 		prepared: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "berth_ipam_prepared_total",
-			Help: "Pods whose addresses the agent allocated when they were scheduled to the node, before the runtime's ADD, by result: ok, error (ADD allocates then), used (an ADD got prepared addresses and made no API write before answering), released (no ADD took them: it asked for other pools, or the pod ended without one).",
+			Help: "Pods whose addresses the agent allocated when they were scheduled to the node, before the runtime's ADD, by result: ok, error (ADD allocates then), used (an ADD got prepared addresses and made no API write before answering), released (no ADD took them: it asked for other pools, the pod ended without one, or it got its network elsewhere).",
 		}, []string{"result"}),
 	}
 	var err error

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -321,7 +322,8 @@ func (s *Server) runPreparer(ctx context.Context) error {
 		return err
 	}
 	on := func(obj any) {
-		if pod, ok := obj.(*corev1.Pod); ok && (wantsPrepare(pod, s.cfg.Node) && !p.isDone(pod.UID) || finished(pod, s.cfg.Node)) {
+		if pod, ok := obj.(*corev1.Pod); ok && (wantsPrepare(pod, s.cfg.Node) && !p.isDone(pod.UID) || finished(pod, s.cfg.Node) ||
+			s.startedWithout(pod)) {
 			p.queue.Add(types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name})
 		}
 	}
@@ -384,8 +386,13 @@ func (p *preparer) prepare(ctx context.Context, key types.NamespacedName) error 
 	unlock := s.locks.lock(key.Namespace, key.Name)
 	defer unlock()
 	pod, err := s.cfg.Store.Pod(key.Namespace, key.Name)
-	if err == nil && finished(pod, s.cfg.Node) {
-		return s.releaseFinished(ctx, pod)
+	switch {
+	case err == nil && finished(pod, s.cfg.Node):
+		return s.releaseUntaken(ctx, pod, func(*v1alpha1.IPClaim) bool { return true },
+			"released a prepared address: its pod ended without taking it")
+	case err == nil && s.startedWithout(pod):
+		return s.releaseUntaken(ctx, pod, notPodIP(pod),
+			"released a prepared address: its pod started with addresses of another network")
 	}
 	if err != nil || !wantsPrepare(pod, s.cfg.Node) || p.isDone(pod.UID) {
 		return nil // gone, started, or handled already
@@ -420,17 +427,55 @@ func (p *preparer) prepare(ctx context.Context, key types.NamespacedName) error 
 	return nil
 }
 
-// releaseFinished releases the prepared claims of a pod that ended that
-// record no container (no ADD took them). Called with the pod's lock.
-func (s *Server) releaseFinished(ctx context.Context, pod *corev1.Pod) error {
+// releaseUntaken releases the claims prepared for pod that no ADD took
+// and which selects (a pod that ended, or started on another network),
+// once any recording of a container on them is done. Called with the
+// pod's lock.
+func (s *Server) releaseUntaken(ctx context.Context, pod *corev1.Pod, which func(*v1alpha1.IPClaim) bool, msg string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	if err := s.binds.wait(ctx, pod.Namespace+"/"+pod.Name, pod.UID, ""); err != nil {
 		return err
 	}
 	log := s.cfg.Logger.With("pod", pod.Namespace+"/"+pod.Name, "phase", pod.Status.Phase)
-	return s.releasePrepared(ctx, pod.UID, func(*v1alpha1.IPClaim) bool { return true }, log,
-		"released a prepared address: its pod ended without taking it")
+	return s.releasePrepared(ctx, pod.UID, which, log, msg)
+}
+
+// startedWithout reports whether pod, on this node, has its network
+// (kubelet reports its IPs) while a claim prepared for it on
+// PrepareInterface is not among them and no ADD took it: the pod's
+// default network is not berth-ipam's (a node whose pods choose their
+// network, e.g. through Multus), so the claim would be held for nothing
+// until the pod ends.
+func (s *Server) startedWithout(pod *corev1.Pod) bool {
+	if pod.Spec.NodeName != s.cfg.Node || pod.Spec.HostNetwork || len(pod.Status.PodIPs) == 0 {
+		return false
+	}
+	claims, err := s.cfg.Store.ClaimsOfPod(pod.UID)
+	if err != nil {
+		return false
+	}
+	other := notPodIP(pod)
+	return slices.ContainsFunc(claims, func(c *v1alpha1.IPClaim) bool {
+		return untaken(c, s.cfg.Node) && c.Spec.Interface == PrepareInterface && other(c)
+	})
+}
+
+// notPodIP selects the claims whose address is none of pod's IPs.
+func notPodIP(pod *corev1.Pod) func(*v1alpha1.IPClaim) bool {
+	return func(c *v1alpha1.IPClaim) bool {
+		a, err := netip.ParseAddr(c.Spec.Address)
+		return err == nil && !slices.ContainsFunc(pod.Status.PodIPs, func(ip corev1.PodIP) bool {
+			b, err := netip.ParseAddr(ip.IP)
+			return err == nil && a == b
+		})
+	}
+}
+
+// untaken reports whether c is a claim prepared on node that no ADD took:
+// Bound, with no container.
+func untaken(c *v1alpha1.IPClaim, node string) bool {
+	return c.Spec.ContainerID == "" && c.Spec.Node == node && c.Spec.State == v1alpha1.ClaimBound
 }
 
 // releasePrepared releases those of the pod's claims on this node that
@@ -443,7 +488,7 @@ func (s *Server) releasePrepared(ctx context.Context, uid types.UID, which func(
 	}
 	var errs []error
 	for _, c := range claims {
-		if c.Spec.ContainerID != "" || c.Spec.Node != s.cfg.Node || c.Spec.State != v1alpha1.ClaimBound || !which(c) {
+		if !untaken(c, s.cfg.Node) || !which(c) {
 			continue
 		}
 		if err := s.alloc.ReleasePrepared(ctx, c.Name, uid); err != nil {

@@ -55,9 +55,10 @@ func podClaims(t *testing.T, c client.Client, uid types.UID) []v1alpha1.IPClaim 
 // claim before any ADD; its ADD answers with that address while claim
 // updates are held (no API write before the answer); its DEL, before the
 // container is recorded, releases the claim. A prepared claim
-// the ADD did not use (it asked for another pool) is released, as is one
-// of a pod that failed without an ADD, and a restarted agent records the
-// container an earlier run answered for.
+// the ADD did not use (it asked for another pool) is released, as are
+// those of a pod that failed without an ADD and of a pod that got its
+// network elsewhere, and a restarted agent records the container an
+// earlier run answered for.
 func TestServer_prepare(t *testing.T) {
 	cfg, c := startAPI(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -153,6 +154,30 @@ func TestServer_prepare(t *testing.T) {
 	poll.Until(t, 30*time.Second, "the failed pod's prepared claim to be released", func() bool { return len(podClaims(t, c, refused.UID)) == 0 })
 	// Counted just after the claim is gone from the API server.
 	poll.Until(t, 10*time.Second, "berth_ipam_prepared_total{result=released} to be 2", func() bool { return prepared("released") == 2 })
+
+	// A pod that got its network elsewhere (kubelet reports IPs that are not
+	// the prepared address) gives its untaken claim back; one whose IP is
+	// the prepared address keeps it. The informer hands the two status
+	// updates to the agent in order, so once the first is released the
+	// second has been judged.
+	same, elsewhere := newPod("same", nil), newPod("elsewhere", nil)
+	poll.Until(t, 30*time.Second, "the claims of pods same and elsewhere to be prepared", func() bool {
+		return len(podClaims(t, c, same.UID)) == 1 && len(podClaims(t, c, elsewhere.UID)) == 1
+	})
+	sameAddr := podClaims(t, c, same.UID)[0].Spec.Address
+	for p, ip := range map[*corev1.Pod]string{same: sameAddr, elsewhere: "192.0.2.7"} {
+		p.Status.Phase, p.Status.PodIP, p.Status.PodIPs = corev1.PodRunning, ip, []corev1.PodIP{{IP: ip}}
+	}
+	for _, p := range []*corev1.Pod{same, elsewhere} {
+		if err := c.Status().Update(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poll.Until(t, 30*time.Second, "the claim of the pod started elsewhere to be released", func() bool { return len(podClaims(t, c, elsewhere.UID)) == 0 })
+	poll.Until(t, 10*time.Second, "berth_ipam_prepared_total{result=released} to be 3", func() bool { return prepared("released") == 3 })
+	if cl := podClaims(t, c, same.UID); len(cl) != 1 || cl[0].Spec.Address != sameAddr {
+		t.Fatalf("pod same (its IP is the prepared %s): claims %+v, want it kept", sameAddr, cl)
+	}
 
 	// A restarted agent records the container an earlier run answered ADD
 	// for from the attachment record.
