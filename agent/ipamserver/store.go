@@ -3,6 +3,7 @@ package ipamserver
 import (
 	"context"
 	"fmt"
+	"iter"
 	"strconv"
 	"sync"
 	"time"
@@ -311,17 +312,11 @@ func (s *Store) shadow(name string, c *v1alpha1.IPClaim) *v1alpha1.IPClaim {
 func (s *Store) set(name string, e overlayEntry) {
 	s.drop(name)
 	s.overlay[name] = e
-	if e.claim == nil {
-		return
-	}
-	for index, f := range claimIndexes {
-		if v := f(e.claim); v != "" {
-			k := indexKey{index, v}
-			if s.indexed[k] == nil {
-				s.indexed[k] = map[string]struct{}{}
-			}
-			s.indexed[k][name] = struct{}{}
+	for k := range indexKeys(e.claim) {
+		if s.indexed[k] == nil {
+			s.indexed[k] = map[string]struct{}{}
 		}
+		s.indexed[k][name] = struct{}{}
 	}
 }
 
@@ -332,15 +327,23 @@ func (s *Store) drop(name string) {
 		return
 	}
 	delete(s.overlay, name)
-	if e.claim == nil {
-		return
+	for k := range indexKeys(e.claim) {
+		delete(s.indexed[k], name)
+		if len(s.indexed[k]) == 0 {
+			delete(s.indexed, k)
+		}
 	}
-	for index, f := range claimIndexes {
-		if v := f(e.claim); v != "" {
-			k := indexKey{index, v}
-			delete(s.indexed[k], name)
-			if len(s.indexed[k]) == 0 {
-				delete(s.indexed, k)
+}
+
+// indexKeys yields the index entries of c (none for nil: a deletion).
+func indexKeys(c *v1alpha1.IPClaim) iter.Seq[indexKey] {
+	return func(yield func(indexKey) bool) {
+		if c == nil {
+			return
+		}
+		for index, f := range claimIndexes {
+			if v := f(c); v != "" && !yield(indexKey{index, v}) {
+				return
 			}
 		}
 	}
