@@ -4,7 +4,7 @@
 # kube-apiserver + etcd (the envtest binaries the local-cluster build caches).
 #   test/bench/ipam.sh [ipambench flags, e.g. -adds 128 -concurrency 1,16,64 -claims 20000]
 # Diagnostics: -floor N (serial IPClaim writes through a plain client),
-# -cpuprofile FILE (this process: the agent's IPAM server),
+# -cpuprofile FILE (the agent process: berth-agent's IPAM server),
 # -apiserver-cpuprofile FILE, -agent-qps 0 (client-go's default limit).
 # Builds: berth-ipam (this checkout), Whereabouts from the Go module proxy
 # into $BERTH_CACHE/whereabouts-v0.9.2 (once, ~1 min); host-local is the CNI

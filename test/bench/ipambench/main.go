@@ -1,16 +1,16 @@
 // Command ipambench measures CNI ADD then DEL through the real IPAM plugin
 // binaries, the way a runtime calls them (one exec per call, config on
 // stdin, CNI_* environment), at several concurrencies, against one real
-// kube-apiserver and etcd: berth-ipam (with berth-agent's IPAM server
-// in-process, committing every claim to the API server), berth-ipam with
-// the pods scheduled to the node first so the agent prepares their
-// addresses (berth-ipam-prepared), host-local (a
+// kube-apiserver and etcd: berth-ipam (with berth-agent's IPAM server in a
+// process of its own, committing every claim to the API server; see
+// agent.go), berth-ipam with the pods scheduled to the node first so the
+// agent prepares their addresses (berth-ipam-prepared), host-local (a
 // local-file floor) and Whereabouts (its Kubernetes datastore). For each
 // round it also shows where the time goes: the agent's time and its API
 // writes in it, and the CPU time of the plugin processes, of this process
-// (the agent), of kube-apiserver and of etcd. Then it measures berth-ipam's
-// latency with few and with many existing claims. -floor, -cpuprofile and
-// -apiserver-cpuprofile are diagnostics.
+// (the exec harness), of the agent, of kube-apiserver and of etcd. Then it
+// measures berth-ipam's latency with few and with many existing claims.
+// -floor, -cpuprofile and -apiserver-cpuprofile are diagnostics.
 // Run it with test/bench/ipam.sh, which builds what it needs.
 package main
 
@@ -18,16 +18,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,16 +41,18 @@ import (
 	"k8s.io/client-go/discovery"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	ctrlcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
-	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
 )
 
 func main() {
+	run := run
+	if len(os.Args) > 1 && os.Args[1] == agentCommand {
+		run = func() error { return runAgent(os.Args[2:]) }
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "ipambench:", err)
 		os.Exit(1)
@@ -89,7 +88,7 @@ func run() error {
 	flag.Float64Var(&o.agentQPS, "agent-qps", -1, "QPS of the agent's API client: -1 none, as ctrl.GetConfig sets it for berth-agent in a pod; 0 client-go's default (5 QPS, burst 10, per resource), as berth-agent --kubeconfig gets it")
 	flag.StringVar(&o.apiProfile, "apiserver-cpuprofile", "", "write a CPU profile of kube-apiserver over the first -apiserver-cpuprofile-seconds of the plugin rounds")
 	flag.IntVar(&o.apiProfileSeconds, "apiserver-cpuprofile-seconds", 10, "length of the kube-apiserver CPU profile")
-	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (the agent's IPAM server and the exec harness) over the plugin rounds")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the agent process (berth-agent's IPAM server) over the plugin rounds")
 	flag.Parse()
 	for _, s := range strings.Split(conc, ",") {
 		n, err := strconv.Atoi(s)
@@ -135,10 +134,7 @@ func run() error {
 		return err
 	}
 
-	scheme := runtime.NewScheme()
-	_ = clientgoscheme.AddToScheme(scheme)
-	_ = v1alpha1.AddToScheme(scheme)
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	c, err := client.New(cfg, client.Options{Scheme: newScheme()})
 	if err != nil {
 		return err
 	}
@@ -168,13 +164,11 @@ func run() error {
 	}
 	defer os.RemoveAll(runPath)
 	sock := filepath.Join(runPath, "ipam.sock")
-	reg := prometheus.NewRegistry()
-	writes := &writeTimer{}
-	agentCfg := rest.CopyConfig(cfg)
-	agentCfg.QPS = float32(o.agentQPS)
-	if err := startAgent(ctx, agentCfg, scheme, sock, reg, writes); err != nil {
+	agent, err := startAgentProc(ctx, filepath.Join(work, "kubeconfig"), sock, o.agentQPS, o.cpuprofile)
+	if err != nil {
 		return err
 	}
+	defer agent.stop()
 	// One ADD shows the agent the CNI configuration's pools, as the first
 	// pod on a node does; until then it prepares nothing.
 	for _, cmd := range []string{"ADD", "DEL"} {
@@ -197,12 +191,7 @@ func run() error {
 		}
 	}
 	if o.cpuprofile != "" {
-		f, err := os.Create(o.cpuprofile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
+		if err := agent.post(ctx, "/cpuprofile/start"); err != nil {
 			return err
 		}
 	}
@@ -215,7 +204,7 @@ func run() error {
 			}
 		}()
 	}
-	procs := controlPlane()
+	procs := processes(agent.pid)
 	fmt.Println("| plugin | concurrency | ADD/s | ADD p50 | ADD p99 | DEL/s | DEL p99 | agent's mean ADD |")
 	fmt.Println("|---|---|---|---|---|---|---|---|")
 	var cpuRows, prepRows []string
@@ -223,7 +212,10 @@ func run() error {
 	for _, n := range o.conc {
 		for _, plugin := range o.plugins {
 			round++
-			a0, r0 := histSum(reg, "berth_ipam_allocation_duration_seconds"), histSum(reg, "berth_ipam_release_duration_seconds")
+			s0, err := agent.stats(ctx)
+			if err != nil {
+				return err
+			}
 			t0 := procTimes(procs)
 			conf, ok := confs[plugin]
 			if !ok && strings.HasPrefix(plugin, "berth-ipam") {
@@ -238,7 +230,7 @@ func run() error {
 				}
 				prepRows = append(prepRows, fmt.Sprintf("| %d | %d | %s | %.0f |", n, o.adds, ms(took), float64(o.adds)/took.Seconds()))
 			}
-			add, del, err := measure(ctx, bin, conf, o.adds, n, round, prefix, writes)
+			add, del, err := measure(ctx, bin, conf, o.adds, n, round, prefix, agent)
 			if err != nil {
 				return fmt.Errorf("%s at concurrency %d: %w", plugin, n, err)
 			}
@@ -248,23 +240,32 @@ func run() error {
 				}
 			}
 			t1 := procTimes(procs)
-			agentAdd := histSum(reg, "berth_ipam_allocation_duration_seconds").mean(a0)
-			agentDel := histSum(reg, "berth_ipam_release_duration_seconds").mean(r0)
+			s1, err := agent.stats(ctx)
+			if err != nil {
+				return err
+			}
+			agentAdd, agentDel := s1.Alloc.mean(s0.Alloc), s1.Release.mean(s0.Release)
 			fmt.Printf("| %s | %d | %.0f | %s | %s | %.0f | %s | %s |\n", plugin, n, add.rate, ms(add.p50), ms(add.p99), del.rate, ms(del.p99), agentAdd)
 			per := func(d time.Duration) string { return ms(d / time.Duration(o.adds)) }
-			total := t1[0] + t1[1] + t1[2] - t0[0] - t0[1] - t0[2] + add.cpu + del.cpu
-			row := fmt.Sprintf("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |", plugin, n, agentAdd, add.writeString(), agentDel, del.writeString(),
-				per(add.cpu+del.cpu), per(t1[0]-t0[0]), per(t1[1]-t0[1]), per(t1[2]-t0[2]), per(total))
+			row := fmt.Sprintf("| %s | %d | %s | %s | %s | %s | %s |", plugin, n, agentAdd, add.writeString(), agentDel, del.writeString(), per(add.cpu+del.cpu))
+			total := add.cpu + del.cpu
+			for i := range procs {
+				row += fmt.Sprintf(" %s |", per(t1[i]-t0[i]))
+				total += t1[i] - t0[i]
+			}
+			row += fmt.Sprintf(" %s |", per(total))
 			cpuRows = append(cpuRows, row)
 		}
 	}
 	if o.cpuprofile != "" {
-		pprof.StopCPUProfile()
+		if err := agent.post(ctx, "/cpuprofile/stop"); err != nil {
+			return err
+		}
 	}
 	fmt.Printf("\nWhere the time goes: the agent's mean ADD and DEL, and its API writes in them (mean time per call; writes per call, p99 of one);\n")
-	fmt.Printf("CPU time per ADD+DEL pair by process (the bench process runs the agent and execs the plugins)\n\n")
-	fmt.Println("| plugin | concurrency | agent's ADD | its writes | agent's DEL | its writes | CPU: plugin | CPU: bench | CPU: kube-apiserver | CPU: etcd | CPU: total |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Printf("CPU time per ADD+DEL pair by process (bench: the exec of the plugins and the pod creates; agent: its IPAM server)\n\n")
+	fmt.Println("| plugin | concurrency | agent's ADD | its writes | agent's DEL | its writes | CPU: plugin | CPU: bench | CPU: agent | CPU: kube-apiserver | CPU: etcd | CPU: total |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range cpuRows {
 		fmt.Println(r)
 	}
@@ -290,7 +291,7 @@ func run() error {
 			have = target
 			time.Sleep(15 * time.Second) // let the agent's cache and the API server settle
 			round++
-			add, del, err := measure(ctx, filepath.Join(o.bins, "berth-ipam"), confs["berth-ipam"], o.adds, 16, round, "pod-", writes)
+			add, del, err := measure(ctx, filepath.Join(o.bins, "berth-ipam"), confs["berth-ipam"], o.adds, 16, round, "pod-", agent)
 			if err != nil {
 				return err
 			}
@@ -366,94 +367,6 @@ func runDir(work string) (string, error) {
 
 const benchNode = "bench-node"
 
-// startAgent runs berth-agent's IPAM server in-process: its own informer
-// cache, writes through the API server.
-func startAgent(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, sock string, reg prometheus.Registerer, writes *writeTimer) error {
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		return err
-	}
-	ca, err := ctrlcache.New(cfg, ctrlcache.Options{Scheme: scheme, DefaultTransform: ctrlcache.TransformStripManagedFields()}) // as berth-agent's
-	if err != nil {
-		return err
-	}
-	if err := ipamserver.IndexClaims(ctx, ca); err != nil {
-		return err
-	}
-	go func() { _ = ca.Start(ctx) }()
-	st := &timedStore{Store: ipamserver.NewStore(ca, c, c), writes: writes}
-	srv, err := ipamserver.New(ipamserver.Config{SocketPath: sock, QueueDir: filepath.Join(filepath.Dir(sock), "queue"),
-		AttachmentDir: filepath.Join(filepath.Dir(sock), "attachments"), Node: benchNode,
-		Store: st, Prepare: true, PodCache: ca, Registerer: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		WaitForSync: func(ctx context.Context) bool {
-			for _, o := range []client.Object{&v1alpha1.IPClaim{}, &v1alpha1.IPPool{}, &corev1.Pod{}, &corev1.Namespace{}} {
-				if _, err := ca.GetInformer(ctx, o); err != nil {
-					return false
-				}
-			}
-			return ca.WaitForCacheSync(ctx)
-		}})
-	if err != nil {
-		return err
-	}
-	go func() {
-		if err := srv.Start(ctx); err != nil {
-			fmt.Fprintln(os.Stderr, "ipam server:", err)
-		}
-	}()
-	for start := time.Now(); srv.Check(nil) != nil; time.Sleep(10 * time.Millisecond) {
-		if time.Since(start) > time.Minute {
-			return errors.New("ipam server not ready")
-		}
-	}
-	return nil
-}
-
-// writeTimer records the time the agent's store spends in each API write.
-type writeTimer struct {
-	mu  sync.Mutex
-	lat []time.Duration
-}
-
-func (w *writeTimer) add(d time.Duration) {
-	w.mu.Lock()
-	w.lat = append(w.lat, d)
-	w.mu.Unlock()
-}
-
-// since returns the writes after the first n, and how many there are now.
-func (w *writeTimer) since(n int) ([]time.Duration, int) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return slices.Clone(w.lat[n:]), len(w.lat)
-}
-
-// timedStore is the agent's store, timing its writes.
-type timedStore struct {
-	*ipamserver.Store
-	writes *writeTimer
-}
-
-func (s *timedStore) Create(ctx context.Context, c *v1alpha1.IPClaim) error {
-	defer s.timed()()
-	return s.Store.Create(ctx, c)
-}
-
-func (s *timedStore) Update(ctx context.Context, c *v1alpha1.IPClaim) error {
-	defer s.timed()()
-	return s.Store.Update(ctx, c)
-}
-
-func (s *timedStore) Delete(ctx context.Context, c *v1alpha1.IPClaim) error {
-	defer s.timed()()
-	return s.Store.Delete(ctx, c)
-}
-
-func (s *timedStore) timed() func() {
-	t0 := time.Now()
-	return func() { s.writes.add(time.Since(t0)) }
-}
-
 // fillClaims creates claims up to n in a pool of their own.
 func fillClaims(ctx context.Context, c client.Client, from, to int) error {
 	if from == 0 {
@@ -508,17 +421,20 @@ type stats struct {
 
 // measure runs n ADDs (pods prefix0..n-1) at concurrency conc, then their
 // DELs.
-func measure(ctx context.Context, bin, conf string, n, conc, round int, prefix string, writes *writeTimer) (stats, stats, error) {
-	add, err := phase(ctx, "ADD", bin, conf, n, conc, round, prefix, writes)
+func measure(ctx context.Context, bin, conf string, n, conc, round int, prefix string, agent *agentProc) (stats, stats, error) {
+	add, err := phase(ctx, "ADD", bin, conf, n, conc, round, prefix, agent)
 	if err != nil {
 		return stats{}, stats{}, err
 	}
-	del, err := phase(ctx, "DEL", bin, conf, n, conc, round, prefix, writes)
+	del, err := phase(ctx, "DEL", bin, conf, n, conc, round, prefix, agent)
 	return add, del, err
 }
 
-func phase(ctx context.Context, cmd, bin, conf string, n, conc, round int, prefix string, writes *writeTimer) (stats, error) {
-	_, wn0 := writes.since(0)
+func phase(ctx context.Context, cmd, bin, conf string, n, conc, round int, prefix string, agent *agentProc) (stats, error) {
+	s0, err := agent.stats(ctx)
+	if err != nil {
+		return stats{}, err
+	}
 	lat := make([]time.Duration, n)
 	next := make(chan int)
 	var wg sync.WaitGroup
@@ -555,7 +471,11 @@ func phase(ctx context.Context, cmd, bin, conf string, n, conc, round int, prefi
 	slices.Sort(lat)
 	q := func(p float64) time.Duration { return lat[max(0, min(n-1, int(p*float64(n)+0.999999)-1))] }
 	st := stats{rate: float64(n) / wall.Seconds(), p50: q(0.5), p99: q(0.99), cpu: cpu}
-	if ws, _ := writes.since(wn0); len(ws) > 0 {
+	s1, err := agent.stats(ctx)
+	if err != nil {
+		return stats{}, err
+	}
+	if ws := s1.Writes[len(s0.Writes):]; len(ws) > 0 {
 		var sum time.Duration
 		for _, d := range ws {
 			sum += d
@@ -617,10 +537,18 @@ func apiserverProfile(ctx context.Context, cfg *rest.Config, file string, second
 	return f.Close()
 }
 
-// controlPlane returns this process's pid and those of the kube-apiserver
-// and etcd it started (0 when not found).
-func controlPlane() [3]int {
-	pids := [3]int{os.Getpid()}
+// The processes whose CPU time the benchmark reports, in this order.
+const (
+	procBench = iota
+	procAgent
+	procAPIServer
+	procEtcd
+)
+
+// processes returns the pids of this process, of the agent process and of
+// the kube-apiserver and etcd this process started (0 when not found).
+func processes(agent int) []int {
+	pids := []int{procBench: os.Getpid(), procAgent: agent, procAPIServer: 0, procEtcd: 0}
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
@@ -634,17 +562,17 @@ func controlPlane() [3]int {
 		comm, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
 		switch strings.TrimSpace(string(comm)) {
 		case "kube-apiserver":
-			pids[1] = pid
+			pids[procAPIServer] = pid
 		case "etcd":
-			pids[2] = pid
+			pids[procEtcd] = pid
 		}
 	}
 	return pids
 }
 
 // procTimes returns the user+system CPU time of each pid so far.
-func procTimes(pids [3]int) [3]time.Duration {
-	var out [3]time.Duration
+func procTimes(pids []int) []time.Duration {
+	out := make([]time.Duration, len(pids))
 	for i, pid := range pids {
 		if pid == 0 {
 			continue
@@ -672,7 +600,7 @@ func procTimes(pids [3]int) [3]time.Duration {
 // time kube-apiserver and etcd spend on each. Then the create again with
 // variants of the request.
 func floor(ctx context.Context, c client.Client, n int) error {
-	procs := controlPlane()
+	procs := processes(0)
 	mk := func(prefix string, labels bool) []*v1alpha1.IPClaim {
 		claims := make([]*v1alpha1.IPClaim, n)
 		for i := range claims {
@@ -731,8 +659,8 @@ func floor(ctx context.Context, c client.Client, n int) error {
 				lat[i] = append(lat[i], time.Since(start))
 			}
 			t1 := procTimes(procs)
-			cpu[i][0] += t1[1] - t0[1]
-			cpu[i][1] += t1[2] - t0[2]
+			cpu[i][0] += t1[procAPIServer] - t0[procAPIServer]
+			cpu[i][1] += t1[procEtcd] - t0[procEtcd]
 		}
 	}
 	for i, op := range ops {
@@ -759,16 +687,16 @@ func floor(ctx context.Context, c client.Client, n int) error {
 }
 
 type hist struct {
-	sum float64
-	n   uint64
+	Sum float64
+	N   uint64
 }
 
 // mean is the mean observation since h0, "-" when none.
 func (h hist) mean(h0 hist) string {
-	if h.n <= h0.n {
+	if h.N <= h0.N {
 		return "-"
 	}
-	return ms(time.Duration((h.sum - h0.sum) / float64(h.n-h0.n) * float64(time.Second)))
+	return ms(time.Duration((h.Sum - h0.Sum) / float64(h.N-h0.N) * float64(time.Second)))
 }
 
 // histSum reads one of the agent's histograms: total seconds and count.
@@ -783,8 +711,8 @@ func histSum(g prometheus.Gatherer, name string) hist {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			h.sum += m.GetHistogram().GetSampleSum()
-			h.n += m.GetHistogram().GetSampleCount()
+			h.Sum += m.GetHistogram().GetSampleSum()
+			h.N += m.GetHistogram().GetSampleCount()
 		}
 	}
 	return h
@@ -798,3 +726,10 @@ func (s stats) writeString() string {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+func newScheme() *runtime.Scheme {
+	scheme := runtime.NewScheme()
+	_ = clientgoscheme.AddToScheme(scheme)
+	_ = v1alpha1.AddToScheme(scheme)
+	return scheme
+}
