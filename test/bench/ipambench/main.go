@@ -49,6 +49,7 @@ import (
 )
 
 func main() {
+	ctrllog.SetLogger(logr.Discard())
 	run := run
 	if len(os.Args) > 1 && os.Args[1] == agentCommand {
 		run = func() error { return runAgent(os.Args[2:]) }
@@ -73,7 +74,6 @@ type opts struct {
 }
 
 func run() error {
-	ctrllog.SetLogger(logr.Discard())
 	var o opts
 	var conc, plugins string
 	flag.StringVar(&o.bins, "bin", "", "directory with berth-ipam, host-local and whereabouts")
