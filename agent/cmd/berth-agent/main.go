@@ -12,8 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/berth-io/berth/agent"
@@ -21,6 +19,7 @@ import (
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/agent/version"
+	"github.com/berth-io/berth/internal/restconfig"
 )
 
 func main() {
@@ -48,7 +47,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 
 	log := newLogger(stderr, opts.logLevel, opts.logFormat)
 	slog.SetDefault(log)
-	restCfg, err := restConfig(opts.kubeconfig)
+	restCfg, err := restconfig.Load(opts.kubeconfig)
 	if err != nil {
 		log.Error("cannot reach the API server", "err", err)
 		return 1
@@ -159,21 +158,4 @@ func newLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, hopts))
 	}
 	return slog.New(slog.NewTextHandler(w, hopts))
-}
-
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig != "" {
-		cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-		if err != nil {
-			return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
-		}
-		if cfg.QPS == 0 {
-			// As ctrl.GetConfig does in the pod: client-go's default (5 QPS)
-			// would cap IPAM at 5 ADDs/s; the API server's priority and
-			// fairness applies instead.
-			cfg.QPS = -1
-		}
-		return cfg, nil
-	}
-	return ctrl.GetConfig()
 }

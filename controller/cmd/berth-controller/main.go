@@ -11,12 +11,12 @@ import (
 	"os"
 	"strings"
 
-	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/berth-io/berth/agent/version"
 	"github.com/berth-io/berth/controller"
 	"github.com/berth-io/berth/controller/ipclaimgc"
+	"github.com/berth-io/berth/internal/restconfig"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -58,11 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	cfg.Logger = log
 	var err error
-	if kubeconfig != "" {
-		cfg.RestConfig, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	} else {
-		cfg.RestConfig, err = ctrl.GetConfig()
-	}
+	cfg.RestConfig, err = restconfig.Load(kubeconfig)
 	if err != nil {
 		log.Error("cannot reach the API server", "err", err)
 		return 1
