@@ -16,6 +16,9 @@ type metrics struct {
 	reservations *prometheus.CounterVec
 	reclaimed    *prometheus.CounterVec
 	prepared     *prometheus.CounterVec
+	// recordsPending is the number of containers whose prepared claims
+	// do not record them yet.
+	recordsPending prometheus.Gauge
 }
 
 var durationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
@@ -48,6 +51,10 @@ func newMetrics(reg prometheus.Registerer, counts func(context.Context) ([]PoolC
 			Name: "berth_ipam_prepared_total",
 			Help: "Pods whose addresses the agent allocated when they were scheduled to the node, before the runtime's ADD, by result: ok, error (ADD allocates then), used (an ADD got prepared addresses and made no API write before answering), released (no ADD took them: it asked for other pools, the pod ended without one, or it got its network elsewhere).",
 		}, []string{"result"}),
+		recordsPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "berth_ipam_prepared_container_records_pending",
+			Help: "Containers whose ADD got prepared addresses and whose claims do not record the container ID yet (one update each after the answer, at most 4 at once): a lasting rise means the API server falls behind or refuses the updates.",
+		}),
 	}
 	var err error
 	for _, h := range []**prometheus.HistogramVec{&m.allocation, &m.release} {
@@ -59,6 +66,9 @@ func newMetrics(reg prometheus.Registerer, counts func(context.Context) ([]PoolC
 		if *c, err = promreg.Register(reg, *c); err != nil {
 			return nil, err
 		}
+	}
+	if m.recordsPending, err = promreg.Register(reg, m.recordsPending); err != nil {
+		return nil, err
 	}
 	if counts != nil {
 		pc, err := promreg.Register(reg, &poolCollector{})

@@ -30,7 +30,7 @@ func TestNewMetrics_twice(t *testing.T) {
 		t.Fatalf("second registration: %v", err)
 	}
 	if second.reclaimed != first.reclaimed || second.reservations != first.reservations ||
-		second.allocation != first.allocation || second.release != first.release {
+		second.allocation != first.allocation || second.release != first.release || second.recordsPending != first.recordsPending {
 		t.Fatal("the second Server got collectors of its own: its series would not be exported")
 	}
 	second.reclaimed.WithLabelValues("p").Inc()
@@ -58,4 +58,37 @@ func TestNewMetrics_conflict(t *testing.T) {
 	if _, err := newMetrics(reg, nil); err == nil || !strings.HasPrefix(err.Error(), "register metrics: ") {
 		t.Fatalf("err = %v, want a register metrics error", err)
 	}
+}
+
+// TestPendingBinds_gauge: the pending recordings gauge follows the
+// containers waiting for their container ID update, through start, the
+// DEL's cancel and the end of the recording, including a canceled
+// recording that ends after another container of the same pod started.
+func TestPendingBinds_gauge(t *testing.T) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "pending", Help: "pending"})
+	p := pendingBinds{gauge: g}
+	expect := func(want float64) {
+		t.Helper()
+		if got := testutil.ToFloat64(g); got != want {
+			t.Fatalf("gauge = %v, want %v", got, want)
+		}
+	}
+	expect(0)
+	doneA := p.start(&pendingBind{pod: "ns/a", uid: "ua"}, "a")
+	doneB := p.start(&pendingBind{pod: "ns/b", uid: "ub"}, "b")
+	expect(2)
+	if p.cancel("a") == nil {
+		t.Fatal("cancel found nothing pending for a")
+	}
+	expect(1)
+	doneA() // the canceled recording's goroutine ends
+	expect(1)
+	if p.cancel("a") != nil {
+		t.Fatal("a canceled twice")
+	}
+	doneA2 := p.start(&pendingBind{pod: "ns/b", uid: "ub"}, "b2")
+	expect(2)
+	doneB()
+	doneA2()
+	expect(0)
 }

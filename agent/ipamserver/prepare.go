@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -103,6 +104,15 @@ type pendingBinds struct {
 	// sem bounds the recordings in flight: under a burst of ADDs they
 	// queue here, where a DEL cancels them before any write.
 	sem chan struct{}
+	// gauge, when set, follows len(m).
+	gauge prometheus.Gauge
+}
+
+// changed updates the gauge; p.mu is held.
+func (p *pendingBinds) changed() {
+	if p.gauge != nil {
+		p.gauge.Set(float64(len(p.m)))
+	}
 }
 
 // bindWorkers is how many containers are recorded on their claims at once.
@@ -126,12 +136,14 @@ func (p *pendingBinds) start(b *pendingBind, containerID string) (done func()) {
 		p.m = map[string]*pendingBind{}
 	}
 	p.m[containerID] = b
+	p.changed()
 	p.mu.Unlock()
 	p.wg.Add(1)
 	return func() {
 		p.mu.Lock()
 		if p.m[containerID] == b {
 			delete(p.m, containerID)
+			p.changed()
 		}
 		p.mu.Unlock()
 		close(b.done)
@@ -145,6 +157,7 @@ func (p *pendingBinds) cancel(containerID string) *pendingBind {
 	p.mu.Lock()
 	b := p.m[containerID]
 	delete(p.m, containerID)
+	p.changed()
 	p.mu.Unlock()
 	if b != nil {
 		b.canceled.Store(true)

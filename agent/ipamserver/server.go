@@ -163,7 +163,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("ipam server: %w", err)
 	}
 	return &Server{cfg: cfg, alloc: alloc, metrics: m, recent: map[string]time.Time{}, bg: context.Background(),
-		binds: pendingBinds{sem: make(chan struct{}, bindWorkers)}}, nil
+		binds: pendingBinds{sem: make(chan struct{}, bindWorkers), gauge: m.recordsPending}}, nil
 }
 
 // errNotSynced is why the socket is not served while the cache syncs.

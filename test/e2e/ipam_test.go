@@ -515,10 +515,26 @@ func TestIPAM_Prepared(t *testing.T) {
 	createDeployment(ctx, t, ns, a)
 	pods := readyPods(ctx, t, ns, a.name, 2, nil)
 	checkClaims(ctx, t, ns, pods)
-	used := metricValue(t, agentMetrics(ctx, t, agent), `berth_ipam_prepared_total{result="used"}`) - before
+	metrics := agentMetrics(ctx, t, agent)
+	used := metricValue(t, metrics, `berth_ipam_prepared_total{result="used"}`) - before
 	t.Logf("ADDs that found their pod's address prepared: %v of 2", used)
 	if used < 1 {
 		t.Errorf("no ADD of the 2 pods found its address prepared (berth_ipam_prepared_total{result=\"used\"} +%v)\n%s", used, agentLogs(ctx, t, agent))
+	}
+	// Both claims record their container now (checkClaims), so the gauge
+	// of pending recordings drops to 0 (pods of other tests may still be
+	// starting: wait for it).
+	const pending = "berth_ipam_prepared_container_records_pending"
+	if !strings.Contains(metrics, "\n"+pending+" ") {
+		t.Fatalf("the agent does not export %s", pending)
+	}
+	var v float64
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		v = metricValue(t, agentMetrics(ctx, t, agent), pending)
+		return v == 0, nil
+	})
+	if err != nil {
+		t.Errorf("%s = %v 30 s after the claims recorded their containers, want 0\n%s", pending, v, agentLogs(ctx, t, agent))
 	}
 }
 
