@@ -85,7 +85,7 @@ func run() error {
 		"plugins to run ("+preparedPlugin+": berth-ipam for pods scheduled to the node first; other berth-ipam* names another build of berth-ipam in -bin)")
 	flag.IntVar(&o.scale, "claims", 20000, "existing claims for the scale run (0: skip)")
 	flag.IntVar(&o.floor, "floor", 0, "first time this many serial creates, updates and deletes of IPClaims through a plain client (0: skip)")
-	flag.Float64Var(&o.agentQPS, "agent-qps", -1, "QPS of the agent's API client: -1 none, as ctrl.GetConfig sets it for berth-agent in a pod; 0 client-go's default (5 QPS, burst 10, per resource), as berth-agent --kubeconfig gets it")
+	flag.Float64Var(&o.agentQPS, "agent-qps", -1, "QPS of the agent's API client: -1 none, as ctrl.GetConfig sets it for berth-agent in a pod; 0 client-go's default (5 QPS, burst 10, per resource), which a client made from a kubeconfig file gets unless it sets its own")
 	flag.StringVar(&o.apiProfile, "apiserver-cpuprofile", "", "write a CPU profile of kube-apiserver over the first -apiserver-cpuprofile-seconds of the plugin rounds")
 	flag.IntVar(&o.apiProfileSeconds, "apiserver-cpuprofile-seconds", 10, "length of the kube-apiserver CPU profile")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the agent process (berth-agent's IPAM server) over the plugin rounds")
