@@ -3,12 +3,17 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -202,4 +207,52 @@ func agentMetrics(ctx context.Context, t *testing.T, pod *corev1.Pod) string {
 		t.Fatalf("GET %s: %s, %v", url, resp.Status, err)
 	}
 	return string(b)
+}
+
+// killContainer sends SIGKILL to the main process of the pod's container
+// on this host, found by the container ID in its cgroup, so that only that
+// container dies (not every process of the same name on the host).
+func killContainer(t *testing.T, pod *corev1.Pod, container string) {
+	t.Helper()
+	var id string
+	for _, s := range pod.Status.ContainerStatuses {
+		if s.Name == container {
+			_, id, _ = strings.Cut(s.ContainerID, "://")
+		}
+	}
+	if id == "" {
+		t.Fatalf("pod %s has no running container %s", pod.Name, container)
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cg, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup"))
+		if err != nil || !strings.Contains(string(cg), id) {
+			continue
+		}
+		// The container's first process: its parent (the shim) is not in
+		// the container's cgroup.
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		ppid, _ := strconv.Atoi(f[1])
+		pcg, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(ppid), "cgroup"))
+		if strings.Contains(string(pcg), id) {
+			continue
+		}
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill %s/%s (pid %d): %v", pod.Name, container, pid, err)
+		}
+		t.Logf("killed %s/%s (pid %d)", pod.Name, container, pid)
+		return
+	}
+	t.Fatalf("no process of container %s (%s) on this host", container, id)
 }

@@ -411,9 +411,7 @@ func TestIPAM_AgentKilledMidAllocation(t *testing.T) {
 		t.Fatalf("no claim of the burst appeared:\n%s", describe(ns, "pods"))
 	}
 	expectAgentRestart(t, agent)
-	if _, err := run(ctx, "pkill", "-KILL", "-x", "berth-agent"); err != nil {
-		t.Fatalf("kill the agent: %v", err)
-	}
+	killContainer(t, agent, "berth-agent")
 	claims, _ := claimsOf(ctx, ns)
 	t.Logf("killed the agent with %d claims of %d pods committed", len(claims), a.replicas)
 
