@@ -566,8 +566,8 @@ func (a *Allocator) release(ctx context.Context, name string, holds func(*v1alph
 		}
 		var ttl time.Duration
 		retain := c.Spec.App != nil
-		if p, err := a.cfg.Store.Pool(c.Spec.Pool); err != nil {
-			retain = false // pool gone: nothing to keep the address for
+		if p, err := a.cfg.Store.Pool(c.Spec.Pool); err != nil || p.DeletionTimestamp != nil {
+			retain = false // pool gone or going: nothing to keep the address for
 		} else if pool, err := a.pools.get(p); err != nil || !pool.Retain {
 			retain = false
 		} else {

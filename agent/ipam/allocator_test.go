@@ -31,6 +31,13 @@ func pool(name, cidr string, mod ...func(*v1alpha1.IPPool)) *v1alpha1.IPPool {
 	return p
 }
 
+// deleting marks a pool as being deleted (berth-controller's finalizer
+// keeps it).
+func deleting(p *v1alpha1.IPPool) {
+	p.DeletionTimestamp = &metav1.Time{Time: t0}
+	p.Finalizers = []string{v1alpha1.FinalizerPoolInUse}
+}
+
 type env struct {
 	t     *testing.T
 	store *ipamtest.Store
@@ -319,6 +326,8 @@ func TestAllocator_Allocate_errors(t *testing.T) {
 			p.Spec.PodSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}
 		})}, ann: map[string]string{v1alpha1.AnnotationPool: "db"},
 			want: "pod ns/x, pool db: the pool may not be used by this pod: the pod's labels do not match its podSelector app=db", kind: ipam.ErrForbidden},
+		{name: "pool being deleted", pools: []*v1alpha1.IPPool{pool("old", "10.0.0.0/24", deleting)}, ann: map[string]string{v1alpha1.AnnotationPool: "old"},
+			want: "pod ns/x, pool old: the pool may not be used by this pod: it is being deleted (it goes once the pods holding its addresses have released them)", kind: ipam.ErrForbidden},
 		{name: "no pool admits the pod", pools: []*v1alpha1.IPPool{pool("db", "10.0.0.0/24", func(p *v1alpha1.IPPool) {
 			p.Spec.PodSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}
 		})}, want: "pod ns/x: no IPPool admits the pod (of 1 pools) and no berth.io/ippool annotation names one", kind: ipam.ErrNoPool},
@@ -429,6 +438,22 @@ func TestAllocator_Allocate_pools(t *testing.T) {
 		}
 		if e.states()[ip] != v1alpha1.ClaimBound {
 			t.Fatalf("claim %s: %v, want still Bound to sandbox-2", ip, e.states())
+		}
+	})
+	t.Run("a pool being deleted is not chosen", func(t *testing.T) {
+		e := newEnv(t, pool("a-old", "10.0.0.0/24", deleting), pool("b", "10.1.0.0/24"))
+		if got := e.mustAdd(e.pod("x", "", "", nil)); !strings.HasPrefix(got, "10.1.0.") {
+			t.Fatalf("got %s, want an address of pool b (a-old is being deleted)", got)
+		}
+	})
+	t.Run("DEL in a pool being deleted frees the address instead of reserving it", func(t *testing.T) {
+		e := newEnv(t, pool("p", "10.0.0.0/24"))
+		p := e.pod("web-5d8f-a", "ReplicaSet", "web-5d8f", nil)
+		e.mustAdd(p)
+		e.store.AddPool(pool("p", "10.0.0.0/24", deleting))
+		e.del(p)
+		if n := len(e.store.Claims()); n != 0 {
+			t.Fatalf("%d claims left: %v; the pool's deletion waits for none of them", n, e.states())
 		}
 	})
 	t.Run("reservation records the TTL", func(t *testing.T) {

@@ -166,6 +166,9 @@ func splitPools(v string) ([]string, error) {
 
 // admits returns why the pool's selectors reject the pod, or "".
 func admits(p *v1alpha1.IPPool, pod *corev1.Pod, ns *corev1.Namespace) string {
+	if p.DeletionTimestamp != nil {
+		return "it is being deleted (it goes once the pods holding its addresses have released them)"
+	}
 	if sel := p.Spec.NamespaceSelector; sel != nil {
 		s, err := metav1.LabelSelectorAsSelector(sel)
 		if err != nil {

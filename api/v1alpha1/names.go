@@ -28,6 +28,11 @@ const (
 	LabelNode = "berth.io/node"
 	// LabelPodUID on an IPClaim is the UID of its pod.
 	LabelPodUID = "berth.io/pod-uid"
+
+	// FinalizerPoolInUse keeps an IPPool that is being deleted, and so its
+	// addresses (no other pool may overlap them), until none of its claims
+	// is Bound or Releasing. berth-controller adds it and removes it.
+	FinalizerPoolInUse = "berth.io/pool-in-use"
 )
 
 // ClaimName is the name of the IPClaim of addr in pool: the pool's name, a

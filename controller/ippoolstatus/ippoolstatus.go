@@ -1,17 +1,23 @@
 // Package ippoolstatus keeps each IPPool's status: its size and how many
 // addresses are bound, reserved and free, and the Ready and Exhausted
-// conditions.
+// conditions. It also holds a pool that is being deleted (finalizer
+// v1alpha1.FinalizerPoolInUse) until no pod holds an address of it, so
+// that no other pool hands those addresses out meanwhile.
 package ippoolstatus
 
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -28,9 +34,10 @@ const (
 	ConditionExhausted = "Exhausted"
 )
 
-// +kubebuilder:rbac:groups=berth.io,resources=ippools,verbs=get;list;watch
+// +kubebuilder:rbac:groups=berth.io,resources=ippools,verbs=get;list;watch;update
 // +kubebuilder:rbac:groups=berth.io,resources=ippools/status,verbs=get;update
-// +kubebuilder:rbac:groups=berth.io,resources=ipclaims,verbs=get;list;watch
+// +kubebuilder:rbac:groups=berth.io,resources=ippools/finalizers,verbs=update
+// +kubebuilder:rbac:groups=berth.io,resources=ipclaims,verbs=get;list;watch;delete
 
 // Reconciler counts a pool's claims into its status.
 type Reconciler struct {
@@ -84,6 +91,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	var p v1alpha1.IPPool
 	if err := r.Get(ctx, req.NamespacedName, &p); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	if p.DeletionTimestamp == nil && controllerutil.AddFinalizer(&p, v1alpha1.FinalizerPoolInUse) {
+		if err := r.Update(ctx, &p); err != nil {
+			return reconcile.Result{}, fmt.Errorf("pool %s: add finalizer: %w", p.Name, err)
+		}
 	}
 	st := p.Status.DeepCopy()
 	st.ObservedGeneration = p.Generation
@@ -139,10 +151,61 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 	}
 	meta.SetStatusCondition(&st.Conditions, exhausted)
-	// 4. Write it if it changed.
+	// 4. A pool being deleted goes once no pod holds an address of it.
+	if p.DeletionTimestamp != nil {
+		held, err := r.release(ctx, claims.Items)
+		if err != nil {
+			return reconcile.Result{}, fmt.Errorf("pool %s: %w", p.Name, err)
+		}
+		if len(held) == 0 {
+			if controllerutil.RemoveFinalizer(&p, v1alpha1.FinalizerPoolInUse) {
+				if err := r.Update(ctx, &p); err != nil && !apierrors.IsNotFound(err) {
+					return reconcile.Result{}, fmt.Errorf("pool %s: remove finalizer: %w", p.Name, err)
+				}
+			}
+			return reconcile.Result{}, nil
+		}
+		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse,
+			Reason: "Deleting", Message: deletingMessage(held), ObservedGeneration: p.Generation})
+		st.Reserved, st.Free = 0, max(0, st.Size-st.Bound)
+	}
+	// 5. Write it if it changed.
 	if equality.Semantic.DeepEqual(st, &p.Status) {
 		return reconcile.Result{}, nil
 	}
 	p.Status = *st
 	return reconcile.Result{}, r.Status().Update(ctx, &p)
+}
+
+// release deletes the Reserved claims of a pool being deleted (nobody is
+// to get those addresses back) and returns the claims pods still hold.
+func (r *Reconciler) release(ctx context.Context, claims []v1alpha1.IPClaim) ([]v1alpha1.IPClaim, error) {
+	var held []v1alpha1.IPClaim
+	for i := range claims {
+		c := &claims[i]
+		if c.Spec.State != v1alpha1.ClaimReserved {
+			held = append(held, *c)
+			continue
+		}
+		// At the resourceVersion read: an agent that took the address back
+		// meanwhile wins, and the claim counts as held on the next pass.
+		rv := c.ResourceVersion
+		if err := r.Delete(ctx, c, client.Preconditions{ResourceVersion: &rv}); err != nil && !apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("delete reserved claim %s: %w", c.Name, err)
+		}
+	}
+	return held, nil
+}
+
+// deletingMessage names the pods that keep a pool being deleted.
+func deletingMessage(held []v1alpha1.IPClaim) string {
+	const show = 5
+	var names []string
+	for _, c := range held[:min(len(held), show)] {
+		names = append(names, fmt.Sprintf("%s (pod %s/%s)", c.Spec.Address, c.Spec.Pod.Namespace, c.Spec.Pod.Name))
+	}
+	if len(held) > show {
+		names = append(names, fmt.Sprintf("and %d more", len(held)-show))
+	}
+	return fmt.Sprintf("being deleted: it goes once its pods release their addresses; %d still held: %s", len(held), strings.Join(names, ", "))
 }

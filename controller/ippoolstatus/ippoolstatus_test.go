@@ -3,10 +3,12 @@ package ippoolstatus_test
 import (
 	"context"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -72,8 +74,42 @@ func TestReconciler_Reconcile(t *testing.T) {
 	waitPool(ctx, t, c, "small", func(p *v1alpha1.IPPool) bool {
 		return meta.IsStatusConditionTrue(p.Status.Conditions, ippoolstatus.ConditionReady)
 	})
-	if err := c.Delete(ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "small"}}); err != nil {
+	// Deleting "small" while a pod holds 10.6.0.1: its reservation of
+	// 10.6.0.2 goes, the pool stays (and keeps its addresses from z-late)
+	// until the pod releases 10.6.0.1.
+	var small v1alpha1.IPPool
+	if err := c.Get(ctx, client.ObjectKey{Name: "small"}, &small); err != nil {
 		t.Fatal(err)
+	}
+	if !slices.Contains(small.Finalizers, v1alpha1.FinalizerPoolInUse) {
+		t.Fatalf("pool small has finalizers %v, want %s", small.Finalizers, v1alpha1.FinalizerPoolInUse)
+	}
+	if err := c.Delete(ctx, &small); err != nil {
+		t.Fatal(err)
+	}
+	waitPool(ctx, t, c, "small", func(p *v1alpha1.IPPool) bool {
+		cond := meta.FindStatusCondition(p.Status.Conditions, ippoolstatus.ConditionReady)
+		return p.DeletionTimestamp != nil && cond != nil && cond.Status == metav1.ConditionFalse && cond.Reason == "Deleting" &&
+			cond.Message == "being deleted: it goes once its pods release their addresses; 1 still held: 10.6.0.1 (pod n/p)" &&
+			p.Status.Bound == 1 && p.Status.Reserved == 0
+	})
+	if err := c.Get(ctx, client.ObjectKey{Name: "small-10.6.0.2"}, &v1alpha1.IPClaim{}); !apierrors.IsNotFound(err) {
+		t.Errorf("reserved claim of the pool being deleted: %v, want it deleted", err)
+	}
+	waitPool(ctx, t, c, "z-late", func(p *v1alpha1.IPPool) bool {
+		cond := meta.FindStatusCondition(p.Status.Conditions, ippoolstatus.ConditionReady)
+		return cond != nil && cond.Reason == "Overlaps"
+	})
+	// The pod's DEL releases it (the pool being deleted: the claim goes).
+	if err := c.Delete(ctx, &v1alpha1.IPClaim{ObjectMeta: metav1.ObjectMeta{Name: "small-10.6.0.1"}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for err := c.Get(ctx, client.ObjectKey{Name: "small"}, &small); !apierrors.IsNotFound(err); err = c.Get(ctx, client.ObjectKey{Name: "small"}, &small) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pool small still there 20s after its last claim went: %v, finalizers %v, status %+v", err, small.Finalizers, small.Status)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	waitPool(ctx, t, c, "z-late", func(p *v1alpha1.IPPool) bool {
 		return meta.IsStatusConditionTrue(p.Status.Conditions, ippoolstatus.ConditionReady)

@@ -13,6 +13,8 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -467,28 +469,7 @@ func TestIPAM_BadInput(t *testing.T) {
 			if _, err := client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 				t.Fatalf("create pod: %v", err)
 			}
-			want := fmt.Sprintf("pod %s/%s", ns, pod.Name)
-			var msg string
-			err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-				evs, err := client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
-				if err != nil {
-					return false, nil
-				}
-				for _, e := range evs.Items {
-					if e.Reason == "FailedCreatePodSandBox" && strings.Contains(e.Message, tc.want) {
-						msg = e.Message
-						return true, nil
-					}
-				}
-				return false, nil
-			})
-			if err != nil {
-				t.Fatalf("no FailedCreatePodSandBox event with %q:\n%s", tc.want, describe(ns, "pod/"+pod.Name))
-			}
-			t.Logf("event: %s", msg)
-			if !strings.Contains(msg, want) || !strings.Contains(msg, `plugin type="bridge"`) {
-				t.Errorf("the event does not name %s and the bridge/berth-ipam plugin: %s", want, msg)
-			}
+			sandboxFailed(ctx, t, ns, pod.Name, tc.want)
 			if p, err := client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{}); err != nil || !containerCreating(p) {
 				t.Errorf("pod is not ContainerCreating: %v", err)
 			}
@@ -498,6 +479,107 @@ func TestIPAM_BadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// sandboxFailed waits for the FailedCreatePodSandBox event of pod ns/name
+// holding want, and checks that it names the pod and the plugin.
+func sandboxFailed(ctx context.Context, t *testing.T, ns, name, want string) {
+	t.Helper()
+	var msg string
+	err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		evs, err := client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + name})
+		if err != nil {
+			return false, nil
+		}
+		for _, e := range evs.Items {
+			if e.Reason == "FailedCreatePodSandBox" && strings.Contains(e.Message, want) {
+				msg = e.Message
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("no FailedCreatePodSandBox event with %q:\n%s", want, describe(ns, "pod/"+name))
+	}
+	t.Logf("event: %s", msg)
+	if pod := fmt.Sprintf("pod %s/%s", ns, name); !strings.Contains(msg, pod) || !strings.Contains(msg, `plugin type="bridge"`) {
+		t.Errorf("the event does not name %s and the bridge/berth-ipam plugin: %s", pod, msg)
+	}
+}
+
+// TestIPAM_PoolDeletion: a pool deleted while a pod holds one of its
+// addresses stays (berth-controller's finalizer, condition Deleting naming
+// the pod) and refuses new pods, and goes once that pod is gone.
+func TestIPAM_PoolDeletion(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	// The addresses deploy/local leaves for tests (10.244.0.240/28), on
+	// the node's bridge subnet.
+	const name = "e2e-deleted"
+	pool := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1alpha1.IPPoolSpec{
+		CIDR: "10.244.0.0/24", Gateway: "10.244.0.1", IncludeRanges: []string{"10.244.0.240/30"},
+		Routes: []v1alpha1.Route{{Destination: "0.0.0.0/0"}}}}
+	if err := berth.Create(ctx, pool); err != nil {
+		t.Fatalf("create pool: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = berth.Delete(ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name}})
+	})
+	waitPoolState := func(what string, ok func(p *v1alpha1.IPPool, err error) bool) *v1alpha1.IPPool {
+		t.Helper()
+		var p v1alpha1.IPPool
+		var err error
+		if werr := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			err = berth.Get(ctx, crclient.ObjectKey{Name: name}, &p)
+			return ok(&p, err), nil
+		}); werr != nil {
+			t.Fatalf("pool %s: %s: not within 1m (get: %v; finalizers %v; status %+v)", name, what, err, p.Finalizers, p.Status)
+		}
+		return &p
+	}
+	waitPoolState("ready, with berth-controller's finalizer", func(p *v1alpha1.IPPool, err error) bool {
+		return err == nil && slices.Contains(p.Finalizers, v1alpha1.FinalizerPoolInUse) &&
+			meta.IsStatusConditionTrue(p.Status.Conditions, "Ready")
+	})
+
+	ns := namespace(t, "e2e-ipam-pool-deletion")
+	holder := testPod("holder", nil, "sleep", "3600")
+	holder.Annotations = map[string]string{v1alpha1.AnnotationPool: name}
+	holder = createPodReady(t, ns, holder)
+	if !strings.HasPrefix(holder.Status.PodIP, "10.244.0.24") {
+		t.Fatalf("pod %s got %s, want an address of pool %s (10.244.0.240/30)", holder.Name, holder.Status.PodIP, name)
+	}
+
+	if err := berth.Delete(ctx, pool); err != nil {
+		t.Fatalf("delete pool: %v", err)
+	}
+	p := waitPoolState("held by the pod, condition Deleting", func(p *v1alpha1.IPPool, err error) bool {
+		cond := meta.FindStatusCondition(p.Status.Conditions, "Ready")
+		return err == nil && p.DeletionTimestamp != nil && cond != nil && cond.Reason == "Deleting"
+	})
+	cond := meta.FindStatusCondition(p.Status.Conditions, "Ready")
+	t.Logf("pool %s: %s", name, cond.Message)
+	if want := fmt.Sprintf("%s (pod %s/holder)", holder.Status.PodIP, ns); !strings.Contains(cond.Message, want) {
+		t.Errorf("condition message %q does not name %s", cond.Message, want)
+	}
+
+	late := testPod("late", nil, "sleep", "3600")
+	late.Annotations = map[string]string{v1alpha1.AnnotationPool: name}
+	if _, err := client.CoreV1().Pods(ns).Create(ctx, late, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create pod: %v", err)
+	}
+	sandboxFailed(ctx, t, ns, late.Name, "pool "+name+": the pool may not be used by this pod: it is being deleted")
+
+	zero := int64(0)
+	if err := client.CoreV1().Pods(ns).Delete(ctx, holder.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatalf("delete pod: %v", err)
+	}
+	waitPoolState("gone once the pod released its address", func(_ *v1alpha1.IPPool, err error) bool {
+		return apierrors.IsNotFound(err)
+	})
 }
 
 // TestIPAM_Prepared: the agent allocates a scheduled pod's address before
