@@ -347,6 +347,15 @@ func (a *Allocator) fresh(ctx context.Context, req Request, pod *corev1.Pod, poo
 		} else if !errors.Is(err, ErrNotFound) {
 			return Allocation{}, fmt.Errorf("claim %s: %w", name, err)
 		}
+		// Claimed in another pool: one being deleted, or whose ranges
+		// were narrowed under its pods (overlapping live pools are refused
+		// before this).
+		if others, err := a.cfg.Store.ClaimsOfAddress(addr.String()); err != nil {
+			return Allocation{}, fmt.Errorf("claims of %s: %w", addr, err)
+		} else if len(others) > 0 {
+			taken++
+			continue
+		}
 		c := &v1alpha1.IPClaim{
 			ObjectMeta: metav1.ObjectMeta{Name: name},
 			Spec:       v1alpha1.IPClaimSpec{Pool: pool.Name, Address: addr.String()},

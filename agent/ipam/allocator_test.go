@@ -456,6 +456,25 @@ func TestAllocator_Allocate_pools(t *testing.T) {
 			t.Fatalf("%d claims left: %v; the pool's deletion waits for none of them", n, e.states())
 		}
 	})
+	t.Run("an address claimed in another pool is not handed out", func(t *testing.T) {
+		// Pool "old" (gone, or narrowed to exclude it) had given 10.0.0.1
+		// to a pod that still runs; "new" covers the same addresses.
+		e := newEnv(t, pool("new", "10.0.0.0/30"))
+		e.store.PutClaim(&v1alpha1.IPClaim{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.ClaimName("old", netip.MustParseAddr("10.0.0.1"))},
+			Spec: v1alpha1.IPClaimSpec{Pool: "old", Address: "10.0.0.1", State: v1alpha1.ClaimBound,
+				Pod: v1alpha1.PodRef{Namespace: "ns", Name: "holder", UID: "uid-holder"}}})
+		for i := range 4 { // from several start points
+			p := e.pod(fmt.Sprintf("x%d", i), "", "", nil)
+			if got := e.mustAdd(p); got != "10.0.0.2" {
+				t.Fatalf("ADD %d got %s, want 10.0.0.2 (10.0.0.1 is pod ns/holder's in pool old)", i, got)
+			}
+			e.del(p)
+		}
+		e.mustAdd(e.pod("y", "", "", nil))
+		if _, err := e.add(e.pod("z", "", "", nil)); !errors.Is(err, ipam.ErrExhausted) {
+			t.Fatalf("err = %v, want exhausted: 10.0.0.1 is still held", err)
+		}
+	})
 	t.Run("reservation records the TTL", func(t *testing.T) {
 		e := newEnv(t, pool("p", "10.0.0.0/24", func(p *v1alpha1.IPPool) { p.Spec.ReservationTTL = &metav1.Duration{Duration: time.Hour} }))
 		p := e.pod("web-5d8f-a", "ReplicaSet", "web-5d8f", nil)

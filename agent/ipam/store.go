@@ -46,6 +46,9 @@ type Store interface {
 	ClaimsOfPod(uid types.UID) ([]*v1alpha1.IPClaim, error)
 	// ClaimsOfNode lists the claims whose spec.node is node.
 	ClaimsOfNode(node string) ([]*v1alpha1.IPClaim, error)
+	// ClaimsOfAddress lists the claims whose spec.address is addr (as
+	// netip.Addr.String writes it), in any pool.
+	ClaimsOfAddress(addr string) ([]*v1alpha1.IPClaim, error)
 	// ReservedClaims lists the claims of pool in state Reserved (any app).
 	ReservedClaims(pool string) ([]*v1alpha1.IPClaim, error)
 

@@ -25,6 +25,7 @@ const (
 	indexContainer = "spec.containerID"
 	indexPodUID    = "spec.pod.uid"
 	indexNode      = "spec.node"
+	indexAddress   = "spec.address"
 	// indexReserved is the pool of a Reserved claim (none otherwise).
 	indexReserved = "berth.io/reserved-in-pool"
 )
@@ -45,6 +46,7 @@ var claimIndexes = map[string]func(*v1alpha1.IPClaim) string{
 	indexContainer: func(c *v1alpha1.IPClaim) string { return c.Spec.ContainerID },
 	indexPodUID:    func(c *v1alpha1.IPClaim) string { return string(c.Spec.Pod.UID) },
 	indexNode:      func(c *v1alpha1.IPClaim) string { return c.Spec.Node },
+	indexAddress:   func(c *v1alpha1.IPClaim) string { return c.Spec.Address },
 	indexReserved: func(c *v1alpha1.IPClaim) string {
 		if c.Spec.State != v1alpha1.ClaimReserved {
 			return ""
@@ -226,6 +228,11 @@ func (s *Store) ClaimsOfPod(uid types.UID) ([]*v1alpha1.IPClaim, error) {
 // ClaimsOfNode implements ipam.Store.
 func (s *Store) ClaimsOfNode(node string) ([]*v1alpha1.IPClaim, error) {
 	return s.list(indexNode, node, func(c *v1alpha1.IPClaim) bool { return c.Spec.Node == node })
+}
+
+// ClaimsOfAddress implements ipam.Store.
+func (s *Store) ClaimsOfAddress(addr string) ([]*v1alpha1.IPClaim, error) {
+	return s.list(indexAddress, addr, func(c *v1alpha1.IPClaim) bool { return c.Spec.Address == addr })
 }
 
 // ReservedClaims implements ipam.Store.

@@ -71,6 +71,12 @@ func TestStore_overlay(t *testing.T) {
 	if got := names(st.ReservedClaims("p")); len(got) != 0 {
 		t.Fatalf("ReservedClaims = %v", got)
 	}
+	if got := names(st.ClaimsOfAddress("10.0.0.1")); len(got) != 2 {
+		t.Fatalf("ClaimsOfAddress(10.0.0.1) = %v", got)
+	}
+	if got := names(st.ClaimsOfAddress("10.0.0.9")); len(got) != 0 {
+		t.Fatalf("ClaimsOfAddress(10.0.0.9) = %v", got)
+	}
 	a = a.DeepCopy()
 	a.Spec.ContainerID, a.Spec.State = "", v1alpha1.ClaimReserved
 	if err := st.Update(ctx, a); err != nil {

@@ -246,6 +246,10 @@ func (v *View) ClaimsOfNode(node string) ([]*v1alpha1.IPClaim, error) {
 	return v.filter(func(c *v1alpha1.IPClaim) bool { return c.Spec.Node == node }), nil
 }
 
+func (v *View) ClaimsOfAddress(addr string) ([]*v1alpha1.IPClaim, error) {
+	return v.filter(func(c *v1alpha1.IPClaim) bool { return c.Spec.Address == addr }), nil
+}
+
 func (v *View) ReservedClaims(pool string) ([]*v1alpha1.IPClaim, error) {
 	return v.filter(func(c *v1alpha1.IPClaim) bool {
 		return c.Spec.Pool == pool && c.Spec.State == v1alpha1.ClaimReserved
