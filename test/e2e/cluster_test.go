@@ -3,7 +3,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -22,6 +21,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/berth-io/berth/test/procstat"
 )
 
 func TestCluster_NodeReady(t *testing.T) {
@@ -238,11 +239,10 @@ func killContainer(t *testing.T, pod *corev1.Pod, container string) {
 		}
 		// The container's first process: its parent (the shim) is not in
 		// the container's cgroup.
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
+		f, err := procstat.Fields(pid)
+		if err != nil || len(f) < 2 {
 			continue
 		}
-		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
 		ppid, _ := strconv.Atoi(f[1])
 		pcg, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(ppid), "cgroup"))
 		if strings.Contains(string(pcg), id) {

@@ -46,6 +46,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/test/procstat"
 )
 
 func main() {
@@ -577,14 +578,9 @@ func procTimes(pids []int) []time.Duration {
 		if pid == 0 {
 			continue
 		}
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		// Fields after the command name (which may hold spaces): state is
-		// field 3, utime 14, stime 15; clock ticks of 1/100 s on Linux.
-		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-		if len(f) < 13 {
+		// utime and stime, in clock ticks of 1/100 s on Linux.
+		f, err := procstat.Fields(pid)
+		if err != nil || len(f) < 13 {
 			continue
 		}
 		u, _ := strconv.ParseInt(f[11], 10, 64)

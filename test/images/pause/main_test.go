@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/berth-io/berth/test/poll"
+	"github.com/berth-io/berth/test/procstat"
 )
 
 // The test binary runs as pause when this variable is set.
@@ -127,11 +127,6 @@ func TestReap(t *testing.T) {
 }
 
 func isZombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// The state follows the parenthesised command name.
-	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && i+2 < len(b) && b[i+2] == 'Z'
+	f, err := procstat.Fields(pid)
+	return err == nil && len(f) > 0 && f[0] == "Z"
 }
