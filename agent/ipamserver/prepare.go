@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -115,7 +116,8 @@ func (p *pendingBinds) changed() {
 	}
 }
 
-// bindWorkers is how many containers are recorded on their claims at once.
+// bindWorkers is how many containers are recorded on their claims at once
+// (a dual-stack one with its two writes in parallel).
 const bindWorkers = 4
 
 type pendingBind struct {
@@ -203,36 +205,44 @@ func (s *Server) bindLater(pod string, uid types.UID, containerID string, claims
 			return
 		}
 		start := time.Now()
-		backoff := wait.Backoff{Duration: 50 * time.Millisecond, Factor: 2, Cap: 5 * time.Second, Steps: 1 << 30}
+		// A dual-stack pod's two claims are recorded at once.
+		var wg sync.WaitGroup
 		for _, name := range claims {
-			for {
-				if b.canceled.Load() {
-					return
-				}
-				ctx, cancel := context.WithTimeout(s.bg, s.cfg.RequestTimeout)
-				err := s.alloc.BindContainer(ctx, name, uid, containerID)
-				cancel()
-				if err == nil {
-					break
-				}
-				if b.canceled.Load() {
-					return // the DEL released the claim under this write
-				}
-				if errors.Is(err, ipam.ErrNotPrepared) {
-					s.cfg.Logger.Warn("prepared claim changed before its container was recorded", "claim", name, "container_id", containerID, "err", err)
-					break
-				}
-				s.cfg.Logger.Warn("cannot record the container on its prepared claim; retrying", "claim", name, "container_id", containerID, "err", err)
-				select {
-				case <-s.bg.Done():
-					return
-				case <-time.After(backoff.Step()):
-				}
-			}
+			wg.Go(func() { s.bindClaim(b, name, uid, containerID) })
 		}
+		wg.Wait()
 		s.cfg.Logger.Debug("recorded the container on its prepared claims", "container_id", containerID, "claims", claims,
 			"duration_seconds", time.Since(start).Seconds())
 	}()
+}
+
+// bindClaim records containerID on one prepared claim for bindLater,
+// retrying with backoff until it is recorded, canceled or the server stops.
+func (s *Server) bindClaim(b *pendingBind, name string, uid types.UID, containerID string) {
+	backoff := wait.Backoff{Duration: 50 * time.Millisecond, Factor: 2, Cap: 5 * time.Second, Steps: 1 << 30}
+	for {
+		if b.canceled.Load() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(s.bg, s.cfg.RequestTimeout)
+		err := s.alloc.BindContainer(ctx, name, uid, containerID)
+		cancel()
+		switch {
+		case err == nil:
+			return
+		case b.canceled.Load():
+			return // the DEL released the claim under this write
+		case errors.Is(err, ipam.ErrNotPrepared):
+			s.cfg.Logger.Warn("prepared claim changed before its container was recorded", "claim", name, "container_id", containerID, "err", err)
+			return
+		}
+		s.cfg.Logger.Warn("cannot record the container on its prepared claim; retrying", "claim", name, "container_id", containerID, "err", err)
+		select {
+		case <-s.bg.Done():
+			return
+		case <-time.After(backoff.Step()):
+		}
+	}
 }
 
 // releasePending releases, for the container's DEL, the prepared claims
@@ -306,8 +316,13 @@ func (s *Server) learnPools(pools []string) {
 	}
 }
 
-// loadLearnedPools reads what learnPools kept, if anything.
-func (s *Server) loadLearnedPools() {
+// loadPools sets the pools to prepare from at start: those the CNI
+// configuration directory shows (it may have changed while the agent was
+// down), else those the last ADD on eth0 told before a restart.
+func (s *Server) loadPools() {
+	if s.poolsFromConfDir() {
+		return
+	}
 	data, err := os.ReadFile(s.learnedPoolsFile())
 	if err != nil {
 		return
@@ -316,6 +331,32 @@ func (s *Server) loadLearnedPools() {
 	if json.Unmarshal(data, &pools) == nil {
 		s.learned.Store(&pools)
 	}
+}
+
+// poolsFromConfDir takes the pools of the default network in CNIConfDir
+// if that network uses berth-ipam through this agent, and reports whether
+// it did. A new outcome is logged once.
+func (s *Server) poolsFromConfDir() bool {
+	if s.cfg.CNIConfDir == "" {
+		return false
+	}
+	s.confDir.Lock()
+	defer s.confDir.Unlock()
+	pools, err := defaultNetworkPools(s.cfg.CNIConfDir, s.cfg.SocketPath)
+	if err == nil {
+		s.learnPools(pools)
+		s.cfg.Logger.Info("preparing addresses from the pools of the CNI configuration", "dir", s.cfg.CNIConfDir, "pools", pools)
+		return true
+	}
+	if msg := err.Error(); msg != s.confDir.last {
+		s.confDir.last = msg
+		log := s.cfg.Logger.Warn
+		if errors.Is(err, errNotBerthIPAM) || errors.Is(err, fs.ErrNotExist) {
+			log = s.cfg.Logger.Info
+		}
+		log("cannot tell the pools of the CNI configuration yet; preparing addresses starts with the first ADD on "+PrepareInterface, "err", err)
+	}
+	return false
 }
 
 // preparer prepares the addresses of the pods scheduled to the node.
@@ -393,8 +434,11 @@ func (p *preparer) markDone(uid types.UID) {
 func (p *preparer) prepare(ctx context.Context, key types.NamespacedName) error {
 	s := p.s
 	pools := s.learned.Load()
+	if pools == nil && s.poolsFromConfDir() {
+		pools = s.learned.Load()
+	}
 	if pools == nil {
-		return nil // no ADD seen yet: which pools the CNI configuration names is unknown
+		return nil // which pools the CNI configuration names is unknown until an ADD on eth0
 	}
 	unlock := s.locks.lock(key.Namespace, key.Name)
 	defer unlock()

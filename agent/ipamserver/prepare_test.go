@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,10 +29,13 @@ import (
 // gatedStore holds every claim update until the gate is opened.
 type gatedStore struct {
 	ipam.Store
-	gate chan struct{}
+	gate    chan struct{}
+	waiting atomic.Int32 // updates held now
 }
 
 func (g *gatedStore) Update(ctx context.Context, c *v1alpha1.IPClaim) error {
+	g.waiting.Add(1)
+	defer g.waiting.Add(-1)
 	select {
 	case <-g.gate:
 	case <-ctx.Done():
@@ -195,4 +199,62 @@ func TestServer_prepare(t *testing.T) {
 	if cl := podClaims(t, c, fourth.UID); len(cl) != 1 || cl[0].Spec.ContainerID != "c-fourth" {
 		t.Fatalf("after a restart: %+v, want the claim to record c-fourth", cl)
 	}
+}
+
+// TestServer_prepareFromCNIConfDir: with CNIConfDir, a node prepares pods
+// before any ADD, from the pools of the default network's berth-ipam
+// section; a configuration whose default network is not berth-ipam's at
+// start is read again when a pod is scheduled (the runtime's installer may
+// write it after the agent started). A dual-stack pod's two claims record
+// its container with two writes at once.
+func TestServer_prepareFromCNIConfDir(t *testing.T) {
+	cfg, c := startAPI(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	mustCreate(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}})
+	mustCreate(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}})
+	mustCreate(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "q"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.21.0.0/24"}})
+	mustCreate(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "q6"}, Spec: v1alpha1.IPPoolSpec{CIDR: "fd00:21::/120"}})
+	st, ca := newNodeCache(t, ctx, cfg, c)
+	gated := &gatedStore{Store: st, gate: make(chan struct{})}
+	dir, confDir := t.TempDir(), t.TempDir()
+	srvCfg := ipamserver.Config{SocketPath: filepath.Join(dir, "ipam.sock"), QueueDir: filepath.Join(dir, "queue"),
+		AttachmentDir: filepath.Join(dir, "attachments"), Node: "n1", Store: gated, PodCache: ca, Prepare: true, CNIConfDir: confDir,
+		Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	write := func(name, conf string) {
+		if err := os.WriteFile(filepath.Join(confDir, name), []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("05-other.conflist", `{"cniVersion": "1.1.0", "name": "other", "plugins": [{"type": "bridge", "ipam": {"type": "host-local", "subnet": "10.1.0.0/24"}}]}`)
+	write("10-berth.conflist", `{"cniVersion": "1.1.0", "name": "berth", "plugins": [{"type": "bridge",
+  "ipam": {"type": "berth-ipam", "pools": ["q", "q6"], "socket": "`+srvCfg.SocketPath+`"}}]}`)
+	h := start(t, srvCfg) // the default network (05-other) is not berth-ipam's: nothing learned
+	if err := os.Remove(filepath.Join(confDir, "05-other.conflist")); err != nil {
+		t.Fatal(err)
+	}
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a"},
+		Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
+	mustCreate(t, c, p)
+	poll.Until(t, 30*time.Second, "the pod's two claims to be prepared with no ADD yet", func() bool { return len(podClaims(t, c, p.UID)) == 2 })
+	for _, cl := range podClaims(t, c, p.UID) {
+		if (cl.Spec.Pool != "q" && cl.Spec.Pool != "q6") || cl.Spec.ContainerID != "" {
+			t.Fatalf("prepared claim %+v, want one of pools q and q6 (the configuration's) with no container", cl.Spec)
+		}
+	}
+	if data, err := os.ReadFile(filepath.Join(srvCfg.AttachmentDir, "pools.learned")); err != nil || string(data) != `["q","q6"]` {
+		t.Fatalf("pools kept for the next start: %q, %v; want [\"q\",\"q6\"]", data, err)
+	}
+
+	r := h.call(protocol.CommandAdd, protocol.Request{ContainerID: "c-a", IfName: "eth0", Netns: "/var/run/netns/c-a",
+		PodNamespace: p.Namespace, PodName: p.Name, PodUID: string(p.UID), Pools: []string{"q", "q6"}})
+	if r.Error != nil || len(r.IPs) != 2 {
+		t.Fatalf("ADD (claim updates held): %+v, want the two prepared addresses", r)
+	}
+	poll.Until(t, 10*time.Second, "both container records to wait at the gate at once", func() bool { return gated.waiting.Load() == 2 })
+	close(gated.gate)
+	poll.Until(t, 30*time.Second, "both claims to record the container", func() bool {
+		cl := podClaims(t, c, p.UID)
+		return len(cl) == 2 && cl[0].Spec.ContainerID == "c-a" && cl[1].Spec.ContainerID == "c-a"
+	})
 }

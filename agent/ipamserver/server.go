@@ -60,9 +60,14 @@ type Config struct {
 	EarlyRelease bool
 	// Prepare, with PodCache, allocates a pod's addresses on eth0 as soon
 	// as it is scheduled to the node, before the runtime's ADD (which then
-	// makes no API write before it answers). It starts after the first ADD
-	// on eth0, which tells the pools the CNI configuration names.
+	// makes no API write before it answers). It allocates from the pools
+	// the CNI configuration names: those of the last ADD on eth0, else
+	// those CNIConfDir shows; with neither, it starts after the first ADD.
 	Prepare bool
+	// CNIConfDir is the runtime's CNI configuration directory as the agent
+	// sees it (read only). Prepare reads the pools of its default network
+	// there until an ADD on eth0 tells them. Empty: from ADDs only.
+	CNIConfDir string
 	// PrepareWorkers is how many pods are prepared at once. Default 4.
 	PrepareWorkers int
 	// PodCache is the informer cache whose pods early release and Prepare
@@ -103,7 +108,11 @@ type Server struct {
 	bg      context.Context
 	locks   podLocks
 	binds   pendingBinds
-	learned atomic.Pointer[[]string] // pools of the CNI configuration, from the last ADD on eth0
+	learned atomic.Pointer[[]string] // pools of the CNI configuration, from the last ADD on eth0 or CNIConfDir
+	confDir struct {
+		sync.Mutex
+		last string // the last error reading CNIConfDir, logged
+	}
 
 	mu       sync.Mutex
 	recent   map[string]time.Time // container ID -> ADD start
@@ -221,7 +230,7 @@ func (s *Server) Start(ctx context.Context) error {
 		}()
 	}
 	if s.cfg.Prepare {
-		s.loadLearnedPools()
+		s.loadPools()
 		go func() {
 			if err := s.runPreparer(ctx); err != nil {
 				s.cfg.Logger.Error("preparing addresses stopped", "err", err)

@@ -601,6 +601,13 @@ func TestIPAM_Prepared(t *testing.T) {
 	if used < 1 {
 		t.Errorf("no ADD of the 2 pods found its address prepared (berth_ipam_prepared_total{result=\"used\"} +%v)\n%s", used, agentLogs(ctx, t, agent))
 	}
+	// The agent knew the pools before any ADD, from the node's CNI
+	// configuration (/etc/cni/net.d/10-berth.conflist names "pods").
+	if logs := agentLogs(ctx, t, agent); !slices.ContainsFunc(strings.Split(logs, "\n"), func(l string) bool {
+		return strings.Contains(l, `msg="preparing addresses from the pools of the CNI configuration"`) && strings.Contains(l, "pools=[pods]")
+	}) {
+		t.Errorf("the agent did not read the pools of the CNI configuration at start\n%s", logs)
+	}
 	// Both claims record their container now (checkClaims), so the gauge
 	// of pending recordings drops to 0 (pods of other tests may still be
 	// starting: wait for it).

@@ -12,8 +12,9 @@ func TestParseFlags_ipam(t *testing.T) {
 		}
 		return ""
 	}
-	o, err := parseFlags([]string{"--ipam-socket=/run/berth/ipam.sock", "--ipam-early-release"}, env, io.Discard)
-	if err != nil || o.agent.IPAM == nil || o.agent.IPAM.SocketPath != "/run/berth/ipam.sock" || !o.agent.IPAM.EarlyRelease || !o.agent.IPAM.Prepare {
+	o, err := parseFlags([]string{"--ipam-socket=/run/berth/ipam.sock", "--ipam-early-release", "--ipam-cni-conf-dir=/host/etc/cni/net.d"}, env, io.Discard)
+	if err != nil || o.agent.IPAM == nil || o.agent.IPAM.SocketPath != "/run/berth/ipam.sock" || !o.agent.IPAM.EarlyRelease || !o.agent.IPAM.Prepare ||
+		o.agent.IPAM.CNIConfDir != "/host/etc/cni/net.d" {
 		t.Fatalf("parseFlags: %+v, %v", o.agent.IPAM, err)
 	}
 	if o, err := parseFlags([]string{"--ipam-socket=/run/berth/ipam.sock", "--ipam-prepare=false"}, env, io.Discard); err != nil || o.agent.IPAM.Prepare {
@@ -29,6 +30,8 @@ func TestParseFlags_ipam(t *testing.T) {
 		want string
 	}{
 		{"relative socket", []string{"--ipam-socket=ipam.sock"}, env, `--ipam-socket "ipam.sock": want an absolute path`},
+		{"relative CNI configuration directory", []string{"--ipam-socket=/run/berth/ipam.sock", "--ipam-cni-conf-dir=net.d"}, env,
+			`--ipam-cni-conf-dir "net.d": want an absolute path`},
 		{"no node name", []string{"--ipam-socket=/run/berth/ipam.sock"}, func(string) string { return "" },
 			"--ipam-socket needs --node-name (env NODE_NAME): claims record their node"},
 	} {

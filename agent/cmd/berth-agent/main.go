@@ -73,13 +73,14 @@ type options struct {
 // flag help are the defaults of their flags.
 func parseFlags(args []string, getenv func(string) string, output io.Writer) (options, error) {
 	var (
-		o          options
-		nriIndex   int
-		level      string
-		ipamSocket string
-		ipamEarly  bool
-		ipamPrep   bool
-		fileLogs   filelogs.Config
+		o           options
+		nriIndex    int
+		level       string
+		ipamSocket  string
+		ipamEarly   bool
+		ipamPrep    bool
+		ipamConfDir string
+		fileLogs    filelogs.Config
 	)
 	fs := flag.NewFlagSet("berth-agent", flag.ContinueOnError)
 	fs.SetOutput(output)
@@ -107,6 +108,8 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		"release the addresses of terminating pods annotated berth.io/ip-release: early before their teardown (needs CAP_NET_ADMIN, CAP_SYS_ADMIN and /var/run/netns)")
 	fs.BoolVar(&ipamPrep, "ipam-prepare", true,
 		"allocate a pod's addresses (eth0) as soon as it is scheduled to the node, so that the runtime's ADD makes no API write before it answers")
+	fs.StringVar(&ipamConfDir, "ipam-cni-conf-dir", "",
+		`the runtime's CNI configuration directory as mounted in the agent (read only), e.g. /host/etc/cni/net.d: --ipam-prepare takes the pools of its default network from there until the first ADD; "" waits for that ADD`)
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "",
 		"kubeconfig file; default: env KUBECONFIG, then in-cluster, then ~/.kube/config")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
@@ -129,7 +132,10 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		if o.agent.NodeName == "" {
 			return o, errors.New("--ipam-socket needs --node-name (env NODE_NAME): claims record their node")
 		}
-		o.agent.IPAM = &ipamserver.Config{SocketPath: ipamSocket, EarlyRelease: ipamEarly, Prepare: ipamPrep}
+		if ipamConfDir != "" && !filepath.IsAbs(ipamConfDir) {
+			return o, fmt.Errorf("--ipam-cni-conf-dir %q: want an absolute path", ipamConfDir)
+		}
+		o.agent.IPAM = &ipamserver.Config{SocketPath: ipamSocket, EarlyRelease: ipamEarly, Prepare: ipamPrep, CNIConfDir: ipamConfDir}
 	}
 	if fileLogs.Root != "" {
 		if !filepath.IsAbs(fileLogs.Root) || filepath.Clean(fileLogs.Root) != fileLogs.Root {
