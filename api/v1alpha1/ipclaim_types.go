@@ -131,7 +131,7 @@ type IPClaimStatus struct {
 // +kubebuilder:printcolumn:name="App",type=string,JSONPath=`.spec.app.name`
 // +kubebuilder:printcolumn:name="Pod",type=string,JSONPath=`.spec.pod.name`
 // +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.node`
-// +kubebuilder:printcolumn:name="Reserved-Until",type=date,JSONPath=`.spec.reservedUntil`,priority=1
+// +kubebuilder:printcolumn:name="Reserved-Until",type=string,JSONPath=`.spec.reservedUntil`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type IPClaim struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -302,6 +302,23 @@ func TestIPAM_Deployment(t *testing.T) {
 	if err != nil {
 		t.Fatalf("two addresses not reserved for the app after scaling to 1:\n%s", describe(ns, "pods"))
 	}
+	// kubectl shows when each reservation ends (a future time: a column of
+	// type date would print it as <invalid>).
+	out, err := kubectlRun(ctx, "get", "ipclaims", "-o", "wide", "--no-headers")
+	if err != nil {
+		t.Fatalf("kubectl get ipclaims -o wide: %v\n%s", err, out)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		// NAME POOL ADDRESS STATE APP POD NODE RESERVED-UNTIL AGE; an
+		// empty cell (RESERVED-UNTIL of a Bound claim) prints as spaces.
+		f := strings.Fields(line)
+		if len(f) < 4 || f[3] != string(v1alpha1.ClaimReserved) {
+			continue
+		}
+		if _, err := time.Parse(time.RFC3339, f[len(f)-2]); len(f) != 9 || err != nil {
+			t.Errorf("kubectl get ipclaims -o wide: reserved claim %q, want its RESERVED-UNTIL as an RFC 3339 time", line)
+		}
+	}
 	scaleDeployment(ctx, t, ns, a.name, 3)
 	third := readyPods(ctx, t, ns, a.name, 3, nil)
 	if got := ips(third); !slices.Equal(got, want) {
