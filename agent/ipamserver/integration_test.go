@@ -274,6 +274,15 @@ func TestStore_readYourWrites(t *testing.T) {
 		if got, _ := st.ReservedClaims("p"); len(got) != 1 || got[0].Name != cl.Name {
 			t.Fatalf("ReservedClaims right after Update: %d claims", len(got))
 		}
+		if i == 0 { // the update reset the claim's managedFields
+			var stored v1alpha1.IPClaim
+			if err := c.Get(ctx, client.ObjectKeyFromObject(cl), &stored); err != nil {
+				t.Fatal(err)
+			}
+			if len(stored.ManagedFields) != 0 {
+				t.Fatalf("managedFields after the store's update: %+v, want none", stored.ManagedFields)
+			}
+		}
 		if err := st.Update(ctx, cl); !errors.Is(err, ipam.ErrConflict) {
 			t.Fatalf("Update at a stale resourceVersion: %v, want ErrConflict", err)
 		}

@@ -63,6 +63,7 @@ func main() {
 
 type opts struct {
 	bins, crds, waCRDs string
+	rbac               string
 	adds               int
 	conc               []int
 	plugins            []string
@@ -79,7 +80,8 @@ func run() error {
 	var conc, plugins string
 	flag.StringVar(&o.bins, "bin", "", "directory with berth-ipam, host-local and whereabouts")
 	flag.StringVar(&o.crds, "crds", "deploy/base/crds", "Berth's CRDs")
-	flag.StringVar(&o.waCRDs, "whereabouts-crds", "", "Whereabouts' CRDs (doc/crds of its module)")
+	flag.StringVar(&o.waCRDs, "whereabouts-crds", "", "Whereabouts' CRDs (doc/crds of its module), and its RBAC (daemonset-install.yaml there)")
+	flag.StringVar(&o.rbac, "rbac", "deploy/base/rbac.yaml", "berth-agent's ClusterRole and binding, which the agent process runs with")
 	flag.IntVar(&o.adds, "adds", 128, "ADDs (then as many DELs) per plugin and concurrency")
 	flag.StringVar(&conc, "concurrency", "1,16,64", "concurrencies")
 	flag.StringVar(&plugins, "plugins", "host-local,berth-ipam,"+preparedPlugin+",whereabouts",
@@ -114,26 +116,11 @@ func run() error {
 	}
 	defer func() { _ = env.Stop() }()
 	cfg.QPS, cfg.Burst = -1, 0
-	user, err := env.AddUser(envtest.User{Name: "bench", Groups: []string{"system:masters"}}, cfg)
-	if err != nil {
-		return err
-	}
-	kc, err := user.KubeConfig()
-	if err != nil {
-		return err
-	}
 	work, err := os.MkdirTemp("", "ipambench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
-	if err := os.WriteFile(filepath.Join(work, "kubeconfig"), kc, 0o600); err != nil {
-		return err
-	}
-	waConf := filepath.Join(work, "whereabouts.conf")
-	if err := os.WriteFile(waConf, fmt.Appendf(nil, `{"datastore": "kubernetes", "kubernetes": {"kubeconfig": %q}}`, filepath.Join(work, "kubeconfig")), 0o600); err != nil {
-		return err
-	}
 
 	c, err := client.New(cfg, client.Options{Scheme: newScheme()})
 	if err != nil {
@@ -141,6 +128,27 @@ func run() error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// The agent and Whereabouts authenticate with ServiceAccount tokens
+	// and run under their own RBAC, as in a cluster.
+	agentKC, waKC := filepath.Join(work, "agent.kubeconfig"), filepath.Join(work, "whereabouts.kubeconfig")
+	if err := applyRBAC(ctx, c, o.rbac); err != nil {
+		return err
+	}
+	if err := serviceAccountKubeconfig(ctx, c, cfg, "berth-system", "berth-agent", agentKC); err != nil {
+		return err
+	}
+	if o.waCRDs != "" {
+		if err := applyRBAC(ctx, c, filepath.Join(o.waCRDs, "daemonset-install.yaml")); err != nil {
+			return err
+		}
+		if err := serviceAccountKubeconfig(ctx, c, cfg, "kube-system", "whereabouts", waKC); err != nil {
+			return err
+		}
+	}
+	waConf := filepath.Join(work, "whereabouts.conf")
+	if err := os.WriteFile(waConf, fmt.Appendf(nil, `{"datastore": "kubernetes", "kubernetes": {"kubeconfig": %q}}`, waKC), 0o600); err != nil {
+		return err
+	}
 	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "bench"}}); err != nil {
 		return err
 	}
@@ -165,7 +173,7 @@ func run() error {
 	}
 	defer os.RemoveAll(runPath)
 	sock := filepath.Join(runPath, "ipam.sock")
-	agent, err := startAgentProc(ctx, filepath.Join(work, "kubeconfig"), sock, o.agentQPS, o.cpuprofile)
+	agent, err := startAgentProc(ctx, agentKC, sock, o.agentQPS, o.cpuprofile)
 	if err != nil {
 		return err
 	}
@@ -620,19 +628,39 @@ func floor(ctx context.Context, c client.Client, n int) error {
 		rv := cl.ResourceVersion
 		return c.Delete(ctx, cl, client.Preconditions{ResourceVersion: &rv})
 	}
-	claims, bare, ignore := mk("floor-", true), mk("floor-bare-", false), mk("floor-ignore-", true)
+	// Two updates per claim, as a prepared pod's claim gets (its container
+	// ID, then its release), with and without the agent's managedFields
+	// reset.
+	updates := func(reset bool) [2]func(*v1alpha1.IPClaim) error {
+		up := func(change func(*v1alpha1.IPClaim)) func(*v1alpha1.IPClaim) error {
+			return func(cl *v1alpha1.IPClaim) error {
+				change(cl)
+				if reset {
+					cl.ManagedFields = []metav1.ManagedFieldsEntry{{}}
+				}
+				return c.Update(ctx, cl)
+			}
+		}
+		return [2]func(*v1alpha1.IPClaim) error{
+			up(func(cl *v1alpha1.IPClaim) { cl.Spec.ContainerID = strings.Repeat("f", 64) }),
+			up(func(cl *v1alpha1.IPClaim) { cl.Spec.State, cl.Spec.ContainerID = v1alpha1.ClaimReserved, "" }),
+		}
+	}
+	reset, kept := updates(true), updates(false)
+	claims, full, bare, ignore := mk("floor-", true), mk("floor-full-", true), mk("floor-bare-", false), mk("floor-ignore-", true)
 	ops := []struct {
 		name   string
 		claims []*v1alpha1.IPClaim
 		do     func(*v1alpha1.IPClaim) error
 	}{
 		{"create", claims, create()},
-		{"update (to Reserved)", claims, func(cl *v1alpha1.IPClaim) error {
-			cl.Spec.State = v1alpha1.ClaimReserved
-			cl.Spec.ContainerID = ""
-			return c.Update(ctx, cl)
-		}},
+		{"update (container ID; managedFields reset, as the agent sends it)", claims, reset[0]},
+		{"update again (to Reserved; reset)", claims, reset[1]},
 		{"delete (at its resourceVersion)", claims, del},
+		{"create", full, create()},
+		{"update (container ID; managedFields kept)", full, kept[0]},
+		{"update again (to Reserved; kept)", full, kept[1]},
+		{"delete", full, del},
 		{"create, no labels", bare, create()},
 		{"delete, no labels", bare, del},
 		{"create, fieldValidation=Ignore", ignore, create(client.FieldValidation("Ignore"))},
@@ -678,7 +706,12 @@ func floor(ctx context.Context, c client.Client, n int) error {
 	trimmed := cl.DeepCopy()
 	trimmed.ManagedFields = nil
 	without, _ := json.Marshal(trimmed)
-	fmt.Printf("\nA claim as the agent writes it is %d bytes of JSON, %d of them managedFields.\n\n", len(all), len(all)-len(without))
+	if err := reset[0](cl); err != nil {
+		return fmt.Errorf("floor: %w", err)
+	}
+	updated, _ := json.Marshal(cl)
+	fmt.Printf("\nA claim as the agent creates it is %d bytes of JSON, %d of them managedFields; after the agent's first update, %d bytes.\n\n",
+		len(all), len(all)-len(without), len(updated))
 	return del(cl)
 }
 
