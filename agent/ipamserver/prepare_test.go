@@ -54,6 +54,25 @@ func podClaims(t *testing.T, c client.Client, uid types.UID) []v1alpha1.IPClaim 
 	return l.Items
 }
 
+// prepareSetup starts an API server with namespace "ns" and the pools
+// (name: CIDR), and returns its client and the configuration of a server
+// of node n1 that prepares pods, over a store whose claim updates wait
+// for gated.gate; its files are in a new directory.
+func prepareSetup(t *testing.T, ctx context.Context, pools map[string]string) (client.Client, *gatedStore, ipamserver.Config) {
+	t.Helper()
+	cfg, c := startAPI(t)
+	mustCreate(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}})
+	for name, cidr := range pools {
+		mustCreate(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1alpha1.IPPoolSpec{CIDR: cidr}})
+	}
+	st, ca := newNodeCache(t, ctx, cfg, c)
+	gated := &gatedStore{Store: st, gate: make(chan struct{})}
+	dir := t.TempDir()
+	return c, gated, ipamserver.Config{SocketPath: filepath.Join(dir, "ipam.sock"), QueueDir: filepath.Join(dir, "queue"),
+		AttachmentDir: filepath.Join(dir, "attachments"), Node: "n1", Store: gated, PodCache: ca, Prepare: true,
+		Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+}
+
 // TestServer_prepare, against a real API server: once an ADD on eth0 has
 // shown the CNI configuration's pools, a pod scheduled to the node gets its
 // claim before any ADD; its ADD answers with that address while claim
@@ -64,18 +83,9 @@ func podClaims(t *testing.T, c client.Client, uid types.UID) []v1alpha1.IPClaim 
 // network elsewhere, and a restarted agent records the container an
 // earlier run answered for.
 func TestServer_prepare(t *testing.T) {
-	cfg, c := startAPI(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	mustCreate(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}})
-	mustCreate(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}})
-	mustCreate(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "q"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.21.0.0/24"}})
-	st, ca := newNodeCache(t, ctx, cfg, c)
-	gated := &gatedStore{Store: st, gate: make(chan struct{})}
-	dir := t.TempDir()
-	srvCfg := ipamserver.Config{SocketPath: filepath.Join(dir, "ipam.sock"), QueueDir: filepath.Join(dir, "queue"),
-		AttachmentDir: filepath.Join(dir, "attachments"), Node: "n1", Store: gated, PodCache: ca, Prepare: true,
-		Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	c, gated, srvCfg := prepareSetup(t, ctx, map[string]string{"p": "10.20.0.0/24", "q": "10.21.0.0/24"})
 	h := start(t, srvCfg)
 	newPod := func(name string, ann map[string]string) *corev1.Pod {
 		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Annotations: ann},
@@ -194,7 +204,7 @@ func TestServer_prepare(t *testing.T) {
 		t.Fatal(err)
 	}
 	again := srvCfg
-	again.SocketPath, again.Registerer = filepath.Join(dir, "again.sock"), prometheus.NewRegistry()
+	again.SocketPath, again.Registerer = filepath.Join(filepath.Dir(srvCfg.SocketPath), "again.sock"), prometheus.NewRegistry()
 	start(t, again)
 	if cl := podClaims(t, c, fourth.UID); len(cl) != 1 || cl[0].Spec.ContainerID != "c-fourth" {
 		t.Fatalf("after a restart: %+v, want the claim to record c-fourth", cl)
@@ -208,19 +218,11 @@ func TestServer_prepare(t *testing.T) {
 // write it after the agent started). A dual-stack pod's two claims record
 // its container with two writes at once.
 func TestServer_prepareFromCNIConfDir(t *testing.T) {
-	cfg, c := startAPI(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	mustCreate(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}})
-	mustCreate(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.20.0.0/24"}})
-	mustCreate(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "q"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.21.0.0/24"}})
-	mustCreate(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "q6"}, Spec: v1alpha1.IPPoolSpec{CIDR: "fd00:21::/120"}})
-	st, ca := newNodeCache(t, ctx, cfg, c)
-	gated := &gatedStore{Store: st, gate: make(chan struct{})}
-	dir, confDir := t.TempDir(), t.TempDir()
-	srvCfg := ipamserver.Config{SocketPath: filepath.Join(dir, "ipam.sock"), QueueDir: filepath.Join(dir, "queue"),
-		AttachmentDir: filepath.Join(dir, "attachments"), Node: "n1", Store: gated, PodCache: ca, Prepare: true, CNIConfDir: confDir,
-		Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	c, gated, srvCfg := prepareSetup(t, ctx, map[string]string{"p": "10.20.0.0/24", "q": "10.21.0.0/24", "q6": "fd00:21::/120"})
+	confDir := t.TempDir()
+	srvCfg.CNIConfDir = confDir
 	write := func(name, conf string) {
 		if err := os.WriteFile(filepath.Join(confDir, name), []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
