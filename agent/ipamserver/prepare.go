@@ -354,7 +354,7 @@ func (s *Server) poolsFromConfDir() bool {
 		if errors.Is(err, errNotBerthIPAM) || errors.Is(err, fs.ErrNotExist) {
 			log = s.cfg.Logger.Info
 		}
-		log("cannot tell the pools of the CNI configuration yet; preparing addresses starts with the first ADD on "+PrepareInterface, "err", err)
+		log("the CNI configuration directory does not tell the pools to prepare addresses from; they come from ADDs on "+PrepareInterface, "err", err)
 	}
 	return false
 }
