@@ -89,17 +89,17 @@ type IPPoolStatus struct {
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 	// Size is the number of addresses the pool can hand out.
 	// +optional
-	Size int64 `json:"size,omitempty"`
+	Size int64 `json:"size"`
 	// Bound is the number of addresses held by pods.
 	// +optional
-	Bound int64 `json:"bound,omitempty"`
+	Bound int64 `json:"bound"`
 	// Reserved is the number of addresses reserved for apps whose pods are
 	// gone (or releasing).
 	// +optional
-	Reserved int64 `json:"reserved,omitempty"`
+	Reserved int64 `json:"reserved"`
 	// Free is Size - Bound - Reserved.
 	// +optional
-	Free int64 `json:"free,omitempty"`
+	Free int64 `json:"free"`
 	// Conditions: Ready (the spec is valid and the pool can hand out
 	// addresses; False with reason InvalidSpec, or Overlaps when an older
 	// pool hands out some of the same addresses, which berth-ipam then
@@ -124,6 +124,8 @@ type IPPoolStatus struct {
 // +kubebuilder:printcolumn:name="Bound",type=integer,JSONPath=`.status.bound`
 // +kubebuilder:printcolumn:name="Reserved",type=integer,JSONPath=`.status.reserved`
 // +kubebuilder:printcolumn:name="Free",type=integer,JSONPath=`.status.free`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type IPPool struct {
 	metav1.TypeMeta   `json:",inline"`

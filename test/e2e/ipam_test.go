@@ -582,6 +582,11 @@ func TestIPAM_PoolDeletion(t *testing.T) {
 	if want := fmt.Sprintf("%s (pod %s/holder)", holder.Status.PodIP, ns); !strings.Contains(cond.Message, want) {
 		t.Errorf("condition message %q does not name %s", cond.Message, want)
 	}
+	// kubectl shows it: READY False, and with -o wide the reason.
+	if out, err := kubectlRun(ctx, "get", "ippool", name, "-o", "wide", "--no-headers"); err != nil ||
+		!slices.Contains(strings.Fields(out), "False") || !slices.Contains(strings.Fields(out), "Deleting") {
+		t.Errorf("kubectl get ippool %s -o wide: %q, %v; want READY False and REASON Deleting", name, out, err)
+	}
 
 	late := testPod("late", nil, "sleep", "3600")
 	late.Annotations = map[string]string{v1alpha1.AnnotationPool: name}
