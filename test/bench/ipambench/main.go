@@ -178,8 +178,8 @@ func run() error {
 		return err
 	}
 	defer agent.stop()
-	// One ADD shows the agent the CNI configuration's pools, as the first
-	// pod on a node does; until then it prepares nothing.
+	// The agent here reads no CNI configuration directory
+	// (--ipam-cni-conf-dir): one ADD shows it the pools to prepare from.
 	for _, cmd := range []string{"ADD", "DEL"} {
 		if _, err := call(ctx, cmd, filepath.Join(o.bins, "berth-ipam"), confsBerth(sock, runPath), "warmup", "pod-0"); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
