@@ -23,6 +23,7 @@ import (
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
+	"github.com/berth-io/berth/test/lockedbuf"
 	"github.com/berth-io/berth/test/poll"
 )
 
@@ -223,6 +224,8 @@ func TestServer_prepareFromCNIConfDir(t *testing.T) {
 	c, gated, srvCfg := prepareSetup(t, ctx, map[string]string{"p": "10.20.0.0/24", "q": "10.21.0.0/24", "q6": "fd00:21::/120"})
 	confDir := t.TempDir()
 	srvCfg.CNIConfDir = confDir
+	var logs lockedbuf.Buffer
+	srvCfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	write := func(name, conf string) {
 		if err := os.WriteFile(filepath.Join(confDir, name), []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
@@ -252,6 +255,16 @@ func TestServer_prepareFromCNIConfDir(t *testing.T) {
 		PodNamespace: p.Namespace, PodName: p.Name, PodUID: string(p.UID), Pools: []string{"q", "q6"}})
 	if r.Error != nil || len(r.IPs) != 2 {
 		t.Fatalf("ADD (claim updates held): %+v, want the two prepared addresses", r)
+	}
+	// Its log says the addresses were prepared, not whether they were
+	// reused: that was decided (and logged) at preparation.
+	for _, line := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(line, "msg=ADD ") && (!strings.Contains(line, "repeated=true prepared=true") || strings.Contains(line, "reused=")) {
+			t.Errorf("ADD log line %q, want repeated=true prepared=true and no reused", line)
+		}
+	}
+	if !strings.Contains(logs.String(), "msg=ADD ") {
+		t.Errorf("no ADD log line in:\n%s", logs.String())
 	}
 	poll.Until(t, 10*time.Second, "both container records to wait at the gate at once", func() bool { return gated.waiting.Load() == 2 })
 	close(gated.gate)

@@ -412,7 +412,15 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 			log.Info("ADD reclaimed the reservation of another app (no free address left in the pool)", "address", a.Address.String(),
 				"pool", a.Pool, "claim", a.Claim, "retained", a.Retained, "previous_app", appString(a.PreviousApp))
 		} else {
-			log.Info("ADD", "address", a.Address.String(), "pool", a.Pool, "claim", a.Claim, "retained", a.Retained, "reused", a.Reused, "prepared", a.Prepared)
+			attrs := []any{"address", a.Address.String(), "pool", a.Pool, "claim", a.Claim, "retained", a.Retained}
+			if a.Repeated {
+				// Chosen before this ADD: whether from the app's reserve
+				// was logged then ("prepared", or the container's first ADD).
+				attrs = append(attrs, "repeated", true, "prepared", a.Prepared)
+			} else {
+				attrs = append(attrs, "reused", a.Reused)
+			}
+			log.Info("ADD", attrs...)
 		}
 	}
 	if len(als) > 0 {
