@@ -283,10 +283,20 @@ func TestStore_readYourWrites(t *testing.T) {
 				t.Fatalf("managedFields after the store's update: %+v, want none", stored.ManagedFields)
 			}
 		}
+		// Out of Reserved again: the cache may still list the claim under
+		// its older state, the store must not.
+		back := up.DeepCopy()
+		back.Spec.State = v1alpha1.ClaimBound
+		if err := st.Update(ctx, back); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := st.ReservedClaims("p"); len(got) != 0 {
+			t.Fatalf("ReservedClaims right after an Update out of Reserved: %d claims", len(got))
+		}
 		if err := st.Update(ctx, cl); !errors.Is(err, ipam.ErrConflict) {
 			t.Fatalf("Update at a stale resourceVersion: %v, want ErrConflict", err)
 		}
-		if err := st.Delete(ctx, up); err != nil {
+		if err := st.Delete(ctx, back); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := st.Claim(cl.Name); !errors.Is(err, ipam.ErrNotFound) {

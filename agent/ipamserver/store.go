@@ -185,11 +185,15 @@ func (s *Store) Claim(name string) (*v1alpha1.IPClaim, error) {
 	return c, nil
 }
 
-func (s *Store) list(field, value string, match func(*v1alpha1.IPClaim) bool) ([]*v1alpha1.IPClaim, error) {
+// list returns the claims whose index field has value, as the cache
+// indexes them and as the store's overlay of its own writes shows them
+// now (a claim the overlay changed is listed only if it still has value).
+func (s *Store) list(field, value string) ([]*v1alpha1.IPClaim, error) {
 	var l v1alpha1.IPClaimList
 	if err := s.cache.List(context.Background(), &l, client.MatchingFields{field: value}); err != nil {
 		return nil, err
 	}
+	match := func(c *v1alpha1.IPClaim) bool { return claimIndexes[field](c) == value }
 	seen := map[string]bool{}
 	var out []*v1alpha1.IPClaim
 	for i := range l.Items {
@@ -210,37 +214,32 @@ func (s *Store) list(field, value string, match func(*v1alpha1.IPClaim) bool) ([
 
 // ClaimsOfApp implements ipam.Store.
 func (s *Store) ClaimsOfApp(pool string, app v1alpha1.App) ([]*v1alpha1.IPClaim, error) {
-	key := ipam.AppKey(pool, app)
-	return s.list(indexApp, key, func(c *v1alpha1.IPClaim) bool {
-		return c.Spec.App != nil && ipam.AppKey(c.Spec.Pool, *c.Spec.App) == key
-	})
+	return s.list(indexApp, ipam.AppKey(pool, app))
 }
 
 // ClaimsOfContainer implements ipam.Store.
 func (s *Store) ClaimsOfContainer(id string) ([]*v1alpha1.IPClaim, error) {
-	return s.list(indexContainer, id, func(c *v1alpha1.IPClaim) bool { return c.Spec.ContainerID == id })
+	return s.list(indexContainer, id)
 }
 
 // ClaimsOfPod implements ipam.Store.
 func (s *Store) ClaimsOfPod(uid types.UID) ([]*v1alpha1.IPClaim, error) {
-	return s.list(indexPodUID, string(uid), func(c *v1alpha1.IPClaim) bool { return c.Spec.Pod.UID == uid })
+	return s.list(indexPodUID, string(uid))
 }
 
 // ClaimsOfNode implements ipam.Store.
 func (s *Store) ClaimsOfNode(node string) ([]*v1alpha1.IPClaim, error) {
-	return s.list(indexNode, node, func(c *v1alpha1.IPClaim) bool { return c.Spec.Node == node })
+	return s.list(indexNode, node)
 }
 
 // ClaimsOfAddress implements ipam.Store.
 func (s *Store) ClaimsOfAddress(addr string) ([]*v1alpha1.IPClaim, error) {
-	return s.list(indexAddress, addr, func(c *v1alpha1.IPClaim) bool { return c.Spec.Address == addr })
+	return s.list(indexAddress, addr)
 }
 
 // ReservedClaims implements ipam.Store.
 func (s *Store) ReservedClaims(pool string) ([]*v1alpha1.IPClaim, error) {
-	return s.list(indexReserved, pool, func(c *v1alpha1.IPClaim) bool {
-		return c.Spec.Pool == pool && c.Spec.State == v1alpha1.ClaimReserved
-	})
+	return s.list(indexReserved, pool)
 }
 
 // PoolCount is one pool's addresses by state, for metrics.
