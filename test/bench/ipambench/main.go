@@ -73,6 +73,7 @@ type opts struct {
 	apiProfile         string
 	apiProfileSeconds  int
 	agentQPS           float64
+	repeat             int
 }
 
 func run() error {
@@ -83,6 +84,7 @@ func run() error {
 	flag.StringVar(&o.waCRDs, "whereabouts-crds", "", "Whereabouts' CRDs (doc/crds of its module), and its RBAC (daemonset-install.yaml there)")
 	flag.StringVar(&o.rbac, "rbac", "deploy/base/rbac.yaml", "berth-agent's ClusterRole and binding, which the agent process runs with")
 	flag.IntVar(&o.adds, "adds", 128, "ADDs (then as many DELs) per plugin and concurrency")
+	flag.IntVar(&o.repeat, "repeat", 1, "rounds of each plugin at each concurrency, the plugins interleaved; with more than 1, each plugin's ADD throughput and p99 over host-local's of the same repetition (median and range), and host-local's against itself")
 	flag.StringVar(&conc, "concurrency", "1,16,64", "concurrencies")
 	flag.StringVar(&plugins, "plugins", "host-local,berth-ipam,"+preparedPlugin+",whereabouts",
 		"plugins to run ("+preparedPlugin+": berth-ipam for pods scheduled to the node first; other berth-ipam* names another build of berth-ipam in -bin)")
@@ -93,6 +95,9 @@ func run() error {
 	flag.IntVar(&o.apiProfileSeconds, "apiserver-cpuprofile-seconds", 10, "length of the kube-apiserver CPU profile")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the agent process (berth-agent's IPAM server) over the plugin rounds")
 	flag.Parse()
+	if o.repeat < 1 {
+		return fmt.Errorf("-repeat %d: at least 1", o.repeat)
+	}
 	for _, s := range strings.Split(conc, ",") {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 {
@@ -217,53 +222,57 @@ func run() error {
 	fmt.Println("| plugin | concurrency | ADD/s | ADD p50 | ADD p99 | DEL/s | DEL p99 | agent's mean ADD |")
 	fmt.Println("|---|---|---|---|---|---|---|---|")
 	var cpuRows, prepRows []string
+	var results []result
 	round := 0
 	for _, n := range o.conc {
-		for _, plugin := range o.plugins {
-			round++
-			s0, err := agent.stats(ctx)
-			if err != nil {
-				return err
-			}
-			t0 := procTimes(procs)
-			conf, ok := confs[plugin]
-			if !ok && strings.HasPrefix(plugin, "berth-ipam") {
-				conf = confs["berth-ipam"] // another build, to compare
-			}
-			bin, prefix := filepath.Join(o.bins, plugin), "pod-"
-			if plugin == preparedPlugin {
-				bin, prefix = filepath.Join(o.bins, "berth-ipam"), fmt.Sprintf("r%d-", round)
-				took, err := schedulePods(ctx, c, prefix, o.adds)
+		for rep := range o.repeat {
+			for _, plugin := range o.plugins {
+				round++
+				s0, err := agent.stats(ctx)
 				if err != nil {
 					return err
 				}
-				prepRows = append(prepRows, fmt.Sprintf("| %d | %d | %s | %.0f |", n, o.adds, ms(took), float64(o.adds)/took.Seconds()))
-			}
-			add, del, err := measure(ctx, bin, conf, o.adds, n, round, prefix, agent)
-			if err != nil {
-				return fmt.Errorf("%s at concurrency %d: %w", plugin, n, err)
-			}
-			if plugin == preparedPlugin {
-				if err := c.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace("bench"), client.MatchingLabels{"round": strings.TrimSuffix(prefix, "-")}); err != nil {
+				t0 := procTimes(procs)
+				conf, ok := confs[plugin]
+				if !ok && strings.HasPrefix(plugin, "berth-ipam") {
+					conf = confs["berth-ipam"] // another build, to compare
+				}
+				bin, prefix := filepath.Join(o.bins, plugin), "pod-"
+				if plugin == preparedPlugin {
+					bin, prefix = filepath.Join(o.bins, "berth-ipam"), fmt.Sprintf("r%d-", round)
+					took, err := schedulePods(ctx, c, prefix, o.adds)
+					if err != nil {
+						return err
+					}
+					prepRows = append(prepRows, fmt.Sprintf("| %d | %d | %s | %.0f |", n, o.adds, ms(took), float64(o.adds)/took.Seconds()))
+				}
+				add, del, err := measure(ctx, bin, conf, o.adds, n, round, prefix, agent)
+				if err != nil {
+					return fmt.Errorf("%s at concurrency %d: %w", plugin, n, err)
+				}
+				if plugin == preparedPlugin {
+					if err := c.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace("bench"), client.MatchingLabels{"round": strings.TrimSuffix(prefix, "-")}); err != nil {
+						return err
+					}
+				}
+				t1 := procTimes(procs)
+				s1, err := agent.stats(ctx)
+				if err != nil {
 					return err
 				}
+				agentAdd, agentDel := s1.Alloc.mean(s0.Alloc), s1.Release.mean(s0.Release)
+				fmt.Printf("| %s | %d | %.0f | %s | %s | %.0f | %s | %s |\n", plugin, n, add.rate, ms(add.p50), ms(add.p99), del.rate, ms(del.p99), agentAdd)
+				per := func(d time.Duration) string { return ms(d / time.Duration(o.adds)) }
+				row := fmt.Sprintf("| %s | %d | %s | %s | %s | %s | %s |", plugin, n, agentAdd, add.writeString(), agentDel, del.writeString(), per(add.cpu+del.cpu))
+				total := add.cpu + del.cpu
+				for i := range procs {
+					row += fmt.Sprintf(" %s |", per(t1[i]-t0[i]))
+					total += t1[i] - t0[i]
+				}
+				row += fmt.Sprintf(" %s |", per(total))
+				cpuRows = append(cpuRows, row)
+				results = append(results, result{plugin: plugin, conc: n, rep: rep, add: add})
 			}
-			t1 := procTimes(procs)
-			s1, err := agent.stats(ctx)
-			if err != nil {
-				return err
-			}
-			agentAdd, agentDel := s1.Alloc.mean(s0.Alloc), s1.Release.mean(s0.Release)
-			fmt.Printf("| %s | %d | %.0f | %s | %s | %.0f | %s | %s |\n", plugin, n, add.rate, ms(add.p50), ms(add.p99), del.rate, ms(del.p99), agentAdd)
-			per := func(d time.Duration) string { return ms(d / time.Duration(o.adds)) }
-			row := fmt.Sprintf("| %s | %d | %s | %s | %s | %s | %s |", plugin, n, agentAdd, add.writeString(), agentDel, del.writeString(), per(add.cpu+del.cpu))
-			total := add.cpu + del.cpu
-			for i := range procs {
-				row += fmt.Sprintf(" %s |", per(t1[i]-t0[i]))
-				total += t1[i] - t0[i]
-			}
-			row += fmt.Sprintf(" %s |", per(total))
-			cpuRows = append(cpuRows, row)
 		}
 	}
 	if o.cpuprofile != "" {
@@ -271,6 +280,7 @@ func run() error {
 			return err
 		}
 	}
+	writeSummary(os.Stdout, results, o.plugins, o.conc, o.repeat)
 	fmt.Printf("\nWhere the time goes: the agent's mean ADD and DEL, and its API writes in them (mean time per call; writes per call, p99 of one);\n")
 	fmt.Printf("CPU time per ADD+DEL pair by process (bench: the exec of the plugins and the pod creates; agent: its IPAM server)\n\n")
 	fmt.Println("| plugin | concurrency | agent's ADD | its writes | agent's DEL | its writes | CPU: plugin | CPU: bench | CPU: agent | CPU: kube-apiserver | CPU: etcd | CPU: total |")

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"time"
+)
+
+// baselinePlugin is the plugin every other one is compared with.
+const baselinePlugin = "host-local"
+
+// The goal for each plugin against the baseline of the same
+// repetition: at least half its ADD throughput, an ADD p99 within 1.5x.
+const (
+	goalRate = 0.5
+	goalP99  = 1.5
+)
+
+// result is one round: a plugin at a concurrency, in one repetition.
+type result struct {
+	plugin    string
+	conc, rep int
+	add       stats
+}
+
+// ratios are one plugin's figures over the baseline's, one per repetition.
+type ratios struct {
+	rate, p99 []float64
+	within    int // repetitions that met both goals
+}
+
+// compare pairs each round of plugin at conc with the baseline's round of
+// the same repetition.
+func compare(rs []result, plugin string, conc int) ratios {
+	base := map[int]stats{}
+	for _, r := range rs {
+		if r.plugin == baselinePlugin && r.conc == conc {
+			base[r.rep] = r.add
+		}
+	}
+	var out ratios
+	for _, r := range rs {
+		b, ok := base[r.rep]
+		if r.plugin != plugin || r.conc != conc || !ok || b.rate == 0 || b.p99 == 0 {
+			continue
+		}
+		rate, p99 := r.add.rate/b.rate, float64(r.add.p99)/float64(b.p99)
+		out.rate, out.p99 = append(out.rate, rate), append(out.p99, p99)
+		if rate >= goalRate && p99 <= goalP99 {
+			out.within++
+		}
+	}
+	return out
+}
+
+// selfRatios is the baseline against itself: each repetition's ADD p99
+// over the next one's, the noise of a p99 of this many ADDs on this
+// machine. A ratio beyond goalP99 either way counts as outside.
+func selfRatios(rs []result, conc int) (p99 []float64, outside int) {
+	var last time.Duration
+	for _, r := range rs {
+		if r.plugin != baselinePlugin || r.conc != conc {
+			continue
+		}
+		if last > 0 && r.add.p99 > 0 {
+			q := float64(last) / float64(r.add.p99)
+			p99 = append(p99, q)
+			if q > goalP99 || q < 1/goalP99 {
+				outside++
+			}
+		}
+		last = r.add.p99
+	}
+	return p99, outside
+}
+
+// median of xs (the mean of the middle two for an even count); 0 for none.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// spread is "median (min-max)" of xs.
+func spread(xs []float64) string {
+	if len(xs) == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx (%.2f-%.2fx)", median(xs), slices.Min(xs), slices.Max(xs))
+}
+
+// writeSummary prints, for runs repeated more than once, each plugin's
+// ADD figures over the baseline's of the same repetition, and the
+// baseline against itself.
+func writeSummary(w io.Writer, rs []result, plugins []string, concs []int, repeat int) {
+	if repeat < 2 || !slices.Contains(plugins, baselinePlugin) {
+		return
+	}
+	fmt.Fprintf(w, "\nADD over %s's ADD in the same repetition (%d repetitions, plugins interleaved); goal: throughput >= %.1fx, p99 <= %.1fx.\n",
+		baselinePlugin, repeat, goalRate, goalP99)
+	fmt.Fprintf(w, "%s against itself: each repetition's p99 over the next one's, outside 1/%.1f-%.1fx counted.\n\n", baselinePlugin, goalP99, goalP99)
+	fmt.Fprintln(w, "| plugin | concurrency | runs | ADD/s ratio: median (range) | ADD p99 ratio: median (range) | runs meeting both goals |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|")
+	for _, n := range concs {
+		if self, outside := selfRatios(rs, n); len(self) > 0 {
+			fmt.Fprintf(w, "| %s vs itself | %d | %d | - | %s | %d of %d within |\n", baselinePlugin, n, len(self), spread(self), len(self)-outside, len(self))
+		}
+		for _, p := range plugins {
+			if p == baselinePlugin {
+				continue
+			}
+			if c := compare(rs, p, n); len(c.p99) > 0 {
+				fmt.Fprintf(w, "| %s | %d | %d | %s | %s | %d of %d |\n", p, n, len(c.p99), spread(c.rate), spread(c.p99), c.within, len(c.p99))
+			}
+		}
+	}
+}

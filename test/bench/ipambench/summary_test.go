@@ -1,0 +1,82 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{3}, 3},
+		{[]float64{3, 1, 2}, 2},
+		{[]float64{4, 1, 3, 2}, 2.5},
+	} {
+		if got := median(tc.in); got != tc.want {
+			t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestCompare(t *testing.T) {
+	ms := time.Millisecond
+	rs := []result{
+		{plugin: "host-local", conc: 1, rep: 0, add: stats{rate: 200, p99: 10 * ms}},
+		{plugin: "berth", conc: 1, rep: 0, add: stats{rate: 100, p99: 15 * ms}}, // at both limits: meets
+		{plugin: "host-local", conc: 1, rep: 1, add: stats{rate: 100, p99: 20 * ms}},
+		{plugin: "berth", conc: 1, rep: 1, add: stats{rate: 40, p99: 10 * ms}}, // too slow
+		{plugin: "host-local", conc: 1, rep: 2, add: stats{rate: 100, p99: 8 * ms}},
+		{plugin: "berth", conc: 1, rep: 2, add: stats{rate: 100, p99: 16 * ms}},  // p99 2x
+		{plugin: "berth", conc: 16, rep: 0, add: stats{rate: 100, p99: 16 * ms}}, // no baseline at 16
+	}
+	c := compare(rs, "berth", 1)
+	if want := []float64{0.5, 0.4, 1}; !equal(c.rate, want) {
+		t.Errorf("rate ratios %v, want %v", c.rate, want)
+	}
+	if want := []float64{1.5, 0.5, 2}; !equal(c.p99, want) {
+		t.Errorf("p99 ratios %v, want %v", c.p99, want)
+	}
+	if c.within != 1 {
+		t.Errorf("within %d, want 1", c.within)
+	}
+	if c := compare(rs, "berth", 16); len(c.p99) != 0 {
+		t.Errorf("compared without a baseline: %+v", c)
+	}
+	self, outside := selfRatios(rs, 1)
+	if want := []float64{0.5, 2.5}; !equal(self, want) || outside != 2 {
+		t.Errorf("self ratios %v outside %d, want %v and 2", self, outside, want)
+	}
+
+	var out bytes.Buffer
+	writeSummary(&out, rs, []string{"host-local", "berth"}, []int{1, 16}, 3)
+	for _, want := range []string{
+		"| host-local vs itself | 1 | 2 | - | 1.50x (0.50-2.50x) | 0 of 2 within |",
+		"| berth | 1 | 3 | 0.50x (0.40-1.00x) | 1.50x (0.50-2.00x) | 1 of 3 |",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	writeSummary(&out, rs, []string{"host-local", "berth"}, []int{1}, 1)
+	if out.Len() != 0 {
+		t.Errorf("summary of a single repetition: %q", out.String())
+	}
+}
+
+func equal(a, b []float64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if d := a[i] - b[i]; d > 1e-9 || d < -1e-9 {
+			return false
+		}
+	}
+	return true
+}
