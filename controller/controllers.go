@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -103,6 +104,9 @@ func Run(ctx context.Context, cfg Config) error {
 		LeaderElectionID:        "berth-controller",
 		LeaderElectionNamespace: cfg.LeaderElectionNamespace,
 		GracefulShutdownTimeout: &shutdown,
+		// The cache holds every pod and claim of the cluster; nothing here
+		// reads their managedFields (as in berth-agent).
+		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
 	})
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)

@@ -149,7 +149,7 @@ func (r *Reconciler) orphaned(ctx context.Context, c *v1alpha1.IPClaim, now time
 		// app took its reservation back, or another app reclaimed it).
 		meta.RemoveStatusCondition(&c.Status.Conditions, ConditionOrphaned)
 		c.Status.ObservedGeneration = c.Generation
-		if err := r.Status().Update(ctx, c); err != nil {
+		if err := r.write(ctx, c, true); err != nil {
 			return "", 0, err
 		}
 	}
@@ -166,7 +166,7 @@ func (r *Reconciler) orphaned(ctx context.Context, c *v1alpha1.IPClaim, now time
 		if cond != nil && cond.Reason == ReasonNodeGone {
 			// The node came back.
 			meta.RemoveStatusCondition(&c.Status.Conditions, ConditionOrphaned)
-			return "", 0, r.Status().Update(ctx, c)
+			return "", 0, r.write(ctx, c, true)
 		}
 		return "", 0, nil
 	}
@@ -177,7 +177,7 @@ func (r *Reconciler) orphaned(ctx context.Context, c *v1alpha1.IPClaim, now time
 			Reason: ReasonNodeGone, ObservedGeneration: c.Generation, LastTransitionTime: metav1.NewTime(now),
 			Message: fmt.Sprintf("node %s is gone; the address is reserved after %s unless it returns", c.Spec.Node, r.cfg.NodeGrace)})
 		c.Status.ObservedGeneration = c.Generation
-		return "", r.cfg.NodeGrace, r.Status().Update(ctx, c)
+		return "", r.cfg.NodeGrace, r.write(ctx, c, true)
 	}
 	if left := cond.LastTransitionTime.Add(r.cfg.NodeGrace).Sub(now); left > 0 {
 		return "", left, nil
@@ -203,14 +203,26 @@ func (r *Reconciler) reserve(ctx context.Context, c *v1alpha1.IPClaim, why strin
 	c.Spec.ContainerID = ""
 	until := metav1.NewTime(now.Add(ttl))
 	c.Spec.ReservedUntil = &until
-	if err := r.Update(ctx, c); err != nil {
+	if err := r.write(ctx, c, false); err != nil {
 		return err // a conflict requeues; the allocator may have moved it
 	}
 	meta.SetStatusCondition(&c.Status.Conditions, metav1.Condition{Type: ConditionOrphaned, Status: metav1.ConditionTrue,
 		Reason: why, ObservedGeneration: c.Generation, LastTransitionTime: metav1.NewTime(now),
 		Message: fmt.Sprintf("pod %s/%s (uid %s) on node %s ended without releasing the address; reserved for its app", c.Spec.Pod.Namespace, c.Spec.Pod.Name, c.Spec.Pod.UID, c.Spec.Node)})
 	c.Status.ObservedGeneration = c.Generation
-	return r.Status().Update(ctx, c)
+	return r.write(ctx, c, true)
+}
+
+// write updates the claim (its status if status) at the resourceVersion
+// read. Like berth-agent, it resets the claim's managedFields (a list of
+// one empty entry: the API server then stores none); nothing applies
+// claims, so their field ownership has no use (api/README.md).
+func (r *Reconciler) write(ctx context.Context, c *v1alpha1.IPClaim, status bool) error {
+	c.ManagedFields = []metav1.ManagedFieldsEntry{{}}
+	if status {
+		return r.Status().Update(ctx, c)
+	}
+	return r.Update(ctx, c)
 }
 
 // free deletes the claim at the resourceVersion read.

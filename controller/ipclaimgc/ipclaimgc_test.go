@@ -145,6 +145,13 @@ func TestReconciler_Reconcile(t *testing.T) {
 	poll.Until(t, 20*time.Second, "reservation of a deleted app freed", deleted("p-10-5-0-7"))
 	poll.Until(t, 20*time.Second, "claim on a dead node reserved after the grace period", reservedFor("p-10-5-0-5", ipclaimgc.ReasonNodeGone))
 
+	// The controller's writes (spec, then status) leave no managedFields,
+	// though the test's create recorded some.
+	for _, name := range []string{"p-10-5-0-2", "p-10-5-0-3", "p-10-5-0-5"} {
+		if cl, _ := get(t, c, name); len(cl.ManagedFields) != 0 {
+			t.Errorf("%s keeps managedFields %+v", name, cl.ManagedFields)
+		}
+	}
 	for _, name := range []string{"p-10-5-0-1", "p-10-5-0-8"} {
 		cl, ok := get(t, c, name)
 		if !ok {
