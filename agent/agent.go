@@ -116,9 +116,9 @@ func Run(ctx context.Context, cfg Config) error {
 		LeaderElection:          false, // one agent per node: nothing to elect
 		GracefulShutdownTimeout: &cfg.ShutdownTimeout,
 		// The agent reads, never applies: without managedFields its cache is
-		// smaller (a claim's 1005 bytes of JSON hold 427 of them) and its
-		// claim updates carry none (the API server keeps the stored ones).
-		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		// smaller (a claim's 1005 bytes of JSON hold 427 of them); of the
+		// cluster's pods and ReplicaSets it keeps what IPAM reads.
+		Cache: ipamserver.CacheOptions(cache.Options{}),
 	})
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)

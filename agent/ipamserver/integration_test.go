@@ -62,7 +62,7 @@ func newNodeStore(t testing.TB, ctx context.Context, cfg *rest.Config, c client.
 // newNodeCache is newNodeStore, and the informer cache it reads.
 func newNodeCache(t testing.TB, ctx context.Context, cfg *rest.Config, c client.Client) (*ipamserver.Store, cache.Cache) {
 	t.Helper()
-	ca, err := cache.New(cfg, cache.Options{Scheme: scheme(t)})
+	ca, err := cache.New(cfg, ipamserver.CacheOptions(cache.Options{Scheme: scheme(t)}))
 	if err != nil {
 		t.Fatal(err)
 	}

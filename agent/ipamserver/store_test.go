@@ -28,7 +28,7 @@ func TestStore_overlay(t *testing.T) {
 	cfg, c := startAPI(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ca, err := cache.New(cfg, cache.Options{Scheme: scheme(t)})
+	ca, err := cache.New(cfg, ipamserver.CacheOptions(cache.Options{Scheme: scheme(t)}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -133,7 +133,7 @@ func startAgent(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, s
 	if err != nil {
 		return err
 	}
-	ca, err := ctrlcache.New(cfg, ctrlcache.Options{Scheme: scheme, DefaultTransform: ctrlcache.TransformStripManagedFields()}) // as berth-agent's
+	ca, err := ctrlcache.New(cfg, ipamserver.CacheOptions(ctrlcache.Options{Scheme: scheme})) // as berth-agent's
 	if err != nil {
 		return err
 	}
