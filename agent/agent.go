@@ -31,6 +31,7 @@ import (
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/agent/version"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/cachetrim"
 )
 
 // Defaults for Config.
@@ -118,7 +119,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// The agent reads, never applies: without managedFields its cache is
 		// smaller (a claim's 1005 bytes of JSON hold 427 of them); of the
 		// cluster's pods and ReplicaSets it keeps what IPAM reads.
-		Cache: ipamserver.CacheOptions(cache.Options{}),
+		Cache: cachetrim.Options(cache.Options{}),
 	})
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)

@@ -22,6 +22,7 @@ import (
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/controller/ipclaimgc"
 	"github.com/berth-io/berth/controller/ippoolstatus"
+	"github.com/berth-io/berth/internal/cachetrim"
 )
 
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
@@ -104,9 +105,9 @@ func Run(ctx context.Context, cfg Config) error {
 		LeaderElectionID:        "berth-controller",
 		LeaderElectionNamespace: cfg.LeaderElectionNamespace,
 		GracefulShutdownTimeout: &shutdown,
-		// The cache holds every pod and claim of the cluster; nothing here
-		// reads their managedFields (as in berth-agent).
-		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		// The cache holds every pod and claim of the cluster, and the
+		// workloads and nodes they name: keep what the reconcilers read.
+		Cache: cachetrim.Options(cache.Options{}),
 	})
 	if err != nil {
 		return fmt.Errorf("manager: %w", err)

@@ -26,6 +26,7 @@ import (
 	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/cachetrim"
 	"github.com/berth-io/berth/test/envtest"
 )
 
@@ -62,7 +63,7 @@ func newNodeStore(t testing.TB, ctx context.Context, cfg *rest.Config, c client.
 // newNodeCache is newNodeStore, and the informer cache it reads.
 func newNodeCache(t testing.TB, ctx context.Context, cfg *rest.Config, c client.Client) (*ipamserver.Store, cache.Cache) {
 	t.Helper()
-	ca, err := cache.New(cfg, ipamserver.CacheOptions(cache.Options{Scheme: scheme(t)}))
+	ca, err := cache.New(cfg, cachetrim.Options(cache.Options{Scheme: scheme(t)}))
 	if err != nil {
 		t.Fatal(err)
 	}

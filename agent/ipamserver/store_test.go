@@ -11,6 +11,7 @@ import (
 
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/cachetrim"
 )
 
 // blindCache has seen no IPClaim yet: the store's reads of claims come
@@ -28,7 +29,7 @@ func TestStore_overlay(t *testing.T) {
 	cfg, c := startAPI(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ca, err := cache.New(cfg, ipamserver.CacheOptions(cache.Options{Scheme: scheme(t)}))
+	ca, err := cache.New(cfg, cachetrim.Options(cache.Options{Scheme: scheme(t)}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,12 +15,14 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/controller/ipclaimgc"
+	"github.com/berth-io/berth/internal/cachetrim"
 	"github.com/berth-io/berth/test/envtest"
 	"github.com/berth-io/berth/test/poll"
 	"github.com/berth-io/berth/test/runnable"
@@ -38,7 +40,8 @@ func start(t *testing.T) client.Client {
 	if err := v1alpha1.AddToScheme(s); err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: s, Metrics: metricsserver.Options{BindAddress: "0"}})
+	// As berth-controller's: a trimmed cache.
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: s, Metrics: metricsserver.Options{BindAddress: "0"}, Cache: cachetrim.Options(cache.Options{})})
 	if err != nil {
 		t.Fatal(err)
 	}

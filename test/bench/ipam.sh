@@ -3,6 +3,8 @@
 # Whereabouts v0.9.2, through the plugin binaries, against one real
 # kube-apiserver + etcd (the envtest binaries the local-cluster build caches).
 #   test/bench/ipam.sh [ipambench flags, e.g. -adds 128 -concurrency 1,16,64 -claims 20000]
+# -repeat N runs each plugin N times, interleaved, and summarizes each one's
+# ADD figures over host-local's of the same repetition (median and range).
 # Diagnostics: -floor N (serial IPClaim writes through a plain client),
 # -cpuprofile FILE (the agent process: berth-agent's IPAM server),
 # -apiserver-cpuprofile FILE, -agent-qps 0 (client-go's default limit).

@@ -38,6 +38,7 @@ import (
 
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/cachetrim"
 )
 
 // agentCommand is the first argument that makes ipambench the agent.
@@ -133,7 +134,7 @@ func startAgent(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, s
 	if err != nil {
 		return err
 	}
-	ca, err := ctrlcache.New(cfg, ipamserver.CacheOptions(ctrlcache.Options{Scheme: scheme})) // as berth-agent's
+	ca, err := ctrlcache.New(cfg, cachetrim.Options(ctrlcache.Options{Scheme: scheme})) // as berth-agent's
 	if err != nil {
 		return err
 	}
