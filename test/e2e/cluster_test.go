@@ -126,6 +126,17 @@ func TestBerth_Agent(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
+	// The manifest sets GOMEMLIMIT to the container's memory limit.
+	limit := pod.Spec.Containers[0].Resources.Limits.Memory().Value()
+	var got float64
+	for line := range strings.SplitSeq(body, "\n") {
+		if v, ok := strings.CutPrefix(line, "go_gc_gomemlimit_bytes "); ok {
+			got, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	if limit == 0 || got != float64(limit) {
+		t.Errorf("go_gc_gomemlimit_bytes is %v, want the container's memory limit %d", got, limit)
+	}
 }
 
 // TestBerth_AgentReconnectsAfterContainerdRestart restarts containerd and
