@@ -126,8 +126,11 @@ func synced(ctx context.Context, cfg *rest.Config, opts cache.Options, pods int)
 		return 0, errors.New("cache did not sync")
 	}
 	var l corev1.PodList
-	if err := ca.List(ctx, &l); err != nil || len(l.Items) != pods {
-		return 0, fmt.Errorf("cache lists %d pods, want %d (%v)", len(l.Items), pods, err)
+	if err := ca.List(ctx, &l); err != nil {
+		return 0, fmt.Errorf("list pods: %w", err)
+	}
+	if len(l.Items) != pods {
+		return 0, fmt.Errorf("cache lists %d pods, want %d", len(l.Items), pods)
 	}
 	l = corev1.PodList{}
 	after := heap()
