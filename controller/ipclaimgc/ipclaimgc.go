@@ -19,8 +19,11 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/berth-io/berth/api/v1alpha1"
@@ -77,19 +80,40 @@ func New(c client.Client, cfg Config) (*Reconciler, error) {
 	return &Reconciler{Client: c, cfg: cfg}, nil
 }
 
+// indexPodUID indexes the cached claims by spec.pod.uid.
+const indexPodUID = "spec.pod.uid"
+
 // SetupWithManager registers the reconciler: every claim, and the claims of
-// a pod when it is deleted.
+// a pod when it is deleted. Other pod events are not watched: a pod's
+// creation or status changes nothing the GC decides on (its claims name
+// its UID), and every pod of the cluster sends them.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1alpha1.IPClaim{}, indexPodUID, func(o client.Object) []string {
+		if c, ok := o.(*v1alpha1.IPClaim); ok && c.Spec.Pod.UID != "" {
+			return []string{string(c.Spec.Pod.UID)}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("index ipclaims by %s: %w", indexPodUID, err)
+	}
+	deleted := predicate.Funcs{
+		CreateFunc:  func(event.CreateEvent) bool { return false },
+		UpdateFunc:  func(event.UpdateEvent) bool { return false },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named(ControllerName).
 		For(&v1alpha1.IPClaim{}).
-		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.claimsOfPod)).
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.claimsOfPod), builder.WithPredicates(deleted)).
 		Complete(r)
 }
 
+// claimsOfPod maps a deleted pod to its claims, through the index (one
+// lookup, not a scan of every claim).
 func (r *Reconciler) claimsOfPod(ctx context.Context, o client.Object) []reconcile.Request {
 	var l v1alpha1.IPClaimList
-	if err := r.List(ctx, &l, client.MatchingLabels{v1alpha1.LabelPodUID: string(o.GetUID())}); err != nil {
+	if err := r.List(ctx, &l, client.MatchingFields{indexPodUID: string(o.GetUID())}); err != nil {
 		return nil
 	}
 	var out []reconcile.Request
