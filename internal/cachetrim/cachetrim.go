@@ -2,7 +2,11 @@
 // cache to what they read. Both cache every pod and ReplicaSet of the
 // cluster (the controller also Deployments, StatefulSets and Nodes), so a
 // whole object per pod would bound the cluster size their memory limits
-// allow. Nothing read from a trimmed cache may be written back.
+// allow. An object trimmed beyond its managedFields (pods, ReplicaSets,
+// Deployments, StatefulSets, Nodes) must never be written back; Berth
+// writes none of them. Claims and pools lose only their managedFields and
+// are updated from the cache: an update without managedFields keeps the
+// stored ones, and Berth's claim updates reset them.
 package cachetrim
 
 import (
