@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
@@ -53,4 +54,18 @@ func Start(t testing.TB, opts ...Options) *rest.Config {
 		}
 	})
 	return cfg
+}
+
+// ServerVersion is the git version of the API server at cfg ("?" if it
+// does not say), for benchmark output.
+func ServerVersion(cfg *rest.Config) string {
+	d, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return "?"
+	}
+	v, err := d.ServerVersion()
+	if err != nil {
+		return "?"
+	}
+	return v.GitVersion
 }

@@ -38,7 +38,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/discovery"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -46,6 +45,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/berth-io/berth/api/v1alpha1"
+	berthenvtest "github.com/berth-io/berth/test/envtest"
 	"github.com/berth-io/berth/test/procstat"
 )
 
@@ -198,7 +198,7 @@ func run() error {
 		"whereabouts": fmt.Sprintf(`{"cniVersion": "0.4.0", "name": "bench", "type": "bridge", "ipam": {"type": "whereabouts", "range": "10.130.0.0/16", "configuration_path": %q}}`,
 			waConf),
 	}
-	fmt.Printf("ADD then DEL, %d each, through the plugin binaries; one kube-apiserver %s + etcd (envtest)\n\n", o.adds, serverVersion(cfg))
+	fmt.Printf("ADD then DEL, %d each, through the plugin binaries; one kube-apiserver %s + etcd (envtest)\n\n", o.adds, berthenvtest.ServerVersion(cfg))
 	if o.floor > 0 {
 		if err := floor(ctx, c, o.floor); err != nil {
 			return err
@@ -359,18 +359,6 @@ func schedulePods(ctx context.Context, c client.Client, prefix string, n int) (t
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func serverVersion(cfg *rest.Config) string {
-	d, err := discovery.NewDiscoveryClientForConfig(cfg)
-	if err != nil {
-		return "?"
-	}
-	v, err := d.ServerVersion()
-	if err != nil {
-		return "?"
-	}
-	return v.GitVersion
 }
 
 // runDir returns a new directory on a tmpfs (/dev/shm) if there is one,
