@@ -248,14 +248,16 @@ type PoolCount struct {
 	Size, Bound, Reserved, Free float64
 }
 
-// PoolCounts counts every pool's claims in the cache.
+// PoolCounts counts every pool's claims in the cache. It reads shallow
+// copies of the cached objects (client.UnsafeDisableDeepCopy): a scrape
+// reads every claim of the cluster and changes none.
 func (s *Store) PoolCounts(ctx context.Context) ([]PoolCount, error) {
 	var pools v1alpha1.IPPoolList
-	if err := s.cache.List(ctx, &pools); err != nil {
+	if err := s.cache.List(ctx, &pools, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, err
 	}
 	var claims v1alpha1.IPClaimList
-	if err := s.cache.List(ctx, &claims); err != nil {
+	if err := s.cache.List(ctx, &claims, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, err
 	}
 	byPool := map[string]*PoolCount{}

@@ -2,8 +2,10 @@ package ippoolstatus_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,8 +15,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -24,13 +28,17 @@ import (
 	"github.com/berth-io/berth/test/runnable"
 )
 
-func TestReconciler_Reconcile(t *testing.T) {
+// start runs the reconciler against a real kube-apiserver and returns a
+// client of it.
+func start(t *testing.T) client.WithWatch {
 	ctrllog.SetLogger(logr.Discard())
 	cfg := envtest.Start(t, envtest.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "deploy", "base", "crds")}})
 	s := runtime.NewScheme()
 	_ = clientgoscheme.AddToScheme(s)
 	_ = v1alpha1.AddToScheme(s)
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: s, Metrics: metricsserver.Options{BindAddress: "0"}})
+	// Each test runs its own manager: the controller's name repeats.
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: s, Metrics: metricsserver.Options{BindAddress: "0"},
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,8 +47,16 @@ func TestReconciler_Reconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	runnable.Start(t, time.Minute, mgr.Start)
+	c, err := client.NewWithWatch(cfg, client.Options{Scheme: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestReconciler_Reconcile(t *testing.T) {
+	c := start(t)
 	ctx := context.Background()
-	c, _ := client.New(cfg, client.Options{Scheme: s})
 
 	// /30 without network and broadcast: 2 addresses.
 	if err := c.Create(ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "small"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.6.0.0/30"}}); err != nil {
@@ -114,6 +130,77 @@ func TestReconciler_Reconcile(t *testing.T) {
 	waitPool(ctx, t, c, "z-late", func(p *v1alpha1.IPPool) bool {
 		return meta.IsStatusConditionTrue(p.Status.Conditions, ippoolstatus.ConditionReady)
 	})
+}
+
+// TestReconciler_burst: 200 claims created as fast as 8 writers can
+// (a rollout) cost the pool one recount and status write per
+// ippoolstatus.RecountDelay, not one per claim, and the status ends exact.
+func TestReconciler_burst(t *testing.T) {
+	c := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := c.Create(ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "burst"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.7.0.0/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitPool(ctx, t, c, "burst", func(p *v1alpha1.IPPool) bool {
+		return meta.IsStatusConditionTrue(p.Status.Conditions, ippoolstatus.ConditionReady)
+	})
+	var pools v1alpha1.IPPoolList
+	if err := c.List(ctx, &pools); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Watch(ctx, &v1alpha1.IPPoolList{}, client.MatchingFields{"metadata.name": "burst"}, &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: pools.ResourceVersion}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+
+	const n = 200
+	start := time.Now()
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for i := range jobs {
+				addr := fmt.Sprintf("10.7.0.%d", i+1)
+				if err := c.Create(ctx, &v1alpha1.IPClaim{ObjectMeta: metav1.ObjectMeta{Name: "burst-" + addr},
+					Spec: v1alpha1.IPClaimSpec{Pool: "burst", Address: addr, State: v1alpha1.ClaimBound, Pod: v1alpha1.PodRef{Namespace: "n", Name: fmt.Sprint("p", i), UID: "u"}}}); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	for i := range n {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	created := time.Since(start)
+
+	writes, done := 0, false
+	for ev := range w.ResultChan() {
+		p, ok := ev.Object.(*v1alpha1.IPPool)
+		if !ok {
+			t.Fatalf("watch: %v %v", ev.Type, ev.Object)
+		}
+		writes++
+		if p.Status.Bound == n {
+			if p.Status.Reserved != 0 || p.Status.Free != 254-n {
+				t.Errorf("status %+v, want %d bound, 0 reserved, %d free", p.Status, n, 254-n)
+			}
+			done = true
+			break
+		}
+	}
+	counted := time.Since(start)
+	if !done {
+		t.Fatalf("watch ended after %s and %d status writes before the pool counted %d bound claims", counted, writes, n)
+	}
+	if limit := int(counted/ippoolstatus.RecountDelay) + 2; writes > limit {
+		t.Errorf("%d claims created in %s, counted after %s with %d status writes; want at most %d (one per %s, and 1)",
+			n, created, counted, writes, limit, ippoolstatus.RecountDelay)
+	}
+	t.Logf("%d claims created in %s, counted after %s with %d status writes", n, created, counted, writes)
 }
 
 // waitPool polls the pool until ok holds, for at most 20s.

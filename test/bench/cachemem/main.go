@@ -6,7 +6,10 @@
 // these three kinds as berth-agent did before internal/cachetrim (only
 // managedFields stripped) and as it does now (cachetrim.Options), one
 // after the other in this process, and prints the heap each holds once
-// synced (after a GC): informers, indexes and objects together.
+// synced (after a GC): informers, indexes and objects together. In the
+// trimmed cache it then times listing the pool's claims (all -pods of
+// them) the way berth-controller's pool status recount did (deep copies)
+// and does (ippoolstatus.Claims).
 //
 //	KUBEBUILDER_ASSETS=$(make -s print-envtest-assets) go run ./test/bench/cachemem -pods 10000
 package main
@@ -18,6 +21,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,6 +38,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/controller/ippoolstatus"
 	"github.com/berth-io/berth/internal/cachetrim"
 	berthenvtest "github.com/berth-io/berth/test/envtest"
 	"github.com/berth-io/berth/test/kubeobjects"
@@ -50,10 +55,11 @@ func main() {
 func run() error {
 	pods := flag.Int("pods", 10000, "running pods (and as many claims)")
 	perRS := flag.Int("pods-per-rs", 3, "pods per ReplicaSet")
+	rounds := flag.Int("rounds", 21, "rounds of each way of listing the pool's claims")
 	crds := flag.String("crds", "deploy/base/crds", "Berth's CRDs")
 	flag.Parse()
-	if *pods < 1 || *perRS < 1 {
-		return errors.New("-pods and -pods-per-rs must be at least 1")
+	if *pods < 1 || *perRS < 1 || *rounds < 1 {
+		return errors.New("-pods, -pods-per-rs and -rounds must be at least 1")
 	}
 	env := &envtest.Environment{BinaryAssetsDirectory: os.Getenv("KUBEBUILDER_ASSETS"), CRDDirectoryPaths: []string{*crds}, ErrorIfCRDPathMissing: true}
 	cfg, err := env.Start()
@@ -84,14 +90,21 @@ func run() error {
 	fmt.Println("| cache | heap once synced | per pod (with its claim and 1/" + fmt.Sprint(*perRS) + " ReplicaSet) | vs. managedFields stripped |")
 	fmt.Println("|---|---|---|---|")
 	var base float64
+	var counts []countResult
 	for _, tc := range []struct {
-		name string
-		opts cache.Options
+		name  string
+		opts  cache.Options
+		count bool
 	}{
-		{"managedFields stripped (berth-agent before internal/cachetrim)", cache.Options{Scheme: scheme, DefaultTransform: cache.TransformStripManagedFields()}},
-		{"cachetrim.Options (berth-agent and berth-controller now)", cachetrim.Options(cache.Options{Scheme: scheme})},
+		{"managedFields stripped (berth-agent before internal/cachetrim)", cache.Options{Scheme: scheme, DefaultTransform: cache.TransformStripManagedFields()}, false},
+		{"cachetrim.Options (berth-agent and berth-controller now)", cachetrim.Options(cache.Options{Scheme: scheme}), true},
 	} {
-		heap, err := synced(ctx, cfg, tc.opts, *pods)
+		heap, err := synced(ctx, cfg, tc.opts, *pods, func(ca cache.Cache) (err error) {
+			if tc.count {
+				counts, err = countPool(ctx, ca, *pods, *rounds)
+			}
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("%s: %w", tc.name, err)
 		}
@@ -100,16 +113,76 @@ func run() error {
 		}
 		fmt.Printf("| %s | %.1f MB | %.1f KB | %.2fx |\n", tc.name, heap/1e6, heap/float64(*pods)/1e3, heap/base)
 	}
+	fmt.Printf("\nOne pool's %d claims listed from the trimmed cache, as berth-controller's pool status recount does (its spec.pool index), median of %d rounds:\n\n", *pods, *rounds)
+	fmt.Println("| list | time | allocated | vs. deep copies |")
+	fmt.Println("|---|---|---|---|")
+	for _, r := range counts {
+		fmt.Printf("| %s | %.2f ms | %.1f MB | %.3fx time, %.3fx allocated |\n", r.name, r.time.Seconds()*1e3, r.bytes/1e6,
+			r.time.Seconds()/counts[0].time.Seconds(), r.bytes/counts[0].bytes)
+	}
 	return nil
 }
 
-// synced starts a cache of pods, ReplicaSets and IPClaims, waits until it
-// holds every pod, and returns the heap it added (after a GC). The cache
-// is stopped and dropped before it returns.
-func synced(ctx context.Context, cfg *rest.Config, opts cache.Options, pods int) (float64, error) {
+type countResult struct {
+	name  string
+	time  time.Duration
+	bytes float64
+}
+
+// countPool times listing the pool's claims through ippoolstatus' index:
+// deep copies (client-go's default, and berth-controller's until it used
+// ippoolstatus.Claims) against ippoolstatus.Claims. Each round is checked
+// to find every claim.
+func countPool(ctx context.Context, ca cache.Cache, want, rounds int) ([]countResult, error) {
+	deep := func() (int, error) {
+		var l v1alpha1.IPClaimList
+		err := ca.List(ctx, &l, client.MatchingFields{ippoolstatus.IndexPool: "pods"})
+		return len(l.Items), err
+	}
+	shallow := func() (int, error) {
+		l, err := ippoolstatus.Claims(ctx, ca, "pods")
+		return len(l), err
+	}
+	var out []countResult
+	for _, m := range []struct {
+		name string
+		list func() (int, error)
+	}{{"deep copies (client.List's default)", deep}, {"ippoolstatus.Claims (shallow copies)", shallow}} {
+		times, allocs := make([]time.Duration, rounds), make([]float64, rounds)
+		for i := range rounds {
+			runtime.GC()
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			start := time.Now()
+			n, err := m.list()
+			times[i] = time.Since(start)
+			runtime.ReadMemStats(&after)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", m.name, err)
+			}
+			if n != want {
+				return nil, fmt.Errorf("%s: listed %d claims, want %d", m.name, n, want)
+			}
+			allocs[i] = float64(after.TotalAlloc - before.TotalAlloc)
+		}
+		slices.Sort(times)
+		slices.Sort(allocs)
+		out = append(out, countResult{m.name, times[rounds/2], allocs[rounds/2]})
+	}
+	return out, nil
+}
+
+// synced starts a cache of pods, ReplicaSets and IPClaims (indexed by
+// pool, as berth-controller's), waits until it holds every pod, and
+// returns the heap it added (after a GC); then it calls then with the
+// cache. The cache is stopped and dropped before it returns.
+func synced(ctx context.Context, cfg *rest.Config, opts cache.Options, pods int, then func(cache.Cache) error) (float64, error) {
 	before := heap()
 	ca, err := cache.New(cfg, opts)
 	if err != nil {
+		return 0, err
+	}
+	if err := ca.IndexField(ctx, &v1alpha1.IPClaim{}, ippoolstatus.IndexPool, ippoolstatus.PoolOfClaim); err != nil {
 		return 0, err
 	}
 	cctx, stop := context.WithCancel(ctx)
@@ -133,8 +206,7 @@ func synced(ctx context.Context, cfg *rest.Config, opts cache.Options, pods int)
 	}
 	l = corev1.PodList{}
 	after := heap()
-	runtime.KeepAlive(ca)
-	return after - before, nil
+	return after - before, then(ca)
 }
 
 func heap() float64 {
