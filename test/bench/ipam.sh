@@ -5,6 +5,8 @@
 #   test/bench/ipam.sh [ipambench flags, e.g. -adds 128 -concurrency 1,16,64 -claims 20000]
 # -repeat N runs each plugin N times, interleaved, and summarizes each one's
 # ADD figures over host-local's of the same repetition (median and range).
+# berth-ipam-prepared rounds also count ADD/s until every container ID is
+# recorded on its claim (a watch), and start their DELs only then.
 # Diagnostics: -floor N (serial IPClaim writes through a plain client),
 # -cpuprofile FILE (the agent process: berth-agent's IPAM server),
 # -apiserver-cpuprofile FILE, -agent-qps 0 (client-go's default limit).

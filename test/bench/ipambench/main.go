@@ -127,7 +127,7 @@ func run() error {
 	}
 	defer os.RemoveAll(work)
 
-	c, err := client.New(cfg, client.Options{Scheme: newScheme()})
+	c, err := client.NewWithWatch(cfg, client.Options{Scheme: newScheme()})
 	if err != nil {
 		return err
 	}
@@ -221,7 +221,8 @@ func run() error {
 	procs := processes(agent.pid)
 	fmt.Println("| plugin | concurrency | ADD/s | ADD p50 | ADD p99 | DEL/s | DEL p99 | agent's mean ADD |")
 	fmt.Println("|---|---|---|---|---|---|---|---|")
-	var cpuRows, prepRows []string
+	var cpuRows []string
+	var preps []prepRow
 	var results []result
 	round := 0
 	for _, n := range o.conc {
@@ -238,17 +239,23 @@ func run() error {
 					conf = confs["berth-ipam"] // another build, to compare
 				}
 				bin, prefix := filepath.Join(o.bins, plugin), "pod-"
+				var afterAdd func() (time.Time, error)
+				var took time.Duration
 				if plugin == preparedPlugin {
 					bin, prefix = filepath.Join(o.bins, "berth-ipam"), fmt.Sprintf("r%d-", round)
-					took, err := schedulePods(ctx, c, prefix, o.adds)
-					if err != nil {
+					if took, err = schedulePods(ctx, c, prefix, o.adds); err != nil {
 						return err
 					}
-					prepRows = append(prepRows, fmt.Sprintf("| %d | %d | %s | %.0f |", n, o.adds, ms(took), float64(o.adds)/took.Seconds()))
+					if afterAdd, err = watchRecorded(ctx, c, prefix, o.adds); err != nil {
+						return err
+					}
 				}
-				add, del, err := measure(ctx, bin, conf, o.adds, n, round, prefix, agent)
+				add, del, err := measure(ctx, bin, conf, o.adds, n, round, prefix, agent, afterAdd)
 				if err != nil {
 					return fmt.Errorf("%s at concurrency %d: %w", plugin, n, err)
+				}
+				if plugin == preparedPlugin {
+					preps = append(preps, prepRow{conc: n, rep: rep, prepared: took, add: add})
 				}
 				if plugin == preparedPlugin {
 					if err := c.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace("bench"), client.MatchingLabels{"round": strings.TrimSuffix(prefix, "-")}); err != nil {
@@ -288,15 +295,7 @@ func run() error {
 	for _, r := range cpuRows {
 		fmt.Println(r)
 	}
-	if len(prepRows) > 0 {
-		fmt.Printf("\n%s: the pods created bound to the node (as the scheduler does) before the round; the agent prepared their\n", preparedPlugin)
-		fmt.Printf("addresses (one claim create each) in the time below, from the first pod create to the last claim listed (its CPU is in the rows above)\n\n")
-		fmt.Println("| concurrency | pods | all prepared after | pods/s |")
-		fmt.Println("|---|---|---|---|")
-		for _, r := range prepRows {
-			fmt.Println(r)
-		}
-	}
+	writePrepared(os.Stdout, preps, results, o.adds)
 
 	if o.scale > 0 && slices.Contains(o.plugins, "berth-ipam") {
 		fmt.Printf("\nberth-ipam with existing claims (other pool addresses; concurrency 16)\n\n")
@@ -310,7 +309,7 @@ func run() error {
 			have = target
 			time.Sleep(15 * time.Second) // let the agent's cache and the API server settle
 			round++
-			add, del, err := measure(ctx, filepath.Join(o.bins, "berth-ipam"), confs["berth-ipam"], o.adds, 16, round, "pod-", agent)
+			add, del, err := measure(ctx, filepath.Join(o.bins, "berth-ipam"), confs["berth-ipam"], o.adds, 16, round, "pod-", agent, nil)
 			if err != nil {
 				return err
 			}
@@ -424,14 +423,26 @@ type stats struct {
 	// percentile of one write, writes the writes per call.
 	write, writeP99 time.Duration
 	writes          float64
+	// start is when the phase began; recorded, for prepared ADDs, how long
+	// after it the last container ID was committed (0: not measured).
+	start    time.Time
+	recorded time.Duration
 }
 
 // measure runs n ADDs (pods prefix0..n-1) at concurrency conc, then their
-// DELs.
-func measure(ctx context.Context, bin, conf string, n, conc, round int, prefix string, agent *agentProc) (stats, stats, error) {
+// DELs. afterAdd, if not nil, is waited for between the two: it returns
+// when the ADDs' last record was committed (add.recorded).
+func measure(ctx context.Context, bin, conf string, n, conc, round int, prefix string, agent *agentProc, afterAdd func() (time.Time, error)) (stats, stats, error) {
 	add, err := phase(ctx, "ADD", bin, conf, n, conc, round, prefix, agent)
 	if err != nil {
 		return stats{}, stats{}, err
+	}
+	if afterAdd != nil {
+		last, err := afterAdd()
+		if err != nil {
+			return stats{}, stats{}, err
+		}
+		add.recorded = last.Sub(add.start)
 	}
 	del, err := phase(ctx, "DEL", bin, conf, n, conc, round, prefix, agent)
 	return add, del, err
@@ -477,7 +488,7 @@ func phase(ctx context.Context, cmd, bin, conf string, n, conc, round int, prefi
 	}
 	slices.Sort(lat)
 	q := func(p float64) time.Duration { return lat[max(0, min(n-1, int(p*float64(n)+0.999999)-1))] }
-	st := stats{rate: float64(n) / wall.Seconds(), p50: q(0.5), p99: q(0.99), cpu: cpu}
+	st := stats{rate: float64(n) / wall.Seconds(), p50: q(0.5), p99: q(0.99), cpu: cpu, start: start}
 	s1, err := agent.stats(ctx)
 	if err != nil {
 		return stats{}, err
