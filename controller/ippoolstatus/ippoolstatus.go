@@ -18,10 +18,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/berth-io/berth/agent/ipam"
@@ -60,16 +62,21 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1alpha1.IPClaim{}, IndexPool, PoolOfClaim); err != nil {
 		return err
 	}
+	// Pool events count only when a pool comes, goes or its spec changes
+	// (its generation; deletion bumps it too), not for the status writes
+	// this reconciler makes: each would recount the pool again, and
+	// through otherPools every other pool.
+	specOnly := builder.WithPredicates(predicate.GenerationChangedPredicate{})
 	return ctrl.NewControllerManagedBy(mgr).
 		Named(ControllerName).
-		For(&v1alpha1.IPPool{}).
+		For(&v1alpha1.IPPool{}, specOnly).
 		Watches(&v1alpha1.IPClaim{}, handler.Funcs{
 			CreateFunc: func(_ context.Context, e event.CreateEvent, q queue) { recount(q, e.Object) },
 			UpdateFunc: func(_ context.Context, e event.UpdateEvent, q queue) { recount(q, e.ObjectOld, e.ObjectNew) },
 			DeleteFunc: func(_ context.Context, e event.DeleteEvent, q queue) { recount(q, e.Object) },
 		}).
 		// A pool's overlap with others changes when any pool does.
-		Watches(&v1alpha1.IPPool{}, handler.EnqueueRequestsFromMapFunc(r.otherPools)).
+		Watches(&v1alpha1.IPPool{}, handler.EnqueueRequestsFromMapFunc(r.otherPools), specOnly).
 		Complete(r)
 }
 
