@@ -5,7 +5,10 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // Fields returns the fields of /proc/<pid>/stat after the command name,
@@ -22,4 +25,38 @@ func Fields(pid int) ([]string, error) {
 		return nil, fmt.Errorf("/proc/%d/stat: no command name in %q", pid, b)
 	}
 	return strings.Fields(string(b[i+1:])), nil
+}
+
+// CPU returns the user+system CPU time pid has used so far (0 if it cannot
+// be read): utime and stime, in clock ticks of 1/100 s on Linux.
+func CPU(pid int) time.Duration {
+	f, err := Fields(pid)
+	if err != nil || len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * 10 * time.Millisecond
+}
+
+// Children returns the pids of this process's children by command name
+// (/proc/<pid>/comm), e.g. the kube-apiserver and etcd envtest started.
+func Children() map[string]int {
+	out := map[string]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		f, err := Fields(pid)
+		if err != nil || len(f) < 2 || f[1] != strconv.Itoa(os.Getpid()) {
+			continue
+		}
+		comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err == nil {
+			out[strings.TrimSpace(string(comm))] = pid
+		}
+	}
+	return out
 }

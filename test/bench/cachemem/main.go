@@ -9,7 +9,8 @@
 // synced (after a GC): informers, indexes and objects together. In the
 // trimmed cache it then times listing the pool's claims (all -pods of
 // them) the way berth-controller's pool status recount did (deep copies)
-// and does (ippoolstatus.Claims).
+// and does (ippoolstatus.Claims). Last, it measures what -watchers such
+// caches (as -watchers agents') cost per pod update (watchCost).
 //
 //	KUBEBUILDER_ASSETS=$(make -s print-envtest-assets) go run ./test/bench/cachemem -pods 10000
 package main
@@ -56,10 +57,12 @@ func run() error {
 	pods := flag.Int("pods", 10000, "running pods (and as many claims)")
 	perRS := flag.Int("pods-per-rs", 3, "pods per ReplicaSet")
 	rounds := flag.Int("rounds", 21, "rounds of each way of listing the pool's claims")
+	watchers := flag.Int("watchers", 16, "caches as berth-agent's watching while -events pod updates are made (0: skip)")
+	events := flag.Int("events", 2000, "pod updates for -watchers")
 	crds := flag.String("crds", "deploy/base/crds", "Berth's CRDs")
 	flag.Parse()
-	if *pods < 1 || *perRS < 1 || *rounds < 1 {
-		return errors.New("-pods, -pods-per-rs and -rounds must be at least 1")
+	if *pods < 1 || *perRS < 1 || *rounds < 1 || *watchers < 0 || *events < 1 {
+		return errors.New("-pods, -pods-per-rs, -rounds and -events must be at least 1, -watchers at least 0")
 	}
 	env := &envtest.Environment{BinaryAssetsDirectory: os.Getenv("KUBEBUILDER_ASSETS"), CRDDirectoryPaths: []string{*crds}, ErrorIfCRDPathMissing: true}
 	cfg, err := env.Start()
@@ -120,7 +123,10 @@ func run() error {
 		fmt.Printf("| %s | %.2f ms | %.1f MB | %.3fx time, %.3fx allocated |\n", r.name, r.time.Seconds()*1e3, r.bytes/1e6,
 			r.time.Seconds()/counts[0].time.Seconds(), r.bytes/counts[0].bytes)
 	}
-	return nil
+	if *watchers == 0 {
+		return nil
+	}
+	return watchCost(ctx, cfg, c, cachetrim.Options(cache.Options{Scheme: scheme}), *watchers, *events)
 }
 
 type countResult struct {

@@ -566,43 +566,17 @@ const (
 // processes returns the pids of this process, of the agent process and of
 // the kube-apiserver and etcd this process started (0 when not found).
 func processes(agent int) []int {
-	pids := []int{procBench: os.Getpid(), procAgent: agent, procAPIServer: 0, procEtcd: 0}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		status, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
-		if err != nil || !strings.Contains(string(status), fmt.Sprintf("\nPPid:\t%d\n", os.Getpid())) {
-			continue
-		}
-		comm, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
-		switch strings.TrimSpace(string(comm)) {
-		case "kube-apiserver":
-			pids[procAPIServer] = pid
-		case "etcd":
-			pids[procEtcd] = pid
-		}
-	}
-	return pids
+	children := procstat.Children()
+	return []int{procBench: os.Getpid(), procAgent: agent, procAPIServer: children["kube-apiserver"], procEtcd: children["etcd"]}
 }
 
 // procTimes returns the user+system CPU time of each pid so far.
 func procTimes(pids []int) []time.Duration {
 	out := make([]time.Duration, len(pids))
 	for i, pid := range pids {
-		if pid == 0 {
-			continue
+		if pid != 0 {
+			out[i] = procstat.CPU(pid)
 		}
-		// utime and stime, in clock ticks of 1/100 s on Linux.
-		f, err := procstat.Fields(pid)
-		if err != nil || len(f) < 13 {
-			continue
-		}
-		u, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		out[i] = time.Duration(u+st) * 10 * time.Millisecond
 	}
 	return out
 }

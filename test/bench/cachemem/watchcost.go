@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/test/procstat"
+)
+
+// annotation is what watchCost changes on the pods.
+const annotation = "bench.berth.io/seq"
+
+// watchCost measures what each berth-agent's cluster-wide cache costs per
+// pod change: events pod updates (an annotation, as kubelet's status
+// writes, each a whole pod to every watcher) with no cache watching, then
+// with watchers caches as berth-agent's (cachetrim.Options; pods,
+// ReplicaSets, claims), synced first. It prints the CPU time of
+// kube-apiserver and of this process (where the caches decode the
+// events) per update, and per update and watcher.
+func watchCost(ctx context.Context, cfg *rest.Config, c client.Client, opts cache.Options, watchers, events int) error {
+	var l corev1.PodList
+	if err := c.List(ctx, &l, client.InNamespace("shop")); err != nil {
+		return fmt.Errorf("list pods: %w", err)
+	}
+	if len(l.Items) == 0 {
+		return errors.New("no pods in namespace shop")
+	}
+	pods := make([]string, len(l.Items))
+	for i := range l.Items {
+		pods[i] = l.Items[i].Name
+	}
+	l = corev1.PodList{}
+	procs := procstat.Children()
+	api := procs["kube-apiserver"]
+	if api == 0 {
+		return errors.New("no kube-apiserver child process")
+	}
+	type result struct {
+		watchers  int
+		api, self time.Duration
+		wall      time.Duration
+	}
+	var results []result
+	// No cache, the caches, no cache again: the two baselines show the
+	// noise.
+	for round, n := range []int{0, watchers, 0} {
+		caches, stop, err := startCaches(ctx, cfg, opts, n)
+		if err != nil {
+			return err
+		}
+		a0, s0, start := procstat.CPU(api), procstat.CPU(os.Getpid()), time.Now()
+		err = churn(ctx, c, pods, events, round)
+		if err == nil {
+			err = delivered(ctx, caches, pods[0], fmt.Sprint(round, "-done"))
+		}
+		r := result{watchers: n, api: procstat.CPU(api) - a0, self: procstat.CPU(os.Getpid()) - s0, wall: time.Since(start)}
+		stop()
+		if err != nil {
+			return fmt.Errorf("%d watchers: %w", n, err)
+		}
+		results = append(results, r)
+	}
+	fmt.Printf("\n%d pod updates (one annotation each; 8 writers), with no cache watching, with %d caches as berth-agent's, and with none again; CPU time per update:\n\n", events, watchers)
+	fmt.Println("| watching caches | wall | kube-apiserver | this process (writers and caches) |")
+	fmt.Println("|---|---|---|---|")
+	per := func(d time.Duration) string {
+		return fmt.Sprintf("%.0f µs", float64(d.Microseconds())/float64(events))
+	}
+	for _, r := range results {
+		fmt.Printf("| %d | %s | %s | %s |\n", r.watchers, r.wall.Round(time.Millisecond), per(r.api), per(r.self))
+	}
+	w := results[1]
+	perWatcher := func(with, base0, base1 time.Duration) string {
+		return fmt.Sprintf("%.1f µs", (float64(with.Microseconds())-float64(base0.Microseconds()+base1.Microseconds())/2)/float64(events)/float64(watchers))
+	}
+	fmt.Printf("\nEach watching cache added, per pod update (over the mean of the two baselines): kube-apiserver %s, its own process %s.\n",
+		perWatcher(w.api, results[0].api, results[2].api), perWatcher(w.self, results[0].self, results[2].self))
+	return nil
+}
+
+// startCaches starts n caches of pods, ReplicaSets and claims and waits
+// until they are synced; stop stops them.
+func startCaches(ctx context.Context, cfg *rest.Config, opts cache.Options, n int) ([]cache.Cache, func(), error) {
+	cctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	stop := func() { cancel(); wg.Wait() }
+	var caches []cache.Cache
+	for range n {
+		ca, err := cache.New(cfg, opts)
+		if err != nil {
+			stop()
+			return nil, nil, err
+		}
+		wg.Go(func() { _ = ca.Start(cctx) })
+		for _, o := range []client.Object{&corev1.Pod{}, &appsv1.ReplicaSet{}, &v1alpha1.IPClaim{}} {
+			if _, err := ca.GetInformer(ctx, o); err != nil {
+				stop()
+				return nil, nil, err
+			}
+		}
+		caches = append(caches, ca)
+	}
+	for _, ca := range caches {
+		if !ca.WaitForCacheSync(ctx) {
+			stop()
+			return nil, nil, errors.New("a cache did not sync")
+		}
+	}
+	return caches, stop, nil
+}
+
+// churn patches the annotation of pods round-robin, events times, with 8
+// writers, then sets it to "<round>-done" on the first pod.
+func churn(ctx context.Context, c client.Client, pods []string, events, round int) error {
+	patch := func(i int, v string) error {
+		p := &corev1.Pod{}
+		p.Namespace, p.Name = "shop", pods[i%len(pods)]
+		body := fmt.Appendf(nil, `{"metadata":{"annotations":{%q:%q}}}`, annotation, v)
+		return c.Patch(ctx, p, client.RawPatch(types.MergePatchType, body))
+	}
+	jobs := make(chan int)
+	errs := make(chan error, 8)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for i := range jobs {
+				if err := patch(i, fmt.Sprint(round, "-", i)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	var err error
+loop:
+	for i := range events {
+		select {
+		case jobs <- i:
+		case err = <-errs:
+			break loop
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	if err == nil && len(errs) > 0 {
+		err = <-errs
+	}
+	if err != nil {
+		return err
+	}
+	return patch(0, fmt.Sprint(round, "-done"))
+}
+
+// delivered waits until every cache shows pod with the annotation v: a
+// watch delivers a kind's events in order, so the caches then have every
+// update before it.
+func delivered(ctx context.Context, caches []cache.Cache, pod, v string) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for _, ca := range caches {
+		for {
+			var p corev1.Pod
+			if err := ca.Get(ctx, client.ObjectKey{Namespace: "shop", Name: pod}, &p); err != nil {
+				return err
+			}
+			if p.Annotations[annotation] == v {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("a cache did not see the last pod update in 2 minutes")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return nil
+}
