@@ -23,10 +23,10 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/sync/errgroup"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -227,34 +227,22 @@ func fill(ctx context.Context, c client.Client, pods, perRS int) error {
 	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}); err != nil {
 		return err
 	}
-	jobs := make(chan int)
-	errs := make(chan error, 16)
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for i := range jobs {
-				if err := create(ctx, c, i, perRS); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	var err error
-loop:
-	for i := range pods {
-		select {
-		case jobs <- i:
-		case err = <-errs:
-			break loop
+	return parallel(ctx, 16, pods, func(ctx context.Context, i int) error { return create(ctx, c, i, perRS) })
+}
+
+// parallel calls f(ctx, i) for i in [0, n) with that many workers and
+// returns the first error; after one, no new call starts and ctx is
+// cancelled.
+func parallel(ctx context.Context, workers, n int, f func(ctx context.Context, i int) error) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(workers)
+	for i := range n {
+		if ctx.Err() != nil {
+			break
 		}
+		g.Go(func() error { return f(ctx, i) })
 	}
-	close(jobs)
-	wg.Wait()
-	if err == nil && len(errs) > 0 {
-		err = <-errs
-	}
-	return err
+	return g.Wait()
 }
 
 // create makes pod i (kubeobjects.RunningPod, its status written as

@@ -130,34 +130,7 @@ func churn(ctx context.Context, c client.Client, pods []string, events, round in
 		body := fmt.Appendf(nil, `{"metadata":{"annotations":{%q:%q}}}`, annotation, v)
 		return c.Patch(ctx, p, client.RawPatch(types.MergePatchType, body))
 	}
-	jobs := make(chan int)
-	errs := make(chan error, 8)
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for i := range jobs {
-				if err := patch(i, fmt.Sprint(round, "-", i)); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	var err error
-loop:
-	for i := range events {
-		select {
-		case jobs <- i:
-		case err = <-errs:
-			break loop
-		}
-	}
-	close(jobs)
-	wg.Wait()
-	if err == nil && len(errs) > 0 {
-		err = <-errs
-	}
-	if err != nil {
+	if err := parallel(ctx, 8, events, func(_ context.Context, i int) error { return patch(i, fmt.Sprint(round, "-", i)) }); err != nil {
 		return err
 	}
 	return patch(0, fmt.Sprint(round, "-done"))

@@ -256,8 +256,6 @@ func run() error {
 				}
 				if plugin == preparedPlugin {
 					preps = append(preps, prepRow{conc: n, rep: rep, prepared: took, add: add})
-				}
-				if plugin == preparedPlugin {
 					if err := c.DeleteAllOf(ctx, &corev1.Pod{}, client.InNamespace("bench"), client.MatchingLabels{"round": strings.TrimSuffix(prefix, "-")}); err != nil {
 						return err
 					}
