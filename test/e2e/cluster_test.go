@@ -128,12 +128,7 @@ func TestBerth_Agent(t *testing.T) {
 	}
 	// The manifest sets GOMEMLIMIT to the container's memory limit.
 	limit := pod.Spec.Containers[0].Resources.Limits.Memory().Value()
-	var got float64
-	for line := range strings.SplitSeq(body, "\n") {
-		if v, ok := strings.CutPrefix(line, "go_gc_gomemlimit_bytes "); ok {
-			got, _ = strconv.ParseFloat(v, 64)
-		}
-	}
+	got := metricValue(t, body, "go_gc_gomemlimit_bytes")
 	if limit == 0 || got != float64(limit) {
 		t.Errorf("go_gc_gomemlimit_bytes is %v, want the container's memory limit %d", got, limit)
 	}
