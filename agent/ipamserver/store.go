@@ -18,6 +18,7 @@ import (
 
 	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/claimindex"
 )
 
 // Field indexes of IPClaims in the cache.
@@ -59,18 +60,7 @@ var claimIndexes = map[string]func(*v1alpha1.IPClaim) string{
 // IndexClaims registers the IPClaim indexes the store reads by. Call it
 // before the cache starts.
 func IndexClaims(ctx context.Context, idx client.FieldIndexer) error {
-	for name, f := range claimIndexes {
-		err := idx.IndexField(ctx, &v1alpha1.IPClaim{}, name, func(o client.Object) []string {
-			if v := f(o.(*v1alpha1.IPClaim)); v != "" {
-				return []string{v}
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("index ipclaims by %s: %w", name, err)
-		}
-	}
-	return nil
+	return claimindex.Register(ctx, idx, claimIndexes)
 }
 
 // Store is the agent's ipam.Store: reads from an informer cache (falling

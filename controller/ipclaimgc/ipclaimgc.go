@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/claimindex"
 )
 
 // ControllerName names the reconciler.
@@ -88,14 +89,11 @@ const indexPodUID = "spec.pod.uid"
 // creation or status changes nothing the GC decides on (its claims name
 // its UID), and every pod of the cluster sends them.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
-	err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1alpha1.IPClaim{}, indexPodUID, func(o client.Object) []string {
-		if c, ok := o.(*v1alpha1.IPClaim); ok && c.Spec.Pod.UID != "" {
-			return []string{string(c.Spec.Pod.UID)}
-		}
-		return nil
+	err := claimindex.Register(context.Background(), mgr.GetFieldIndexer(), map[string]func(*v1alpha1.IPClaim) string{
+		indexPodUID: func(c *v1alpha1.IPClaim) string { return string(c.Spec.Pod.UID) },
 	})
 	if err != nil {
-		return fmt.Errorf("index ipclaims by %s: %w", indexPodUID, err)
+		return err
 	}
 	deleted := predicate.Funcs{
 		CreateFunc:  func(event.CreateEvent) bool { return false },

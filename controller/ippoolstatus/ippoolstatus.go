@@ -28,6 +28,7 @@ import (
 
 	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/claimindex"
 )
 
 // ControllerName names the reconciler.
@@ -59,7 +60,7 @@ func New(c client.Client) (*Reconciler, error) {
 
 // SetupWithManager registers the reconciler, indexing claims by pool.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
-	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1alpha1.IPClaim{}, IndexPool, PoolOfClaim); err != nil {
+	if err := IndexClaims(context.Background(), mgr.GetFieldIndexer()); err != nil {
 		return err
 	}
 	// Pool events count only when a pool comes, goes or its spec changes
@@ -97,12 +98,14 @@ func recount(q queue, claims ...client.Object) {
 	}
 }
 
-// IndexPool indexes claims by pool (PoolOfClaim) in the reconciler's cache.
+// IndexPool indexes claims by pool in the reconciler's cache.
 const IndexPool = "spec.pool"
 
-// PoolOfClaim is the IndexPool index function.
-func PoolOfClaim(o client.Object) []string {
-	return []string{o.(*v1alpha1.IPClaim).Spec.Pool}
+// IndexClaims registers IndexPool in idx. Call it before the cache starts.
+func IndexClaims(ctx context.Context, idx client.FieldIndexer) error {
+	return claimindex.Register(ctx, idx, map[string]func(*v1alpha1.IPClaim) string{
+		IndexPool: func(c *v1alpha1.IPClaim) string { return c.Spec.Pool },
+	})
 }
 
 // Claims lists pool's claims from r, a cache indexed by IndexPool. They

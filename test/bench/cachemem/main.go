@@ -188,7 +188,7 @@ func synced(ctx context.Context, cfg *rest.Config, opts cache.Options, pods int,
 	if err != nil {
 		return 0, err
 	}
-	if err := ca.IndexField(ctx, &v1alpha1.IPClaim{}, ippoolstatus.IndexPool, ippoolstatus.PoolOfClaim); err != nil {
+	if err := ippoolstatus.IndexClaims(ctx, ca); err != nil {
 		return 0, err
 	}
 	cctx, stop := context.WithCancel(ctx)
