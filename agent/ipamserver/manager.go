@@ -15,8 +15,8 @@ import (
 )
 
 // NewForManager returns a Server whose Store reads mgr's cache (indexing
-// IPClaims first) and writes through mgr's client; cfg.Store, Counts and
-// WaitForSync are set here. The manager's scheme must know berth.io types.
+// IPClaims first) and writes through mgr's client; cfg.Store, PodCache
+// and WaitForSync are set here. The manager's scheme must know berth.io types.
 // Add the Server to mgr.
 func NewForManager(ctx context.Context, mgr manager.Manager, cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
@@ -26,7 +26,7 @@ func NewForManager(ctx context.Context, mgr manager.Manager, cfg Config) (*Serve
 		return nil, err
 	}
 	st := NewStore(mgr.GetCache(), mgr.GetAPIReader(), mgr.GetClient())
-	cfg.Store, cfg.Counts, cfg.PodCache = st, st.PoolCounts, mgr.GetCache()
+	cfg.Store, cfg.PodCache = st, mgr.GetCache()
 	cfg.WaitForSync = func(ctx context.Context) bool {
 		// Start the informers now rather than on the first ADD. Right after
 		// `kubectl apply` the CRDs may not be served yet: retry, do not

@@ -1,10 +1,6 @@
 package ipamserver
 
 import (
-	"context"
-	"sync"
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/berth-io/berth/agent/promreg"
@@ -25,9 +21,10 @@ var durationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 
 
 // newMetrics makes the server's metrics and registers them with reg. When
 // reg already holds them (a second Server in the same process), the
-// registered ones are used, so the series continue, and the pool gauges
-// read the newest Server's counts.
-func newMetrics(reg prometheus.Registerer, counts func(context.Context) ([]PoolCount, error)) (*metrics, error) {
+// registered ones are used, so the series continue. The pools' gauges
+// are berth-controller's (berth_ippool_addresses), exported once for the
+// cluster rather than by every agent.
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		allocation: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "berth_ipam_allocation_duration_seconds",
@@ -70,57 +67,10 @@ func newMetrics(reg prometheus.Registerer, counts func(context.Context) ([]PoolC
 	if m.recordsPending, err = promreg.Register(reg, m.recordsPending); err != nil {
 		return nil, err
 	}
-	if counts != nil {
-		pc, err := promreg.Register(reg, &poolCollector{})
-		if err != nil {
-			return nil, err
-		}
-		pc.setCounts(counts)
-	}
 	m.reservations.WithLabelValues("hit")
 	m.reservations.WithLabelValues("miss")
 	for _, r := range []string{"ok", "error", "used", "released"} {
 		m.prepared.WithLabelValues(r)
 	}
 	return m, nil
-}
-
-var poolDesc = prometheus.NewDesc("berth_ipam_pool_addresses",
-	"Addresses of an IPPool by state: size (all it hands out), bound, reserved, free; as this agent's cache sees them.",
-	[]string{"pool", "state"}, nil)
-
-// poolCollector reports the pool gauges from counts, which the newest
-// Server sets (a registered collector outlives the Server that made it).
-type poolCollector struct {
-	mu     sync.Mutex
-	counts func(context.Context) ([]PoolCount, error)
-}
-
-func (c *poolCollector) setCounts(counts func(context.Context) ([]PoolCount, error)) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.counts = counts
-}
-
-func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- poolDesc }
-
-func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
-	c.mu.Lock()
-	count := c.counts
-	c.mu.Unlock()
-	if count == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	counts, err := count(ctx)
-	if err != nil {
-		ch <- prometheus.NewInvalidMetric(poolDesc, err)
-		return
-	}
-	for _, p := range counts {
-		for state, v := range map[string]float64{"size": p.Size, "bound": p.Bound, "reserved": p.Reserved, "free": p.Free} {
-			ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, v, p.Pool, state)
-		}
-	}
 }

@@ -1,7 +1,6 @@
 package ipamserver
 
 import (
-	"context"
 	"strings"
 	"testing"
 
@@ -10,22 +9,16 @@ import (
 )
 
 // TestNewMetrics_twice: a second Server in the same process (same
-// registry) continues the first one's series, and the pool gauges read the
-// newest Server's counts.
+// registry) continues the first one's series.
 func TestNewMetrics_twice(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	counts := func(pool string) func(context.Context) ([]PoolCount, error) {
-		return func(context.Context) ([]PoolCount, error) {
-			return []PoolCount{{Pool: pool, Size: 4, Bound: 1, Reserved: 1, Free: 2}}, nil
-		}
-	}
-	first, err := newMetrics(reg, counts("old"))
+	first, err := newMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	first.reclaimed.WithLabelValues("p").Inc()
 	first.allocation.WithLabelValues("ok").Observe(0.1)
-	second, err := newMetrics(reg, counts("new"))
+	second, err := newMetrics(reg)
 	if err != nil {
 		t.Fatalf("second registration: %v", err)
 	}
@@ -37,17 +30,6 @@ func TestNewMetrics_twice(t *testing.T) {
 	if got := testutil.ToFloat64(second.reclaimed.WithLabelValues("p")); got != 2 {
 		t.Errorf("reclaimed{pool=p} = %v, want 2", got)
 	}
-	want := `
-# HELP berth_ipam_pool_addresses Addresses of an IPPool by state: size (all it hands out), bound, reserved, free; as this agent's cache sees them.
-# TYPE berth_ipam_pool_addresses gauge
-berth_ipam_pool_addresses{pool="new",state="bound"} 1
-berth_ipam_pool_addresses{pool="new",state="free"} 2
-berth_ipam_pool_addresses{pool="new",state="reserved"} 1
-berth_ipam_pool_addresses{pool="new",state="size"} 4
-`
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "berth_ipam_pool_addresses"); err != nil {
-		t.Error(err)
-	}
 }
 
 // TestNewMetrics_conflict: a collector of another kind under one of the
@@ -55,7 +37,7 @@ berth_ipam_pool_addresses{pool="new",state="size"} 4
 func TestNewMetrics_conflict(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_ipam_reservations_reclaimed_total", Help: "x"}))
-	if _, err := newMetrics(reg, nil); err == nil || !strings.HasPrefix(err.Error(), "register metrics: ") {
+	if _, err := newMetrics(reg); err == nil || !strings.HasPrefix(err.Error(), "register metrics: ") {
 		t.Fatalf("err = %v, want a register metrics error", err)
 	}
 }

@@ -77,8 +77,6 @@ type Config struct {
 	Node string
 	// Store is read and written by the allocator. Required.
 	Store ipam.Store
-	// Counts feeds the pool gauges; nil: no pool gauges.
-	Counts func(context.Context) ([]PoolCount, error)
 	// WaitForSync, if set, is called before the socket is served and must
 	// return true once the store's cache is synced.
 	WaitForSync func(context.Context) bool
@@ -167,7 +165,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipam server: %w", err)
 	}
-	m, err := newMetrics(cfg.Registerer, cfg.Counts)
+	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("ipam server: %w", err)
 	}

@@ -232,54 +232,6 @@ func (s *Store) ReservedClaims(pool string) ([]*v1alpha1.IPClaim, error) {
 	return s.list(indexReserved, pool)
 }
 
-// PoolCount is one pool's addresses by state, for metrics.
-type PoolCount struct {
-	Pool                        string
-	Size, Bound, Reserved, Free float64
-}
-
-// PoolCounts counts every pool's claims in the cache. It reads shallow
-// copies of the cached objects (client.UnsafeDisableDeepCopy): a scrape
-// reads every claim of the cluster and changes none.
-func (s *Store) PoolCounts(ctx context.Context) ([]PoolCount, error) {
-	var pools v1alpha1.IPPoolList
-	if err := s.cache.List(ctx, &pools, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, err
-	}
-	var claims v1alpha1.IPClaimList
-	if err := s.cache.List(ctx, &claims, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, err
-	}
-	byPool := map[string]*PoolCount{}
-	var out []PoolCount
-	for i := range pools.Items {
-		p, err := ipam.ParsePool(&pools.Items[i])
-		if err != nil {
-			continue
-		}
-		out = append(out, PoolCount{Pool: p.Name, Size: float64(p.Size())})
-	}
-	for i := range out {
-		byPool[out[i].Pool] = &out[i]
-	}
-	for i := range claims.Items {
-		c := &claims.Items[i]
-		pc, ok := byPool[c.Spec.Pool]
-		if !ok {
-			continue
-		}
-		if c.Spec.State == v1alpha1.ClaimReserved {
-			pc.Reserved++
-		} else {
-			pc.Bound++
-		}
-	}
-	for i := range out {
-		out[i].Free = max(0, out[i].Size-out[i].Bound-out[i].Reserved)
-	}
-	return out, nil
-}
-
 // shadow returns what the store knows of the claim: its own later write,
 // if the cache (c, nil when absent) has not caught up with it.
 func (s *Store) shadow(name string, c *v1alpha1.IPClaim) *v1alpha1.IPClaim {

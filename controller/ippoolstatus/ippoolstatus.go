@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -58,9 +59,13 @@ func New(c client.Client) (*Reconciler, error) {
 	return &Reconciler{Client: c}, nil
 }
 
-// SetupWithManager registers the reconciler, indexing claims by pool.
+// SetupWithManager registers the reconciler, indexing claims by pool, and
+// the pool gauges (RegisterMetrics) with controller-runtime's registry.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := IndexClaims(context.Background(), mgr.GetFieldIndexer()); err != nil {
+		return err
+	}
+	if err := RegisterMetrics(ctrlmetrics.Registry, mgr.GetCache(), mgr.Elected()); err != nil {
 		return err
 	}
 	// Pool events count only when a pool comes, goes or its spec changes

@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -76,6 +79,34 @@ func TestReconciler_Reconcile(t *testing.T) {
 			meta.IsStatusConditionTrue(st.Conditions, ippoolstatus.ConditionReady) && meta.IsStatusConditionTrue(st.Conditions, ippoolstatus.ConditionExhausted)
 	})
 
+	// The leader's gauges report that status; a standby replica reports
+	// none.
+	want := `# HELP berth_ippool_addresses Addresses of an IPPool by state: size (all it hands out), bound, reserved, free; its status as last counted (at most 1 s behind its claims).
+# TYPE berth_ippool_addresses gauge
+berth_ippool_addresses{pool="small",state="bound"} 1
+berth_ippool_addresses{pool="small",state="free"} 0
+berth_ippool_addresses{pool="small",state="reserved"} 1
+berth_ippool_addresses{pool="small",state="size"} 2
+# HELP berth_ippool_condition 1 when the IPPool's condition (Ready, Exhausted) is True, else 0.
+# TYPE berth_ippool_condition gauge
+berth_ippool_condition{condition="Exhausted",pool="small"} 1
+berth_ippool_condition{condition="Ready",pool="small"} 1
+`
+	if err := testutil.GatherAndCompare(ctrlmetrics.Registry, strings.NewReader(want), "berth_ippool_addresses", "berth_ippool_condition"); err != nil {
+		t.Error(err)
+	}
+	reg, elected := prometheus.NewRegistry(), make(chan struct{})
+	if err := ippoolstatus.RegisterMetrics(reg, c, elected); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != 0 {
+		t.Errorf("a standby replica reports %d series (%v), want none", n, err)
+	}
+	close(elected)
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "berth_ippool_addresses", "berth_ippool_condition"); err != nil {
+		t.Errorf("once elected: %v", err)
+	}
+
 	// A newer pool overlapping it is not Ready, until the older one goes
 	// (created in the same second: the name decides, "small" < "z-late").
 	late := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "z-late"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.6.0.0/29"}}
@@ -131,6 +162,10 @@ func TestReconciler_Reconcile(t *testing.T) {
 	waitPool(ctx, t, c, "z-late", func(p *v1alpha1.IPPool) bool {
 		return meta.IsStatusConditionTrue(p.Status.Conditions, ippoolstatus.ConditionReady)
 	})
+	// The gauges follow: small's series are gone.
+	if n, err := testutil.GatherAndCount(reg, "berth_ippool_addresses"); err != nil || n != 4 {
+		t.Errorf("%d pool address series after small went (%v), want z-late's 4", n, err)
+	}
 }
 
 // TestReconciler_burst: 200 claims created as fast as 8 writers can

@@ -199,7 +199,24 @@ func agentLogs(ctx context.Context, t *testing.T, pod *corev1.Pod) string {
 // on the node's own address.
 func agentMetrics(ctx context.Context, t *testing.T, pod *corev1.Pod) string {
 	t.Helper()
-	url := "http://" + net.JoinHostPort(pod.Status.HostIP, "9470") + "/metrics"
+	return hostMetrics(ctx, t, pod, "9470")
+}
+
+// controllerMetrics scrapes berth-controller (one replica, the leader, in
+// the host network namespace too).
+func controllerMetrics(ctx context.Context, t *testing.T) string {
+	t.Helper()
+	pods, err := client.CoreV1().Pods(berthNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=berth-controller"})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("want one berth-controller pod, got %d (%v)", len(pods.Items), err)
+	}
+	return hostMetrics(ctx, t, &pods.Items[0], "9480")
+}
+
+// hostMetrics scrapes /metrics of a host-network pod on port.
+func hostMetrics(ctx context.Context, t *testing.T, pod *corev1.Pod, port string) string {
+	t.Helper()
+	url := "http://" + net.JoinHostPort(pod.Status.HostIP, port) + "/metrics"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		t.Fatalf("request: %v", err)

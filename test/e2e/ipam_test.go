@@ -579,6 +579,17 @@ func TestIPAM_PoolDeletion(t *testing.T) {
 	})
 	cond := meta.FindStatusCondition(p.Status.Conditions, "Ready")
 	t.Logf("pool %s: %s", name, cond.Message)
+	// berth-controller's gauges say the same.
+	gauges := []string{fmt.Sprintf(`berth_ippool_addresses{pool=%q,state="bound"} 1`, name),
+		fmt.Sprintf(`berth_ippool_addresses{pool=%q,state="size"} 4`, name),
+		fmt.Sprintf(`berth_ippool_condition{condition="Ready",pool=%q} 0`, name)}
+	var metrics string
+	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		metrics = controllerMetrics(ctx, t)
+		return !slices.ContainsFunc(gauges, func(g string) bool { return !strings.Contains(metrics, g) }), nil
+	}); err != nil {
+		t.Errorf("berth-controller's /metrics lacks %q within 30s; its pool series:\n%s", gauges, grepLines(metrics, "berth_ippool_"))
+	}
 	if want := fmt.Sprintf("%s (pod %s/holder)", holder.Status.PodIP, ns); !strings.Contains(cond.Message, want) {
 		t.Errorf("condition message %q does not name %s", cond.Message, want)
 	}
@@ -661,4 +672,15 @@ func metricValue(t *testing.T, body, series string) float64 {
 		}
 	}
 	return 0
+}
+
+// grepLines returns the lines of body that start with prefix.
+func grepLines(body, prefix string) string {
+	var out []string
+	for line := range strings.Lines(body) {
+		if strings.HasPrefix(line, prefix) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "")
 }
