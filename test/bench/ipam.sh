@@ -6,8 +6,10 @@
 # -repeat N runs each plugin N times, interleaved, and summarizes each one's
 # ADD figures over host-local's of the same repetition (median and range).
 # berth-ipam-prepared rounds also count ADD/s until every container ID is
-# recorded on its claim (a watch), and start their DELs only then.
+# recorded on its claim (a list, then a watch if needed, after the round),
+# and start their DELs only then.
 # Diagnostics: -floor N (serial IPClaim writes through a plain client),
+# -split-cpus (kube-apiserver and etcd on the last CPU, the rest on the others),
 # -cpuprofile FILE (the agent process: berth-agent's IPAM server),
 # -apiserver-cpuprofile FILE, -agent-qps 0 (client-go's default limit).
 # Builds: berth-ipam (this checkout), Whereabouts from the Go module proxy

@@ -3,12 +3,15 @@ package procstat
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Fields returns the fields of /proc/<pid>/stat after the command name,
@@ -59,4 +62,29 @@ func Children() map[string]int {
 		}
 	}
 	return out
+}
+
+// Pin restricts every thread of pid to cpus (sched_setaffinity of each
+// /proc/<pid>/task entry: the affinity is per thread, and a process's
+// threads keep theirs when only its main thread is set). Threads and
+// processes it starts later inherit it.
+func Pin(pid int, cpus ...int) error {
+	var set unix.CPUSet
+	for _, c := range cpus {
+		set.Set(c)
+	}
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return fmt.Errorf("pin %d: %w", pid, err)
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, &set); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("pin %d thread %d to CPUs %v: %w", pid, tid, cpus, err)
+		}
+	}
+	return nil
 }

@@ -3,11 +3,15 @@ package procstat
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestFields_self(t *testing.T) {
@@ -55,4 +59,56 @@ func TestChildren(t *testing.T) {
 	if got := Children()["sleep"]; got != cmd.Process.Pid {
 		t.Errorf("Children()[sleep] = %d, want %d", got, cmd.Process.Pid)
 	}
+}
+
+// TestPin pins every thread of a child process (one that has started
+// threads of its own) to one CPU, and reads each thread's affinity back.
+func TestPin(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("needs 2 CPUs to see a change")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// A Go program's runtime starts several threads.
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.CommandContext(ctx, self, "-test.run=^TestPinChild$")
+	cmd.Env = append(os.Environ(), "PROCSTAT_PIN_CHILD=1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	pid := cmd.Process.Pid
+	var tasks []os.DirEntry
+	for deadline := time.Now().Add(10 * time.Second); len(tasks) < 2; time.Sleep(10 * time.Millisecond) {
+		if tasks, err = os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); err != nil || time.Now().After(deadline) {
+			t.Fatalf("threads of %d: %d (%v)", pid, len(tasks), err)
+		}
+	}
+	if err := Pin(pid, 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		tid, _ := strconv.Atoi(task.Name())
+		var set unix.CPUSet
+		if err := unix.SchedGetaffinity(tid, &set); err != nil {
+			continue // the thread ended
+		}
+		if set.Count() != 1 || !set.IsSet(1) {
+			t.Errorf("thread %d of %d: affinity has %d CPUs, CPU 1 %v; want only CPU 1", tid, pid, set.Count(), set.IsSet(1))
+		}
+	}
+	if err := Pin(-1, 0); err == nil {
+		t.Error("Pin of no process: no error")
+	}
+}
+
+// TestPinChild is TestPin's child process: it lives 30 s.
+func TestPinChild(t *testing.T) {
+	if os.Getenv("PROCSTAT_PIN_CHILD") == "" {
+		t.Skip("TestPin's child process")
+	}
+	time.Sleep(30 * time.Second)
 }

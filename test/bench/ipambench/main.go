@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -74,6 +75,7 @@ type opts struct {
 	apiProfileSeconds  int
 	agentQPS           float64
 	repeat             int
+	splitCPUs          bool
 }
 
 func run() error {
@@ -93,6 +95,7 @@ func run() error {
 	flag.Float64Var(&o.agentQPS, "agent-qps", -1, "QPS of the agent's API client: -1 none, as ctrl.GetConfig sets it for berth-agent in a pod; 0 client-go's default (5 QPS, burst 10, per resource), which a client made from a kubeconfig file gets unless it sets its own")
 	flag.StringVar(&o.apiProfile, "apiserver-cpuprofile", "", "write a CPU profile of kube-apiserver over the first -apiserver-cpuprofile-seconds of the plugin rounds")
 	flag.IntVar(&o.apiProfileSeconds, "apiserver-cpuprofile-seconds", 10, "length of the kube-apiserver CPU profile")
+	flag.BoolVar(&o.splitCPUs, "split-cpus", false, "a diagnostic: kube-apiserver and etcd on the last CPU, this process, the agent and the plugins on the others, as on a cluster whose API server runs on other machines than the node's runtime (the goal is measured without)")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the agent process (berth-agent's IPAM server) over the plugin rounds")
 	flag.Parse()
 	if o.repeat < 1 {
@@ -115,11 +118,25 @@ func run() error {
 	if o.apiProfile != "" {
 		env.ControlPlane.GetAPIServer().Configure().Set("profiling", "true")
 	}
+	var split string
+	if o.splitCPUs {
+		// Before envtest starts them, so that this process's threads are
+		// the node's CPUs' only: the control plane is moved off after.
+		var err error
+		if split, err = pinNode(); err != nil {
+			return err
+		}
+	}
 	cfg, err := env.Start()
 	if err != nil {
 		return fmt.Errorf("start kube-apiserver: %w", err)
 	}
 	defer func() { _ = env.Stop() }()
+	if o.splitCPUs {
+		if err := pinControlPlane(); err != nil {
+			return err
+		}
+	}
 	cfg.QPS, cfg.Burst = -1, 0
 	work, err := os.MkdirTemp("", "ipambench-")
 	if err != nil {
@@ -198,7 +215,7 @@ func run() error {
 		"whereabouts": fmt.Sprintf(`{"cniVersion": "0.4.0", "name": "bench", "type": "bridge", "ipam": {"type": "whereabouts", "range": "10.130.0.0/16", "configuration_path": %q}}`,
 			waConf),
 	}
-	fmt.Printf("ADD then DEL, %d each, through the plugin binaries; one kube-apiserver %s + etcd (envtest)\n\n", o.adds, berthenvtest.ServerVersion(cfg))
+	fmt.Printf("ADD then DEL, %d each, through the plugin binaries; one kube-apiserver %s + etcd (envtest)%s\n\n", o.adds, berthenvtest.ServerVersion(cfg), split)
 	if o.floor > 0 {
 		if err := floor(ctx, c, o.floor); err != nil {
 			return err
@@ -246,9 +263,7 @@ func run() error {
 					if took, err = schedulePods(ctx, c, prefix, o.adds); err != nil {
 						return err
 					}
-					if afterAdd, err = watchRecorded(ctx, c, prefix, o.adds); err != nil {
-						return err
-					}
+					afterAdd = func() (time.Time, error) { return waitRecorded(ctx, c, prefix, o.adds) }
 				}
 				add, del, err := measure(ctx, bin, conf, o.adds, n, round, prefix, agent, afterAdd)
 				if err != nil {
@@ -566,6 +581,44 @@ const (
 func processes(agent int) []int {
 	children := procstat.Children()
 	return []int{procBench: os.Getpid(), procAgent: agent, procAPIServer: children["kube-apiserver"], procEtcd: children["etcd"]}
+}
+
+// pinNode keeps this process (and so the agent and the plugins it starts)
+// off the last CPU, which pinControlPlane gives kube-apiserver and etcd.
+// It returns the note for the results' heading.
+func pinNode() (string, error) {
+	n := goruntime.NumCPU()
+	if n < 2 {
+		return "", fmt.Errorf("-split-cpus: %d CPU, needs 2", n)
+	}
+	node := make([]int, n-1)
+	for i := range node {
+		node[i] = i
+	}
+	if err := procstat.Pin(os.Getpid(), node...); err != nil {
+		return "", fmt.Errorf("-split-cpus: %w", err)
+	}
+	cpus := "CPU 0"
+	if n > 2 {
+		cpus = fmt.Sprintf("CPUs 0-%d", n-2)
+	}
+	return fmt.Sprintf("; -split-cpus: kube-apiserver and etcd on CPU %d, everything else on %s", n-1, cpus), nil
+}
+
+// pinControlPlane moves the kube-apiserver and etcd envtest started to the
+// last CPU.
+func pinControlPlane() error {
+	children := procstat.Children()
+	for _, name := range []string{"kube-apiserver", "etcd"} {
+		pid := children[name]
+		if pid == 0 {
+			return fmt.Errorf("-split-cpus: no %s started by this process", name)
+		}
+		if err := procstat.Pin(pid, goruntime.NumCPU()-1); err != nil {
+			return fmt.Errorf("-split-cpus: %w", err)
+		}
+	}
+	return nil
 }
 
 // procTimes returns the user+system CPU time of each pid so far.
