@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -23,9 +24,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	"github.com/berth-io/berth/agent/promreg"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/internal/claimindex"
 )
@@ -64,7 +67,8 @@ type Config struct {
 // Reconciler collects IPClaim garbage.
 type Reconciler struct {
 	client.Client
-	cfg Config
+	cfg       Config
+	collected *prometheus.CounterVec
 }
 
 // New validates cfg and returns a Reconciler using c.
@@ -78,14 +82,15 @@ func New(c client.Client, cfg Config) (*Reconciler, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Reconciler{Client: c, cfg: cfg}, nil
+	return &Reconciler{Client: c, cfg: cfg, collected: newCollected()}, nil
 }
 
 // indexPodUID indexes the cached claims by spec.pod.uid.
 const indexPodUID = "spec.pod.uid"
 
-// SetupWithManager registers the reconciler: every claim, and the claims of
-// a pod when it is deleted. Other pod events are not watched: a pod's
+// SetupWithManager registers the reconciler, and berth_ipclaim_gc_total
+// with controller-runtime's registry: every claim, and the claims of a pod
+// when it is deleted. Other pod events are not watched: a pod's
 // creation or status changes nothing the GC decides on (its claims name
 // its UID), and every pod of the cluster sends them.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
@@ -93,6 +98,9 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		indexPodUID: func(c *v1alpha1.IPClaim) string { return string(c.Spec.Pod.UID) },
 	})
 	if err != nil {
+		return err
+	}
+	if r.collected, err = promreg.Register(ctrlmetrics.Registry, r.collected); err != nil {
 		return err
 	}
 	deleted := predicate.Funcs{
@@ -133,14 +141,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	case v1alpha1.ClaimReserved:
 		// 2. A reservation ends at its TTL or with its app.
 		if c.Spec.ReservedUntil == nil || !now.Before(c.Spec.ReservedUntil.Time) {
-			return reconcile.Result{}, r.free(ctx, &c)
+			return reconcile.Result{}, r.free(ctx, &c, reasonExpired)
 		}
 		gone, err := r.appGone(ctx, c.Spec.App)
 		if err != nil {
 			return reconcile.Result{}, err
 		}
 		if gone {
-			return reconcile.Result{}, r.free(ctx, &c)
+			return reconcile.Result{}, r.free(ctx, &c, reasonAppGone)
 		}
 		return reconcile.Result{RequeueAfter: c.Spec.ReservedUntil.Sub(now)}, nil
 	default:
@@ -212,7 +220,7 @@ func (r *Reconciler) reserve(ctx context.Context, c *v1alpha1.IPClaim, why strin
 	var pool v1alpha1.IPPool
 	err := r.Get(ctx, client.ObjectKey{Name: c.Spec.Pool}, &pool)
 	if apierrors.IsNotFound(err) || c.Spec.App == nil || (err == nil && pool.Spec.Retain != nil && !*pool.Spec.Retain) {
-		return r.free(ctx, c)
+		return r.free(ctx, c, why)
 	}
 	if err != nil {
 		return err
@@ -228,6 +236,9 @@ func (r *Reconciler) reserve(ctx context.Context, c *v1alpha1.IPClaim, why strin
 	if err := r.write(ctx, c, false); err != nil {
 		return err // a conflict requeues; the allocator may have moved it
 	}
+	r.collected.WithLabelValues(actionReserved, why).Inc()
+	ctrl.LoggerFrom(ctx).Info("reserved the claim of a pod that ended without releasing it", "claim", c.Name, "address", c.Spec.Address,
+		"pod", c.Spec.Pod.Namespace+"/"+c.Spec.Pod.Name, "pod_uid", c.Spec.Pod.UID, "node", c.Spec.Node, "reason", why, "until", until.Time)
 	meta.SetStatusCondition(&c.Status.Conditions, metav1.Condition{Type: ConditionOrphaned, Status: metav1.ConditionTrue,
 		Reason: why, ObservedGeneration: c.Generation, LastTransitionTime: metav1.NewTime(now),
 		Message: fmt.Sprintf("pod %s/%s (uid %s) on node %s ended without releasing the address; reserved for its app", c.Spec.Pod.Namespace, c.Spec.Pod.Name, c.Spec.Pod.UID, c.Spec.Node)})
@@ -247,11 +258,17 @@ func (r *Reconciler) write(ctx context.Context, c *v1alpha1.IPClaim, status bool
 	return r.Update(ctx, c)
 }
 
-// free deletes the claim at the resourceVersion read.
-func (r *Reconciler) free(ctx context.Context, c *v1alpha1.IPClaim) error {
+// free deletes the claim at the resourceVersion read, for reason.
+func (r *Reconciler) free(ctx context.Context, c *v1alpha1.IPClaim, reason string) error {
 	rv := c.ResourceVersion
 	err := r.Delete(ctx, c, client.Preconditions{ResourceVersion: &rv, UID: &c.UID})
-	return client.IgnoreNotFound(err)
+	if err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	r.collected.WithLabelValues(actionFreed, reason).Inc()
+	ctrl.LoggerFrom(ctx).Info("freed the claim", "claim", c.Name, "address", c.Spec.Address, "pool", c.Spec.Pool,
+		"pod", c.Spec.Pod.Namespace+"/"+c.Spec.Pod.Name, "state", c.Spec.State, "reason", reason)
+	return nil
 }
 
 // appGone reports whether the workload an address is reserved for is gone.

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/berth-io/berth/api/v1alpha1"
@@ -129,6 +130,8 @@ func TestReconciler_Reconcile(t *testing.T) {
 	kept.Spec.ReservedUntil = &future
 	create(t, c, kept)
 
+	gc0 := gcCounts(t)
+
 	reservedFor := func(name, reason string) func() bool {
 		return func() bool {
 			cl, ok := get(t, c, name)
@@ -190,4 +193,41 @@ func TestReconciler_Reconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	poll.Until(t, 20*time.Second, "claim of the deleted live pod reserved", reservedFor("p-10-5-0-1", ipclaimgc.ReasonPodGone))
+
+	// berth_ipclaim_gc_total counted each change once, by its reason.
+	gc1 := gcCounts(t)
+	for series, want := range map[string]float64{
+		"reserved/PodGone": 3, "reserved/NodeGone": 1, "freed/PodGone": 1, "freed/NodeGone": 0, "freed/Expired": 1, "freed/AppGone": 1,
+	} {
+		if got := gc1[series] - gc0[series]; got != want {
+			t.Errorf("berth_ipclaim_gc_total{%s} rose by %v, want %v", series, got, want)
+		}
+	}
+}
+
+// gcCounts reads berth_ipclaim_gc_total from controller-runtime's
+// registry, by "action/reason".
+func gcCounts(t *testing.T) map[string]float64 {
+	t.Helper()
+	mfs, err := ctrlmetrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "berth_ipclaim_gc_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			out[l["action"]+"/"+l["reason"]] = m.GetCounter().GetValue()
+		}
+	}
+	if len(out) != 6 {
+		t.Fatalf("berth_ipclaim_gc_total has %d series, want 6: %v", len(out), out)
+	}
+	return out
 }
