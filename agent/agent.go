@@ -68,7 +68,7 @@ type Config struct {
 	// set by Run.
 	FileLogs *filelogs.Config
 	// IPAM configures the IPAM server (berth-ipam's socket); nil disables
-	// it. Its Node, Registerer and Logger are set by Run.
+	// it. Its Node, Registerer, Recorder and Logger are set by Run.
 	IPAM *ipamserver.Config
 	// Logger receives all logs, including those of client-go,
 	// controller-runtime and the NRI stub. Default slog.Default().
@@ -158,7 +158,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 	if cfg.IPAM != nil {
 		ipamCfg := *cfg.IPAM
-		ipamCfg.Node, ipamCfg.Registerer = cfg.NodeName, ctrlmetrics.Registry
+		ipamCfg.Node, ipamCfg.Registerer, ipamCfg.Recorder = cfg.NodeName, ctrlmetrics.Registry, mgr.GetEventRecorder(Name)
 		if ipamCfg.Logger == nil {
 			ipamCfg.Logger = log.With("part", "ipam")
 		}

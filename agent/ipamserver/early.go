@@ -115,6 +115,18 @@ func Unplug(nsPath, ifName string, addr netip.Addr) error {
 	return nil
 }
 
+// podRef names a pod for the early releaser's queue and its Events.
+type podRef struct {
+	UID             types.UID
+	Namespace, Name string
+}
+
+// Reasons of the Events early release records on the pod.
+const (
+	ReasonReleasedEarly      = "AddressReleasedEarly"
+	ReasonEarlyReleaseFailed = "EarlyReleaseFailed"
+)
+
 // earlyReleaser releases the addresses of terminating pods on this node
 // that ask for it (berth.io/ip-release: early).
 type earlyReleaser struct {
@@ -123,7 +135,9 @@ type earlyReleaser struct {
 	dir    string
 	log    *slog.Logger
 	unplug func(nsPath, ifName string, addr netip.Addr) error
-	queue  workqueue.TypedRateLimitingInterface[types.UID]
+	queue  workqueue.TypedRateLimitingInterface[podRef]
+	// event, if set, records an Event on the pod.
+	event func(pod podRef, eventType, reason, note string)
 	// waitBinds, if set, waits until the pod's prepared claims record
 	// their container (ReleaseEarly skips claims that record none).
 	waitBinds func(context.Context, types.UID) error
@@ -135,17 +149,19 @@ func wantsEarly(pod *corev1.Pod, node string) bool {
 	return pod.Spec.NodeName == node && pod.DeletionTimestamp != nil && pod.Annotations[v1alpha1.AnnotationRelease] == "early"
 }
 
-// process releases one pod's claims early.
-func (r *earlyReleaser) process(ctx context.Context, uid types.UID) error {
+// process releases one pod's claims early and returns the addresses it
+// removed from the pod's interfaces ("10.0.0.5 from eth0").
+func (r *earlyReleaser) process(ctx context.Context, uid types.UID) ([]string, error) {
 	if r.waitBinds != nil {
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := r.waitBinds(wctx, uid)
 		cancel()
 		if err != nil {
-			return err // retried with backoff
+			return nil, err // retried with backoff
 		}
 	}
-	return r.alloc.ReleaseEarly(ctx, uid, func(c *v1alpha1.IPClaim) error {
+	var removed []string
+	err := r.alloc.ReleaseEarly(ctx, uid, func(c *v1alpha1.IPClaim) error {
 		att, err := readAttachment(r.dir, c.Spec.ContainerID, c.Spec.Interface)
 		if errors.Is(err, os.ErrNotExist) {
 			// Not attached by this agent (or DEL already ran): nothing of
@@ -159,8 +175,13 @@ func (r *earlyReleaser) process(ctx context.Context, uid types.UID) error {
 		if err != nil {
 			return err
 		}
-		return r.unplug(att.Netns, att.IfName, addr)
+		if err := r.unplug(att.Netns, att.IfName, addr); err != nil {
+			return err
+		}
+		removed = append(removed, fmt.Sprintf("%s from %s", addr, att.IfName))
+		return nil
 	})
+	return removed, err
 }
 
 // run watches pods through informer and works the queue until ctx is done.
@@ -171,7 +192,7 @@ func (r *earlyReleaser) run(ctx context.Context, c cache.Cache) error {
 	}
 	on := func(obj any) {
 		if p, ok := obj.(*corev1.Pod); ok && wantsEarly(p, r.node) {
-			r.queue.Add(p.UID)
+			r.queue.Add(podRef{UID: p.UID, Namespace: p.Namespace, Name: p.Name})
 		}
 	}
 	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
@@ -181,18 +202,40 @@ func (r *earlyReleaser) run(ctx context.Context, c cache.Cache) error {
 	}
 	go func() { <-ctx.Done(); r.queue.ShutDown() }()
 	for {
-		uid, quit := r.queue.Get()
+		pod, quit := r.queue.Get()
 		if quit {
 			return nil
 		}
-		start := time.Now()
-		if err := r.process(ctx, uid); err != nil {
-			r.log.Warn("early release failed; retrying", "pod_uid", uid, "err", err)
-			r.queue.AddRateLimited(uid)
-		} else {
-			r.log.Info("released early", "pod_uid", uid, "duration_seconds", time.Since(start).Seconds())
-			r.queue.Forget(uid)
-		}
-		r.queue.Done(uid)
+		r.work(ctx, pod)
+		r.queue.Done(pod)
+	}
+}
+
+// work processes one pod from the queue: it logs and records an Event of
+// what it did, and queues the pod again after a failure.
+func (r *earlyReleaser) work(ctx context.Context, pod podRef) {
+	start := time.Now()
+	removed, err := r.process(ctx, pod.UID)
+	if err != nil {
+		r.log.Warn("early release failed; retrying", "namespace", pod.Namespace, "pod", pod.Name, "pod_uid", pod.UID, "err", err)
+		r.record(pod, corev1.EventTypeWarning, ReasonEarlyReleaseFailed,
+			fmt.Sprintf("berth.io/ip-release: early: %v; retrying (the address is released at the pod's CNI DEL at the latest)", err))
+		r.queue.AddRateLimited(pod)
+		return
+	}
+	r.queue.Forget(pod)
+	if len(removed) == 0 {
+		return // nothing left to release: done before, or by DEL
+	}
+	r.log.Info("released early", "namespace", pod.Namespace, "pod", pod.Name, "pod_uid", pod.UID, "removed", removed,
+		"duration_seconds", time.Since(start).Seconds())
+	r.record(pod, corev1.EventTypeNormal, ReasonReleasedEarly,
+		fmt.Sprintf("berth.io/ip-release: early: removed %s and released it for the app's next pod; the pod has no network for the rest of its termination",
+			strings.Join(removed, ", ")))
+}
+
+func (r *earlyReleaser) record(pod podRef, eventType, reason, note string) {
+	if r.event != nil {
+		r.event(pod, eventType, reason, note)
 	}
 }

@@ -2,9 +2,11 @@ package ipamserver
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 
 	"github.com/berth-io/berth/agent/ipam"
@@ -23,7 +26,8 @@ import (
 
 // TestEarlyReleaser_process: a terminating pod annotated for early release
 // loses its address on its interface (in a real network namespace, through
-// a netlink handle), and its claim becomes Reserved before any DEL.
+// a netlink handle), its claim becomes Reserved before any DEL, and one
+// Event on the pod says so.
 func TestEarlyReleaser_process(t *testing.T) {
 	pod, err := testutils.NewNS()
 	if err != nil {
@@ -70,9 +74,27 @@ func TestEarlyReleaser_process(t *testing.T) {
 	if !wantsEarly(p, "n1") || wantsEarly(p, "n2") {
 		t.Fatal("wantsEarly")
 	}
-	r := &earlyReleaser{alloc: alloc, node: "n1", dir: dir, unplug: Unplug}
-	if err := r.process(ctx, p.UID); err != nil {
-		t.Fatalf("process: %v", err)
+	type event struct {
+		pod               podRef
+		typ, reason, note string
+	}
+	var events []event
+	r := &earlyReleaser{alloc: alloc, node: "n1", dir: dir, unplug: Unplug, log: slog.New(slog.DiscardHandler),
+		queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[podRef]()),
+		event: func(pod podRef, typ, reason, note string) { events = append(events, event{pod, typ, reason, note}) }}
+	defer r.queue.ShutDown()
+	ref := podRef{UID: p.UID, Namespace: p.Namespace, Name: p.Name}
+	r.work(ctx, ref)
+	// One Event on the pod says what went and what it costs.
+	want := event{ref, corev1.EventTypeNormal, ReasonReleasedEarly, "berth.io/ip-release: early: removed " + addr.Addr().String() +
+		" from eth0 and released it for the app's next pod; the pod has no network for the rest of its termination"}
+	if len(events) != 1 || events[0] != want {
+		t.Fatalf("events %+v, want [%+v]", events, want)
+	}
+	// The pod's next update queues it again: nothing is left, no Event.
+	r.work(ctx, ref)
+	if len(events) != 1 || r.queue.Len() != 0 {
+		t.Fatalf("second pass: events %+v, %d queued", events, r.queue.Len())
 	}
 	var left []string
 	if err := pod.Do(func(ns.NetNS) error {
@@ -97,6 +119,23 @@ func TestEarlyReleaser_process(t *testing.T) {
 	// Unplugging from a namespace that is gone is not an error.
 	if err := Unplug("/run/netns/berth-no-such-ns", "eth0", netip.MustParseAddr("10.77.0.9")); err != nil {
 		t.Fatalf("Unplug of a gone netns: %v", err)
+	}
+
+	// A pod whose attachment this agent has no record of: a Warning Event
+	// says why its address stays until DEL, and the pod is queued again.
+	other := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-2", UID: "uid-2", Annotations: p.Annotations,
+		OwnerReferences: p.OwnerReferences}, Spec: corev1.PodSpec{NodeName: "n1"}}
+	st.SetPod(other)
+	if _, err := alloc.Allocate(ctx, ipam.Request{ContainerID: "c2", IfName: "eth0", PodNamespace: "ns", PodName: "web-2"}); err != nil {
+		t.Fatal(err)
+	}
+	r.work(ctx, podRef{UID: other.UID, Namespace: "ns", Name: "web-2"})
+	if len(events) != 2 || events[1].typ != corev1.EventTypeWarning || events[1].reason != ReasonEarlyReleaseFailed ||
+		!strings.Contains(events[1].note, "no record of the attachment of container c2") {
+		t.Fatalf("events %+v, want a second, Warning %s naming the missing record", events, ReasonEarlyReleaseFailed)
+	}
+	if r.queue.NumRequeues(podRef{UID: other.UID, Namespace: "ns", Name: "web-2"}) != 1 {
+		t.Error("the failed pod is not queued again")
 	}
 }
 

@@ -21,8 +21,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 
@@ -80,6 +83,8 @@ type Config struct {
 	// WaitForSync, if set, is called before the socket is served and must
 	// return true once the store's cache is synced.
 	WaitForSync func(context.Context) bool
+	// Recorder records early release's Events on the pods. Nil: none.
+	Recorder events.EventRecorder
 	// Registerer receives the metrics. Default: a new registry.
 	Registerer prometheus.Registerer
 	// RequestTimeout bounds one request. Default 25s.
@@ -220,7 +225,13 @@ func (s *Server) Start(ctx context.Context) error {
 	if s.cfg.EarlyRelease {
 		r := &earlyReleaser{alloc: s.alloc, node: s.cfg.Node, dir: s.cfg.AttachmentDir, log: s.cfg.Logger, unplug: Unplug,
 			waitBinds: func(ctx context.Context, uid types.UID) error { return s.binds.wait(ctx, "", uid, "") },
-			queue:     workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[types.UID]())}
+			queue:     workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[podRef]())}
+		if rec := s.cfg.Recorder; rec != nil {
+			r.event = func(p podRef, eventType, reason, note string) {
+				obj := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, UID: p.UID}}
+				rec.Eventf(obj, nil, eventType, reason, "EarlyRelease", "%s", note)
+			}
+		}
 		go func() {
 			if err := r.run(ctx, s.cfg.PodCache); err != nil {
 				s.cfg.Logger.Error("early release stopped", "err", err)

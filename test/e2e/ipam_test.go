@@ -241,6 +241,8 @@ func TestIPAM_ReplacementKeepsIP(t *testing.T) {
 			if strings.Contains(out, " "+before[0].Status.PodIP+"/") {
 				t.Errorf("the terminating pod still has %s on eth0:\n%s", before[0].Status.PodIP, out)
 			}
+			// kubectl describe pod says why.
+			waitEvent(ctx, t, ns, old.Name, "AddressReleasedEarly", "removed "+before[0].Status.PodIP+" from eth0")
 			// Only the live pod holds a claim; the old one's DEL later
 			// must not take the address from its successor.
 			checkClaims(ctx, t, ns, after)
@@ -502,6 +504,16 @@ func TestIPAM_BadInput(t *testing.T) {
 // holding want, and checks that it names the pod and the plugin.
 func sandboxFailed(ctx context.Context, t *testing.T, ns, name, want string) {
 	t.Helper()
+	msg := waitEvent(ctx, t, ns, name, "FailedCreatePodSandBox", want)
+	if pod := fmt.Sprintf("pod %s/%s", ns, name); !strings.Contains(msg, pod) || !strings.Contains(msg, `plugin type="bridge"`) {
+		t.Errorf("the event does not name %s and the bridge/berth-ipam plugin: %s", pod, msg)
+	}
+}
+
+// waitEvent waits (at most 2 minutes) for an Event with reason on pod
+// ns/name whose message contains want, and returns its message.
+func waitEvent(ctx context.Context, t *testing.T, ns, name, reason, want string) string {
+	t.Helper()
 	var msg string
 	err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		evs, err := client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + name})
@@ -509,7 +521,7 @@ func sandboxFailed(ctx context.Context, t *testing.T, ns, name, want string) {
 			return false, nil
 		}
 		for _, e := range evs.Items {
-			if e.Reason == "FailedCreatePodSandBox" && strings.Contains(e.Message, want) {
+			if e.Reason == reason && strings.Contains(e.Message, want) {
 				msg = e.Message
 				return true, nil
 			}
@@ -517,12 +529,10 @@ func sandboxFailed(ctx context.Context, t *testing.T, ns, name, want string) {
 		return false, nil
 	})
 	if err != nil {
-		t.Fatalf("no FailedCreatePodSandBox event with %q:\n%s", want, describe(ns, "pod/"+name))
+		t.Fatalf("no %s event with %q:\n%s", reason, want, describe(ns, "pod/"+name))
 	}
 	t.Logf("event: %s", msg)
-	if pod := fmt.Sprintf("pod %s/%s", ns, name); !strings.Contains(msg, pod) || !strings.Contains(msg, `plugin type="bridge"`) {
-		t.Errorf("the event does not name %s and the bridge/berth-ipam plugin: %s", pod, msg)
-	}
+	return msg
 }
 
 // TestIPAM_PoolDeletion: a pool deleted while a pod holds one of its
