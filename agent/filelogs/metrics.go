@@ -3,7 +3,7 @@ package filelogs
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/berth-io/berth/agent/promreg"
+	"github.com/berth-io/berth/internal/promreg"
 )
 
 // Results of CreateContainer, the result label of

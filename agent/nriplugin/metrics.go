@@ -3,7 +3,7 @@ package nriplugin
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/berth-io/berth/agent/promreg"
+	"github.com/berth-io/berth/internal/promreg"
 )
 
 type metrics struct {

@@ -28,9 +28,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
-	"github.com/berth-io/berth/agent/promreg"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/internal/claimindex"
+	"github.com/berth-io/berth/internal/promreg"
 )
 
 // ControllerName names the reconciler.

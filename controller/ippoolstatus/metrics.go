@@ -9,8 +9,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/berth-io/berth/agent/promreg"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/promreg"
 )
 
 var (

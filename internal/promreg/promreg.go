@@ -1,4 +1,4 @@
-// Package promreg registers the agent's Prometheus collectors so that a
+// Package promreg registers Berth's Prometheus collectors so that a
 // part started twice in one process (tests, a reconnect) shares one series.
 package promreg
 
