@@ -109,11 +109,7 @@ bench: ## Go benchmarks (figures go to docs/benchmarks.md).
 FUZZTIME ?= 30s
 .PHONY: fuzz
 fuzz: ## Every Go fuzz target (parsers of user input), FUZZTIME each (default 30s).
-	@set -e; for pkg in $$(go list ./...); do \
-		for f in $$(go test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-			echo "== $$pkg $$f"; go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg; \
-		done; \
-	done
+	@FUZZTIME=$(FUZZTIME) test/fuzz.sh
 
 .PHONY: lint
 lint: $(GOLANGCI_LINT) ## gofmt, go vet and golangci-lint.
