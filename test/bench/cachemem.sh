@@ -6,7 +6,8 @@
 # It also times listing one pool's claims (all of them) with deep copies
 # against ippoolstatus.Claims' shallow ones, and the CPU time kube-apiserver
 # and the caches spend per pod update for each cache watching (-watchers
-# caches as berth-agent's, against none).
+# caches as berth-agent's, and as many whose pods are metadata only,
+# against none).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 make -s envtest-assets

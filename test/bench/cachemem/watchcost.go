@@ -10,6 +10,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -26,9 +27,11 @@ const annotation = "bench.berth.io/seq"
 // pod change: events pod updates (an annotation, as kubelet's status
 // writes, each a whole pod to every watcher) with no cache watching, then
 // with watchers caches as berth-agent's (cachetrim.Options; pods,
-// ReplicaSets, claims), synced first. It prints the CPU time of
-// kube-apiserver and of this process (where the caches decode the
-// events) per update, and per update and watcher.
+// ReplicaSets, claims), synced first, then with none, then with watchers
+// caches whose pods are metadata only (PartialObjectMetadata: what an
+// agent needs of the pods of other nodes), and none again. It prints the
+// CPU time of kube-apiserver and of this process (where the caches decode
+// the events) per update, and per update and watcher.
 func watchCost(ctx context.Context, cfg *rest.Config, c client.Client, opts cache.Options, watchers, events int) error {
 	var l corev1.PodList
 	if err := c.List(ctx, &l, client.InNamespace("shop")); err != nil {
@@ -49,50 +52,66 @@ func watchCost(ctx context.Context, cfg *rest.Config, c client.Client, opts cach
 	}
 	type result struct {
 		watchers  int
+		metadata  bool
 		api, self time.Duration
 		wall      time.Duration
 	}
 	var results []result
-	// No cache, the caches, no cache again: the two baselines show the
-	// noise.
-	for round, n := range []int{0, watchers, 0} {
-		caches, stop, err := startCaches(ctx, cfg, opts, n)
+	// No cache, the caches, no cache, metadata-only caches, no cache: the
+	// baselines around each show the noise.
+	for round, w := range []struct {
+		n        int
+		metadata bool
+	}{{0, false}, {watchers, false}, {0, false}, {watchers, true}, {0, false}} {
+		caches, stop, err := startCaches(ctx, cfg, opts, w.n, w.metadata)
 		if err != nil {
 			return err
 		}
 		a0, s0, start := procstat.CPU(api), procstat.CPU(os.Getpid()), time.Now()
 		err = churn(ctx, c, pods, events, round)
 		if err == nil {
-			err = delivered(ctx, caches, pods[0], fmt.Sprint(round, "-done"))
+			err = delivered(ctx, caches, pods[0], fmt.Sprint(round, "-done"), w.metadata)
 		}
-		r := result{watchers: n, api: procstat.CPU(api) - a0, self: procstat.CPU(os.Getpid()) - s0, wall: time.Since(start)}
+		r := result{watchers: w.n, metadata: w.metadata, api: procstat.CPU(api) - a0, self: procstat.CPU(os.Getpid()) - s0, wall: time.Since(start)}
 		stop()
 		if err != nil {
-			return fmt.Errorf("%d watchers: %w", n, err)
+			return fmt.Errorf("%d watchers: %w", w.n, err)
 		}
 		results = append(results, r)
 	}
-	fmt.Printf("\n%d pod updates (one annotation each; 8 writers), with no cache watching, with %d caches as berth-agent's, and with none again; CPU time per update:\n\n", events, watchers)
-	fmt.Println("| watching caches | wall | kube-apiserver | this process (writers and caches) |")
-	fmt.Println("|---|---|---|---|")
+	fmt.Printf("\n%d pod updates (one annotation each; 8 writers), with no cache watching, %d caches as berth-agent's, none, %d caches with metadata-only pods, none; CPU time per update:\n\n", events, watchers, watchers)
+	fmt.Println("| watching caches | pods | wall | kube-apiserver | this process (writers and caches) |")
+	fmt.Println("|---|---|---|---|---|")
 	per := func(d time.Duration) string {
 		return fmt.Sprintf("%.0f µs", float64(d.Microseconds())/float64(events))
 	}
 	for _, r := range results {
-		fmt.Printf("| %d | %s | %s | %s |\n", r.watchers, r.wall.Round(time.Millisecond), per(r.api), per(r.self))
+		kind := "whole (trimmed in the cache)"
+		switch {
+		case r.watchers == 0:
+			kind = "-"
+		case r.metadata:
+			kind = "metadata only"
+		}
+		fmt.Printf("| %d | %s | %s | %s | %s |\n", r.watchers, kind, r.wall.Round(time.Millisecond), per(r.api), per(r.self))
 	}
-	w := results[1]
 	perWatcher := func(with, base0, base1 time.Duration) string {
 		return fmt.Sprintf("%.1f µs", (float64(with.Microseconds())-float64(base0.Microseconds()+base1.Microseconds())/2)/float64(events)/float64(watchers))
 	}
-	fmt.Printf("\nEach watching cache added, per pod update (over the mean of the two baselines): kube-apiserver %s, its own process %s.\n",
-		perWatcher(w.api, results[0].api, results[2].api), perWatcher(w.self, results[0].self, results[2].self))
+	for _, i := range []int{1, 3} {
+		w, name := results[i], "as berth-agent's"
+		if w.metadata {
+			name = "with metadata-only pods"
+		}
+		fmt.Printf("\nEach watching cache %s added, per pod update (over the mean of the baselines before and after): kube-apiserver %s, its own process %s.\n",
+			name, perWatcher(w.api, results[i-1].api, results[i+1].api), perWatcher(w.self, results[i-1].self, results[i+1].self))
+	}
 	return nil
 }
 
-// startCaches starts n caches of pods, ReplicaSets and claims and waits
-// until they are synced; stop stops them.
-func startCaches(ctx context.Context, cfg *rest.Config, opts cache.Options, n int) ([]cache.Cache, func(), error) {
+// startCaches starts n caches of pods (metadata only if metadata),
+// ReplicaSets and claims and waits until they are synced; stop stops them.
+func startCaches(ctx context.Context, cfg *rest.Config, opts cache.Options, n int, metadata bool) ([]cache.Cache, func(), error) {
 	cctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	stop := func() { cancel(); wg.Wait() }
@@ -104,7 +123,7 @@ func startCaches(ctx context.Context, cfg *rest.Config, opts cache.Options, n in
 			return nil, nil, err
 		}
 		wg.Go(func() { _ = ca.Start(cctx) })
-		for _, o := range []client.Object{&corev1.Pod{}, &appsv1.ReplicaSet{}, &v1alpha1.IPClaim{}} {
+		for _, o := range []client.Object{podObject(metadata), &appsv1.ReplicaSet{}, &v1alpha1.IPClaim{}} {
 			if _, err := ca.GetInformer(ctx, o); err != nil {
 				stop()
 				return nil, nil, err
@@ -119,6 +138,17 @@ func startCaches(ctx context.Context, cfg *rest.Config, opts cache.Options, n in
 		}
 	}
 	return caches, stop, nil
+}
+
+// podObject is the object a cache's pod informer is for: a whole pod, or
+// its metadata (a metadata informer).
+func podObject(metadata bool) client.Object {
+	if metadata {
+		m := &metav1.PartialObjectMetadata{}
+		m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Pod"))
+		return m
+	}
+	return &corev1.Pod{}
 }
 
 // churn patches the annotation of pods round-robin, events times, with 8
@@ -136,18 +166,18 @@ func churn(ctx context.Context, c client.Client, pods []string, events, round in
 	return patch(0, fmt.Sprint(round, "-done"))
 }
 
-// delivered waits until every cache shows pod with the annotation v: a
-// watch delivers a kind's events in order, so the caches then have every
-// update before it.
-func delivered(ctx context.Context, caches []cache.Cache, pod, v string) error {
+// delivered waits until every cache shows pod with the annotation v (in
+// its metadata-only informer if metadata): a watch delivers a kind's
+// events in order, so the caches then have every update before it.
+func delivered(ctx context.Context, caches []cache.Cache, pod, v string, metadata bool) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	for _, ca := range caches {
 		for {
-			var p corev1.Pod
-			if err := ca.Get(ctx, client.ObjectKey{Namespace: "shop", Name: pod}, &p); err != nil {
+			p := podObject(metadata)
+			if err := ca.Get(ctx, client.ObjectKey{Namespace: "shop", Name: pod}, p); err != nil {
 				return err
 			}
-			if p.Annotations[annotation] == v {
+			if p.GetAnnotations()[annotation] == v {
 				break
 			}
 			if time.Now().After(deadline) {
