@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -99,7 +98,7 @@ func TestServer_prepare(t *testing.T) {
 			PodNamespace: p.Namespace, PodName: p.Name, PodUID: string(p.UID), Pools: pools})
 	}
 	prepared := func(result string) float64 {
-		return testutil.ToFloat64(mustCollector(t, h.reg, "berth_ipam_prepared_total", result))
+		return counter(t, h.reg, "berth_ipam_prepared_total", "result", result)
 	}
 
 	// Before any ADD the pools are unknown: nothing is prepared. The first

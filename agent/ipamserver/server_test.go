@@ -31,6 +31,7 @@ import (
 	"github.com/berth-io/berth/cni/ipam/protocol"
 	"github.com/berth-io/berth/test/lockedbuf"
 	"github.com/berth-io/berth/test/poll"
+	"github.com/berth-io/berth/test/promtest"
 	"github.com/berth-io/berth/test/runnable"
 )
 
@@ -135,7 +136,7 @@ func TestServer_commands(t *testing.T) {
 	if c := h.call(protocol.CommandCheck, add); c.Error == nil {
 		t.Fatal("CHECK after DEL passed")
 	}
-	if got := testutil.ToFloat64(mustCollector(t, h.reg, "berth_ipam_reservations_total", "miss")); got != 1 {
+	if got := counter(t, h.reg, "berth_ipam_reservations_total", "result", "miss"); got != 1 {
 		t.Errorf("reservation misses = %v, want 1", got)
 	}
 }
@@ -186,28 +187,15 @@ func TestServer_errors(t *testing.T) {
 	}
 }
 
-func mustCollector(t *testing.T, reg *prometheus.Registry, name, label string) prometheus.Collector {
+// counter returns the value of the counter name's series with label=value
+// in reg; it fails the test when there is none.
+func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	v, n := promtest.Value(t, reg, name, map[string]string{label: value})
+	if n == 0 {
+		t.Fatalf("metric %s{%s=%q} not found", name, label, value)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetValue() == label {
-					g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "x"})
-					g.Set(m.GetCounter().GetValue())
-					return g
-				}
-			}
-		}
-	}
-	t.Fatalf("metric %s{%s} not found", name, label)
-	return nil
+	return v
 }
 
 // TestServer_reclaim: a pool without a free address hands over another
@@ -237,7 +225,7 @@ func TestServer_reclaim(t *testing.T) {
 	if r.Error != nil || len(r.IPs) != 1 || r.IPs[0].Address != "10.9.0.2/30" {
 		t.Fatalf("ADD: %+v, %+v; want 10.9.0.2/30", r, r.Error)
 	}
-	if got := testutil.ToFloat64(mustCollector(t, h.reg, "berth_ipam_reservations_reclaimed_total", "tiny")); got != 1 {
+	if got := counter(t, h.reg, "berth_ipam_reservations_reclaimed_total", "pool", "tiny"); got != 1 {
 		t.Errorf("reservations reclaimed in pool tiny = %v, want 1", got)
 	}
 	for _, want := range []string{`msg="ADD reclaimed the reservation of another app (no free address left in the pool)"`,

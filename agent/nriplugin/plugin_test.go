@@ -16,11 +16,11 @@ import (
 	"github.com/berth-io/berth/agent/nriplugin/nritest"
 	"github.com/berth-io/berth/test/lockedbuf"
 	"github.com/berth-io/berth/test/poll"
+	"github.com/berth-io/berth/test/promtest"
 	"github.com/berth-io/berth/test/runnable"
 	"github.com/containerd/nri/pkg/api"
 	nrilog "github.com/containerd/nri/pkg/log"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 )
 
 func TestMain(m *testing.M) {
@@ -340,34 +340,15 @@ func TestPlugin_Start_silentRuntime(t *testing.T) {
 // label event=event when event is not empty; -1 when there is none.
 func metricValue(t *testing.T, reg *prometheus.Registry, name, event string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
+	var labels map[string]string
+	if event != "" {
+		labels = map[string]string{"event": event}
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if event != "" && !hasLabel(m, "event", event) {
-				continue
-			}
-			if m.GetCounter() != nil {
-				return m.GetCounter().GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
+	v, n := promtest.Value(t, reg, name, labels)
+	if n == 0 {
+		return -1
 	}
-	return -1
-}
-
-func hasLabel(m *dto.Metric, name, value string) bool {
-	for _, l := range m.GetLabel() {
-		if l.GetName() == name && l.GetValue() == value {
-			return true
-		}
-	}
-	return false
+	return v
 }
 
 func envOf(adj *api.ContainerAdjustment) []string {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -26,6 +27,7 @@ import (
 	"github.com/berth-io/berth/internal/cachetrim"
 	"github.com/berth-io/berth/test/envtest"
 	"github.com/berth-io/berth/test/poll"
+	"github.com/berth-io/berth/test/promtest"
 	"github.com/berth-io/berth/test/runnable"
 )
 
@@ -206,28 +208,23 @@ func TestReconciler_Reconcile(t *testing.T) {
 }
 
 // gcCounts reads berth_ipclaim_gc_total from controller-runtime's
-// registry, by "action/reason".
+// registry, by "action/reason": each of its 6 series, and no other.
 func gcCounts(t *testing.T) map[string]float64 {
 	t.Helper()
-	mfs, err := ctrlmetrics.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
+	if n, err := testutil.GatherAndCount(ctrlmetrics.Registry, "berth_ipclaim_gc_total"); err != nil || n != 6 {
+		t.Fatalf("berth_ipclaim_gc_total has %d series (%v), want 6", n, err)
 	}
 	out := map[string]float64{}
-	for _, mf := range mfs {
-		if mf.GetName() != "berth_ipclaim_gc_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			l := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				l[lp.GetName()] = lp.GetValue()
+	for _, action := range []string{"reserved", "freed"} {
+		for _, reason := range []string{ipclaimgc.ReasonPodGone, ipclaimgc.ReasonNodeGone, "Expired", "AppGone"} {
+			v, n := promtest.Value(t, ctrlmetrics.Registry, "berth_ipclaim_gc_total", map[string]string{"action": action, "reason": reason})
+			if n == 1 {
+				out[action+"/"+reason] = v
 			}
-			out[l["action"]+"/"+l["reason"]] = m.GetCounter().GetValue()
 		}
 	}
 	if len(out) != 6 {
-		t.Fatalf("berth_ipclaim_gc_total has %d series, want 6: %v", len(out), out)
+		t.Fatalf("berth_ipclaim_gc_total has series %v, want reserved/{PodGone,NodeGone} and freed/{PodGone,NodeGone,Expired,AppGone}", out)
 	}
 	return out
 }

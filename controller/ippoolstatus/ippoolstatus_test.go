@@ -29,6 +29,7 @@ import (
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/controller/ippoolstatus"
 	"github.com/berth-io/berth/test/envtest"
+	"github.com/berth-io/berth/test/promtest"
 	"github.com/berth-io/berth/test/runnable"
 )
 
@@ -277,23 +278,7 @@ func settled(t *testing.T) float64 {
 // reconcileCount is controller-runtime's count of the reconciler's runs.
 func reconcileCount(t *testing.T) float64 {
 	t.Helper()
-	mfs, err := ctrlmetrics.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n float64
-	for _, mf := range mfs {
-		if mf.GetName() != "controller_runtime_reconcile_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "controller" && l.GetValue() == ippoolstatus.ControllerName {
-					n += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
+	n, _ := promtest.Value(t, ctrlmetrics.Registry, "controller_runtime_reconcile_total", map[string]string{"controller": ippoolstatus.ControllerName})
 	return n
 }
 
