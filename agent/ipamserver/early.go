@@ -22,6 +22,7 @@ import (
 
 	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/cni/ipam/protocol"
 )
 
 // DefaultAttachmentDir records, per container and interface, the netns an
@@ -45,7 +46,7 @@ func decodeAttachment(data []byte) (attachment, error) {
 }
 
 func attachmentFile(dir, containerID, ifName string) string {
-	return filepath.Join(dir, strings.NewReplacer("/", "_", ".", "_").Replace(containerID+"-"+ifName)+".json")
+	return filepath.Join(dir, protocol.FileName(containerID, ifName))
 }
 
 func writeAttachment(dir string, a attachment) error {

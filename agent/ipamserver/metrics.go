@@ -15,6 +15,9 @@ type metrics struct {
 	// recordsPending is the number of containers whose prepared claims
 	// do not record them yet.
 	recordsPending prometheus.Gauge
+	// releasesPending is the number of DELs answered whose claims are not
+	// released yet.
+	releasesPending prometheus.Gauge
 }
 
 var durationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
@@ -33,7 +36,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"result"}),
 		release: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "berth_ipam_release_duration_seconds",
-			Help:    "Time to serve a CNI DEL, by result: ok, error.",
+			Help:    "Time from a CNI DEL's start until its claims are released in the API server (with --ipam-defer-release, after the DEL answered; each failed try counts as error), by result: ok, error.",
 			Buckets: durationBuckets,
 		}, []string{"result"}),
 		reservations: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -52,6 +55,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "berth_ipam_prepared_container_records_pending",
 			Help: "Containers whose ADD got prepared addresses and whose claims do not record the container ID yet (one update each after the answer, at most 4 at once): a lasting rise means the API server falls behind or refuses the updates.",
 		}),
+		releasesPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "berth_ipam_releases_pending",
+			Help: "DELs answered whose claims are not released in the API server yet (--ipam-defer-release; at most 4 releases at once): a lasting rise means the API server falls behind or refuses the writes. The addresses stay held meanwhile.",
+		}),
 	}
 	var err error
 	for _, h := range []**prometheus.HistogramVec{&m.allocation, &m.release} {
@@ -64,8 +71,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 	}
-	if m.recordsPending, err = promreg.Register(reg, m.recordsPending); err != nil {
-		return nil, err
+	for _, g := range []*prometheus.Gauge{&m.recordsPending, &m.releasesPending} {
+		if *g, err = promreg.Register(reg, *g); err != nil {
+			return nil, err
+		}
 	}
 	m.reservations.WithLabelValues("hit")
 	m.reservations.WithLabelValues("miss")

@@ -42,13 +42,13 @@ func TestNewMetrics_conflict(t *testing.T) {
 	}
 }
 
-// TestPendingBinds_gauge: the pending recordings gauge follows the
+// TestPendingWork_gauge: the pending recordings gauge follows the
 // containers waiting for their container ID update, through start, the
 // DEL's cancel and the end of the recording, including a canceled
 // recording that ends after another container of the same pod started.
-func TestPendingBinds_gauge(t *testing.T) {
+func TestPendingWork_gauge(t *testing.T) {
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "pending", Help: "pending"})
-	p := pendingBinds{gauge: g}
+	p := newPendingWork(g, "")
 	expect := func(want float64) {
 		t.Helper()
 		if got := testutil.ToFloat64(g); got != want {
@@ -56,8 +56,8 @@ func TestPendingBinds_gauge(t *testing.T) {
 		}
 	}
 	expect(0)
-	doneA := p.start(&pendingBind{pod: "ns/a", uid: "ua"}, "a")
-	doneB := p.start(&pendingBind{pod: "ns/b", uid: "ub"}, "b")
+	doneA := p.start(&pendingEntry{pod: "ns/a", uid: "ua"}, "a")
+	doneB := p.start(&pendingEntry{pod: "ns/b", uid: "ub"}, "b")
 	expect(2)
 	if p.cancel("a") == nil {
 		t.Fatal("cancel found nothing pending for a")
@@ -68,7 +68,7 @@ func TestPendingBinds_gauge(t *testing.T) {
 	if p.cancel("a") != nil {
 		t.Fatal("a canceled twice")
 	}
-	doneA2 := p.start(&pendingBind{pod: "ns/b", uid: "ub"}, "b2")
+	doneA2 := p.start(&pendingEntry{pod: "ns/b", uid: "ub"}, "b2")
 	expect(2)
 	doneB()
 	doneA2()

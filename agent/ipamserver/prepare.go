@@ -12,10 +12,8 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -97,170 +95,74 @@ func (l *podLocks) lock(namespace, name string) (unlock func()) {
 	}
 }
 
-// pendingBinds tracks the containers whose claims do not record them yet.
-type pendingBinds struct {
-	mu sync.Mutex
-	m  map[string]*pendingBind // container ID ->
-	wg sync.WaitGroup
-	// sem bounds the recordings in flight: under a burst of ADDs they
-	// queue here, where a DEL cancels them before any write.
-	sem chan struct{}
-	// gauge, when set, follows len(m).
-	gauge prometheus.Gauge
-}
-
-// changed updates the gauge; p.mu is held.
-func (p *pendingBinds) changed() {
-	if p.gauge != nil {
-		p.gauge.Set(float64(len(p.m)))
-	}
-}
-
-// bindWorkers is how many containers are recorded on their claims at once
-// (a dual-stack one with its two writes in parallel).
-const bindWorkers = 4
-
-type pendingBind struct {
-	pod    string // namespace/name
-	uid    types.UID
-	claims []string
-	done   chan struct{} // closed when recorded (or given up)
-	// canceled by the container's DEL: write no more. A write in flight
-	// then and the DEL's release are ordered by the claim's
-	// resourceVersion: whichever lands second conflicts and looks again.
-	canceled atomic.Bool
-}
-
-func (p *pendingBinds) start(b *pendingBind, containerID string) (done func()) {
-	b.done = make(chan struct{})
-	p.mu.Lock()
-	if p.m == nil {
-		p.m = map[string]*pendingBind{}
-	}
-	p.m[containerID] = b
-	p.changed()
-	p.mu.Unlock()
-	p.wg.Add(1)
-	return func() {
-		p.mu.Lock()
-		if p.m[containerID] == b {
-			delete(p.m, containerID)
-			p.changed()
-		}
-		p.mu.Unlock()
-		close(b.done)
-		p.wg.Done()
-	}
-}
-
-// cancel stops the recording of containerID on its claims (its DEL is
-// here) and returns what was pending, nil if nothing.
-func (p *pendingBinds) cancel(containerID string) *pendingBind {
-	p.mu.Lock()
-	b := p.m[containerID]
-	delete(p.m, containerID)
-	p.changed()
-	p.mu.Unlock()
-	if b != nil {
-		b.canceled.Store(true)
-	}
-	return b
-}
-
-// wait returns once the claims of the container (containerID not empty),
-// or of all containers of the pod (by namespace/name or by uid), record
-// their container (at once when nothing is pending), or with ctx's error.
-func (p *pendingBinds) wait(ctx context.Context, pod string, uid types.UID, containerID string) error {
-	var chs []chan struct{}
-	p.mu.Lock()
-	for id, b := range p.m {
-		if id == containerID || (containerID == "" && (b.pod == pod || b.uid == uid)) {
-			chs = append(chs, b.done)
-		}
-	}
-	p.mu.Unlock()
-	for _, ch := range chs {
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("the prepared claims do not record their container yet: %w", ctx.Err())
-		}
-	}
-	return nil
-}
-
 // bindLater records containerID on the prepared claims in the background,
 // retrying with backoff while the API server fails, until the container's
 // DEL cancels it or the server stops (then the next Start does it from
 // the attachment record).
 func (s *Server) bindLater(pod string, uid types.UID, containerID string, claims []string) {
-	b := &pendingBind{pod: pod, uid: uid, claims: claims}
-	done := s.binds.start(b, containerID)
-	go func() {
-		defer done()
-		select {
-		case s.binds.sem <- struct{}{}:
-			defer func() { <-s.binds.sem }()
-		case <-s.bg.Done():
-			return
-		}
+	e := &pendingEntry{container: containerID, pod: pod, uid: uid, claims: claims}
+	s.later(&s.binds, e, containerID, func() {
 		start := time.Now()
 		// A dual-stack pod's two claims are recorded at once.
 		var wg sync.WaitGroup
 		for _, name := range claims {
-			wg.Go(func() { s.bindClaim(b, name, uid, containerID) })
+			wg.Go(func() {
+				s.keepTrying(e, "cannot record the container on its prepared claim; retrying", func(ctx context.Context) error {
+					err := s.alloc.BindContainer(ctx, name, uid, containerID)
+					if errors.Is(err, ipam.ErrNotPrepared) && !e.canceled.Load() {
+						s.cfg.Logger.Warn("prepared claim changed before its container was recorded", "claim", name, "container_id", containerID, "err", err)
+						return nil
+					}
+					return err
+				}, "claim", name, "container_id", containerID)
+			})
 		}
 		wg.Wait()
 		s.cfg.Logger.Debug("recorded the container on its prepared claims", "container_id", containerID, "claims", claims,
 			"duration_seconds", time.Since(start).Seconds())
+	})
+}
+
+// later runs work in the background, tracked in p under key, once one of
+// p's workers is free; not at all if the server stops first.
+func (s *Server) later(p *pendingWork, e *pendingEntry, key string, work func()) {
+	done := p.start(e, key)
+	go func() {
+		defer done()
+		select {
+		case p.sem <- struct{}{}:
+			defer func() { <-p.sem }()
+		case <-s.bg.Done():
+			return
+		}
+		work()
 	}()
 }
 
-// bindClaim records containerID on one prepared claim for bindLater,
-// retrying with backoff until it is recorded, canceled or the server stops.
-func (s *Server) bindClaim(b *pendingBind, name string, uid types.UID, containerID string) {
+// keepTrying runs write until it succeeds, e is canceled or the server
+// stops, waiting 50ms after the first failure and doubling up to 5s; each
+// failure is logged at warn with msg and attrs. It reports whether write
+// succeeded.
+func (s *Server) keepTrying(e *pendingEntry, msg string, write func(context.Context) error, attrs ...any) bool {
 	backoff := wait.Backoff{Duration: 50 * time.Millisecond, Factor: 2, Cap: 5 * time.Second, Steps: 1 << 30}
-	for {
-		if b.canceled.Load() {
-			return
-		}
+	for !e.canceled.Load() {
 		ctx, cancel := context.WithTimeout(s.bg, s.cfg.RequestTimeout)
-		err := s.alloc.BindContainer(ctx, name, uid, containerID)
+		err := write(ctx)
 		cancel()
 		switch {
 		case err == nil:
-			return
-		case b.canceled.Load():
-			return // the DEL released the claim under this write
-		case errors.Is(err, ipam.ErrNotPrepared):
-			s.cfg.Logger.Warn("prepared claim changed before its container was recorded", "claim", name, "container_id", containerID, "err", err)
-			return
+			return true
+		case e.canceled.Load():
+			return false // e.g. the DEL released the claim under this write
 		}
-		s.cfg.Logger.Warn("cannot record the container on its prepared claim; retrying", "claim", name, "container_id", containerID, "err", err)
+		s.cfg.Logger.Warn(msg, append(attrs, "err", err)...)
 		select {
 		case <-s.bg.Done():
-			return
+			return false
 		case <-time.After(backoff.Step()):
 		}
 	}
-}
-
-// releasePending releases, for the container's DEL, the prepared claims
-// that do not record it yet (the recording is canceled): one write
-// instead of two. Those recorded meanwhile are released by container as
-// usual, after this.
-func (s *Server) releasePending(ctx context.Context, containerID string) error {
-	b := s.binds.cancel(containerID)
-	if b == nil {
-		return nil
-	}
-	var errs []error
-	for _, name := range b.claims {
-		if err := s.alloc.ReleasePrepared(ctx, name, b.uid); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return false
 }
 
 // bindRecorded records, from the attachment records, the containers of
@@ -461,6 +363,10 @@ func (p *preparer) prepare(ctx context.Context, key types.NamespacedName) error 
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
+	// A DEL of the pod's earlier sandbox may still be releasing its claims.
+	if err := s.releases.wait(ctx, key.String(), pod.UID, ""); err != nil {
+		return err
+	}
 	als, err := s.alloc.Prepare(ctx, ipam.Request{IfName: PrepareInterface, PodNamespace: pod.Namespace, PodName: pod.Name,
 		PodUID: pod.UID, Pools: *pools})
 	log := s.cfg.Logger.With("pod", key.String(), "pod_uid", pod.UID, "duration_seconds", time.Since(start).Seconds())
@@ -491,7 +397,7 @@ func (p *preparer) prepare(ctx context.Context, key types.NamespacedName) error 
 func (s *Server) releaseUntaken(ctx context.Context, pod *corev1.Pod, which func(*v1alpha1.IPClaim) bool, msg string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
-	if err := s.binds.wait(ctx, pod.Namespace+"/"+pod.Name, pod.UID, ""); err != nil {
+	if err := s.waitPending(ctx, pod.Namespace+"/"+pod.Name, pod.UID, ""); err != nil {
 		return err
 	}
 	log := s.cfg.Logger.With("pod", pod.Namespace+"/"+pod.Name, "phase", pod.Status.Phase)

@@ -26,20 +26,39 @@ import (
 	"github.com/berth-io/berth/test/poll"
 )
 
-// gatedStore holds every claim update until the gate is opened.
+// gatedStore holds every claim update until the gate is closed (at once
+// while open is set); while down is set they fail with errUnreachable
+// instead.
 type gatedStore struct {
 	ipam.Store
 	gate    chan struct{}
-	waiting atomic.Int32 // updates held now
+	open    atomic.Bool
+	down    atomic.Bool
+	waiting atomic.Int32 // writes held now
+	tries   atomic.Int32 // writes held or failed so far
 }
 
-func (g *gatedStore) Update(ctx context.Context, c *v1alpha1.IPClaim) error {
+func (g *gatedStore) pass(ctx context.Context) error {
+	if g.open.Load() && !g.down.Load() {
+		return nil
+	}
+	g.tries.Add(1)
+	if g.down.Load() {
+		return errUnreachable
+	}
 	g.waiting.Add(1)
 	defer g.waiting.Add(-1)
 	select {
 	case <-g.gate:
+		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+func (g *gatedStore) Update(ctx context.Context, c *v1alpha1.IPClaim) error {
+	if err := g.pass(ctx); err != nil {
+		return err
 	}
 	return g.Store.Update(ctx, c)
 }

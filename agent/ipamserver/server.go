@@ -49,9 +49,9 @@ type Config struct {
 	// SocketPath is the unix socket to serve. Default
 	// protocol.DefaultSocket.
 	SocketPath string
-	// QueueDir holds the DELs berth-ipam queued while the agent was down;
-	// they run before the socket is served. Default
-	// /run/berth/ipam-del-queue.
+	// QueueDir holds the DELs berth-ipam queued while the agent was down,
+	// and with DeferRelease those answered and not released yet; they run
+	// before the socket is served. Default /run/berth/ipam-del-queue.
 	QueueDir string
 	// AttachmentDir records each ADD's netns, for early release. Default
 	// /run/berth/ipam-attachments.
@@ -83,6 +83,10 @@ type Config struct {
 	// WaitForSync, if set, is called before the socket is served and must
 	// return true once the store's cache is synced.
 	WaitForSync func(context.Context) bool
+	// DeferRelease answers a DEL once its request is recorded in QueueDir
+	// and commits the release right after (see release.go); false: DEL
+	// answers once the release is committed.
+	DeferRelease bool
 	// Recorder records early release's Events on the pods. Nil: none.
 	Recorder events.EventRecorder
 	// Registerer receives the metrics. Default: a new registry.
@@ -108,11 +112,14 @@ type Server struct {
 	ready   atomic.Bool
 	// bg bounds the work that outlives a request (recording the
 	// container on prepared claims): Start's context.
-	bg      context.Context
-	locks   podLocks
-	binds   pendingBinds
-	learned atomic.Pointer[[]string] // pools of the CNI configuration, from the last ADD on eth0 or CNIConfDir
-	confDir struct {
+	bg    context.Context
+	locks podLocks
+	// binds record the container on prepared claims after ADD answered.
+	binds pendingWork
+	// releases release a container's claims after DEL answered.
+	releases pendingWork
+	learned  atomic.Pointer[[]string] // pools of the CNI configuration, from the last ADD on eth0 or CNIConfDir
+	confDir  struct {
 		sync.Mutex
 		last string // the last error reading CNIConfDir, logged
 	}
@@ -175,7 +182,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("ipam server: %w", err)
 	}
 	return &Server{cfg: cfg, alloc: alloc, metrics: m, recent: map[string]time.Time{}, bg: context.Background(),
-		binds: pendingBinds{sem: make(chan struct{}, bindWorkers), gauge: m.recordsPending}}, nil
+		binds:    newPendingWork(m.recordsPending, "the prepared claims do not record their container yet"),
+		releases: newPendingWork(m.releasesPending, "the claims are not released yet from an earlier DEL"),
+	}, nil
 }
 
 // errNotSynced is why the socket is not served while the cache syncs.
@@ -224,7 +233,7 @@ func (s *Server) Start(ctx context.Context) error {
 	go func() { errc <- srv.Serve(l) }()
 	if s.cfg.EarlyRelease {
 		r := &earlyReleaser{alloc: s.alloc, node: s.cfg.Node, dir: s.cfg.AttachmentDir, log: s.cfg.Logger, unplug: Unplug,
-			waitBinds: func(ctx context.Context, uid types.UID) error { return s.binds.wait(ctx, "", uid, "") },
+			waitBinds: func(ctx context.Context, uid types.UID) error { return s.waitPending(ctx, "", uid, "") },
 			queue:     workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[podRef]())}
 		if rec := s.cfg.Recorder; rec != nil {
 			r.event = func(p podRef, eventType, reason, note string) {
@@ -256,7 +265,9 @@ func (s *Server) Start(ctx context.Context) error {
 		defer cancel()
 		err := srv.Shutdown(sctx)
 		_ = os.Remove(s.cfg.SocketPath)
-		s.binds.wg.Wait() // they stop with ctx; the next Start finishes them
+		// They stop with ctx; the next Start finishes them.
+		s.binds.wg.Wait()
+		s.releases.wg.Wait()
 		return err
 	case err := <-errc:
 		s.ready.Store(false)
@@ -373,7 +384,7 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 	// the claims of its earlier containers record them.
 	unlock := s.locks.lock(req.PodNamespace, req.PodName)
 	defer unlock()
-	if err := s.binds.wait(ctx, req.PodNamespace+"/"+req.PodName, "", ""); err != nil {
+	if err := s.waitPending(ctx, req.PodNamespace+"/"+req.PodName, types.UID(req.PodUID), req.ContainerID); err != nil {
 		return errResponse(protocol.CodeTryAgainLater, "berth-ipam ADD failed", err)
 	}
 	als, err := s.alloc.Allocate(ctx, ipam.Request{ContainerID: req.ContainerID, IfName: req.IfName,
@@ -501,27 +512,41 @@ func (s *Server) del(ctx context.Context, req *protocol.Request) *protocol.Respo
 	if req.ContainerID == "" {
 		return errResponse(protocol.CodeInvalidConfig, "berth-ipam DEL needs the container ID", nil)
 	}
-	var err error
+	// The prepared claims still waiting to record the container are
+	// released without that update: one write instead of two.
+	var bound *pendingEntry
 	if req.IfName == "" || req.IfName == PrepareInterface {
-		err = s.releasePending(ctx, req.ContainerID)
+		bound = s.binds.cancel(req.ContainerID)
 	}
-	if err == nil {
-		err = s.alloc.Release(ctx, req.ContainerID, req.IfName)
+	if s.cfg.DeferRelease {
+		err := protocol.Enqueue(s.cfg.QueueDir, req)
+		if err == nil {
+			s.releaseLater(req, bound, start) //nolint:contextcheck // outlives the request, bounded by Start's context
+			return &protocol.Response{}
+		}
+		s.cfg.Logger.Warn("cannot record the DEL in the queue directory; releasing before answering", "container_id", req.ContainerID,
+			"interface", req.IfName, "err", err)
 	}
+	err := s.release(ctx, req, bound)
+	s.observeRelease(start, err)
 	if err != nil {
-		s.metrics.release.WithLabelValues("error").Observe(time.Since(start).Seconds())
 		s.cfg.Logger.Warn("DEL failed", "container_id", req.ContainerID, "interface", req.IfName, "err", err)
 		return errResponse(protocol.CodeInternal, "berth-ipam DEL failed", err)
-	}
-	s.metrics.release.WithLabelValues("ok").Observe(time.Since(start).Seconds())
-	if req.IfName != "" {
-		_ = os.Remove(attachmentFile(s.cfg.AttachmentDir, req.ContainerID, req.IfName))
 	}
 	return &protocol.Response{}
 }
 
+// waitPending waits for the writes the agent makes after answering (see
+// pendingWork.wait) to the claims of the container, the pod or the uid.
+func (s *Server) waitPending(ctx context.Context, pod string, uid types.UID, containerID string) error {
+	if err := s.binds.wait(ctx, pod, uid, containerID); err != nil {
+		return err
+	}
+	return s.releases.wait(ctx, pod, uid, containerID)
+}
+
 func (s *Server) check(ctx context.Context, req *protocol.Request) *protocol.Response {
-	if err := s.binds.wait(ctx, "", "", req.ContainerID); err != nil {
+	if err := s.waitPending(ctx, "", "", req.ContainerID); err != nil {
 		return errResponse(protocol.CodeInternal, "berth-ipam CHECK failed", err)
 	}
 	claims, err := s.alloc.Check(ctx, req.ContainerID, req.IfName)
@@ -545,7 +570,7 @@ func (s *Server) gc(ctx context.Context, req *protocol.Request) *protocol.Respon
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		t, ok := s.recent[id]
-		return ok && now.Sub(t) < gcGrace
+		return ok && now.Sub(t) < gcGrace || s.releases.pending(id)
 	})
 	if n > 0 {
 		s.cfg.Logger.Info("GC released claims of containers the runtime no longer has", "claims", n)
@@ -563,7 +588,8 @@ func (s *Server) status(context.Context, *protocol.Request) *protocol.Response {
 	return &protocol.Response{}
 }
 
-// drainQueue runs the DELs berth-ipam queued while the agent was down. A
+// drainQueue runs the DELs berth-ipam queued while the agent was down, and
+// those the agent answered but did not release before it stopped. A
 // DEL that fails stays queued, and the error ends the drain (Start retries
 // it before serving): the addresses it holds must not look free.
 func (s *Server) drainQueue(ctx context.Context) error {
@@ -582,16 +608,13 @@ func (s *Server) drainQueue(ctx context.Context) error {
 			_ = os.Remove(f)
 			continue
 		}
-		if err := s.alloc.Release(ctx, req.ContainerID, req.IfName); err != nil {
+		if err := s.release(ctx, &req, nil); err != nil {
 			return fmt.Errorf("ipam server: queued DEL of container %s: %w", req.ContainerID, err)
 		}
 		if err := os.Remove(f); err != nil {
 			return fmt.Errorf("ipam server: queued DEL %s: %w", f, err)
 		}
-		if req.IfName != "" {
-			_ = os.Remove(attachmentFile(s.cfg.AttachmentDir, req.ContainerID, req.IfName))
-		}
-		s.cfg.Logger.Info("ran a DEL queued while the agent was down", "container_id", req.ContainerID, "interface", req.IfName)
+		s.cfg.Logger.Info("ran a queued DEL (the agent was down, or stopped before it released the claims)", "container_id", req.ContainerID, "interface", req.IfName)
 	}
 	return nil
 }

@@ -40,6 +40,8 @@ type harness struct {
 	store *ipamtest.Store
 	reg   *prometheus.Registry
 	http  *http.Client
+	// stop stops the server (it stops when the test ends otherwise).
+	stop func()
 }
 
 // serve runs a Server on a real unix socket over an in-memory store; mod
@@ -70,12 +72,12 @@ func start(t *testing.T, cfg ipamserver.Config) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runnable.Start(t, time.Minute, srv.Start)
+	stop := runnable.Start(t, time.Minute, srv.Start)
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", cfg.SocketPath)
 	}}}
 	poll.Until(t, 5*time.Second, "the server to be ready", func() bool { return srv.Check(nil) == nil })
-	return &harness{t: t, reg: cfg.Registerer.(*prometheus.Registry), http: hc}
+	return &harness{t: t, reg: cfg.Registerer.(*prometheus.Registry), http: hc, stop: stop}
 }
 
 func (h *harness) call(cmd string, req protocol.Request) protocol.Response {

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -216,7 +215,7 @@ func Del(ctx context.Context, args *skel.CmdArgs) error {
 	req := &protocol.Request{ContainerID: args.ContainerID, IfName: args.IfName}
 	resp, err := call(ctx, c, protocol.CommandDel, req, min(c.timeout, 10*time.Second))
 	if down(err) {
-		if qerr := Enqueue(c.QueueDir, req); qerr != nil {
+		if qerr := protocol.Enqueue(c.QueueDir, req); qerr != nil {
 			return types.NewError(types.ErrTryAgainLater, "berth-ipam DEL", fmt.Sprintf("%v; queueing the DEL failed too: %v", err, qerr))
 		}
 		return nil
@@ -300,21 +299,4 @@ func GC(ctx context.Context, args *skel.CmdArgs) error {
 		return types.NewError(types.ErrTryAgainLater, "berth-ipam GC", err.Error())
 	}
 	return cniError(resp)
-}
-
-// Enqueue writes a DEL for the agent to run when it starts.
-func Enqueue(dir string, req *protocol.Request) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	data, err := json.Marshal(req)
-	if err != nil {
-		return err
-	}
-	name := filepath.Join(dir, strings.NewReplacer("/", "_", ".", "_").Replace(req.ContainerID+"-"+req.IfName)+".json")
-	tmp := name + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, name)
 }

@@ -13,12 +13,15 @@ func TestParseFlags_ipam(t *testing.T) {
 		return ""
 	}
 	o, err := parseFlags([]string{"--ipam-socket=/run/berth/ipam.sock", "--ipam-early-release", "--ipam-cni-conf-dir=/host/etc/cni/net.d"}, env, io.Discard)
-	if err != nil || o.agent.IPAM == nil || o.agent.IPAM.SocketPath != "/run/berth/ipam.sock" || !o.agent.IPAM.EarlyRelease || !o.agent.IPAM.Prepare ||
+	if err != nil || o.agent.IPAM == nil || o.agent.IPAM.SocketPath != "/run/berth/ipam.sock" || !o.agent.IPAM.EarlyRelease || !o.agent.IPAM.Prepare || !o.agent.IPAM.DeferRelease ||
 		o.agent.IPAM.CNIConfDir != "/host/etc/cni/net.d" {
 		t.Fatalf("parseFlags: %+v, %v", o.agent.IPAM, err)
 	}
 	if o, err := parseFlags([]string{"--ipam-socket=/run/berth/ipam.sock", "--ipam-prepare=false"}, env, io.Discard); err != nil || o.agent.IPAM.Prepare {
 		t.Fatalf("--ipam-prepare=false: %+v, %v; want off", o.agent.IPAM, err)
+	}
+	if o, err := parseFlags([]string{"--ipam-socket=/run/berth/ipam.sock", "--ipam-defer-release=false"}, env, io.Discard); err != nil || o.agent.IPAM.DeferRelease {
+		t.Fatalf("--ipam-defer-release=false: %+v, %v; want off", o.agent.IPAM, err)
 	}
 	if o, err := parseFlags(nil, env, io.Discard); err != nil || o.agent.IPAM != nil {
 		t.Fatalf("without --ipam-socket: IPAM %+v, %v; want off", o.agent.IPAM, err)

@@ -79,6 +79,7 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		ipamSocket  string
 		ipamEarly   bool
 		ipamPrep    bool
+		ipamDefer   bool
 		ipamConfDir string
 		fileLogs    filelogs.Config
 	)
@@ -108,6 +109,8 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		"release the addresses of terminating pods annotated berth.io/ip-release: early before their teardown (needs CAP_NET_ADMIN, CAP_SYS_ADMIN and /var/run/netns)")
 	fs.BoolVar(&ipamPrep, "ipam-prepare", true,
 		"allocate a pod's addresses (eth0) as soon as it is scheduled to the node, so that the runtime's ADD makes no API write before it answers")
+	fs.BoolVar(&ipamDefer, "ipam-defer-release", true,
+		"answer a DEL once it is recorded in /run/berth/ipam-del-queue and release its addresses in the API server right after; false: answer once they are released")
 	fs.StringVar(&ipamConfDir, "ipam-cni-conf-dir", "",
 		`the runtime's CNI configuration directory as mounted in the agent (read only), e.g. /host/etc/cni/net.d: --ipam-prepare takes the pools of its default network from there until the first ADD; "" waits for that ADD`)
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "",
@@ -135,7 +138,8 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		if ipamConfDir != "" && !filepath.IsAbs(ipamConfDir) {
 			return o, fmt.Errorf("--ipam-cni-conf-dir %q: want an absolute path", ipamConfDir)
 		}
-		o.agent.IPAM = &ipamserver.Config{SocketPath: ipamSocket, EarlyRelease: ipamEarly, Prepare: ipamPrep, CNIConfDir: ipamConfDir}
+		o.agent.IPAM = &ipamserver.Config{SocketPath: ipamSocket, EarlyRelease: ipamEarly, Prepare: ipamPrep, CNIConfDir: ipamConfDir,
+			DeferRelease: ipamDefer}
 	}
 	if fileLogs.Root != "" {
 		if !filepath.IsAbs(fileLogs.Root) || filepath.Clean(fileLogs.Root) != fileLogs.Root {

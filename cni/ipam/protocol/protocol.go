@@ -9,6 +9,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 )
 
 // DefaultSocket is where the agent listens.
@@ -98,4 +101,34 @@ func Decode(data []byte, v any) error {
 		return fmt.Errorf("trailing data after the JSON value")
 	}
 	return nil
+}
+
+// Enqueue records a DEL in dir for the agent to run: berth-ipam does when
+// the agent is down, the agent when it answers a DEL before releasing its
+// claims. The agent runs every record left there when it starts.
+func Enqueue(dir string, req *Request) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	data, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	name := QueueFile(dir, req)
+	tmp := name + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, name)
+}
+
+// QueueFile is where Enqueue records req in dir.
+func QueueFile(dir string, req *Request) string {
+	return filepath.Join(dir, FileName(req.ContainerID, req.IfName))
+}
+
+// FileName names a file about a container's interface (its queued DEL,
+// the agent's attachment record): one path element, whatever the ID.
+func FileName(containerID, ifName string) string {
+	return strings.NewReplacer("/", "_", ".", "_").Replace(containerID+"-"+ifName) + ".json"
 }

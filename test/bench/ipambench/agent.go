@@ -60,6 +60,7 @@ func runAgent(args []string) error {
 	control := fs.String("control", "", "socket the benchmark reads the figures from")
 	qps := fs.Float64("qps", -1, "QPS of the API client (see ipambench -agent-qps)")
 	profile := fs.String("cpuprofile", "", "CPU profile written from POST /cpuprofile/start to POST /cpuprofile/stop")
+	deferRelease := fs.Bool("defer-release", true, "berth-agent's --ipam-defer-release")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -72,7 +73,7 @@ func runAgent(args []string) error {
 	defer stop()
 	reg := prometheus.NewRegistry()
 	writes := &writeTimer{}
-	if err := startAgent(ctx, cfg, newScheme(), *sock, reg, writes); err != nil {
+	if err := startAgent(ctx, cfg, newScheme(), *sock, *deferRelease, reg, writes); err != nil {
 		return err
 	}
 
@@ -129,7 +130,7 @@ func runAgent(args []string) error {
 
 // startAgent runs berth-agent's IPAM server as berth-agent does: its own
 // informer cache, writes through the API server.
-func startAgent(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, sock string, reg prometheus.Registerer, writes *writeTimer) error {
+func startAgent(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, sock string, deferRelease bool, reg prometheus.Registerer, writes *writeTimer) error {
 	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
 		return err
@@ -145,7 +146,7 @@ func startAgent(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, s
 	st := &timedStore{Store: ipamserver.NewStore(ca, c, c), writes: writes}
 	srv, err := ipamserver.New(ipamserver.Config{SocketPath: sock, QueueDir: filepath.Join(filepath.Dir(sock), "queue"),
 		AttachmentDir: filepath.Join(filepath.Dir(sock), "attachments"), Node: benchNode,
-		Store: st, Prepare: true, PodCache: ca, Registerer: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Store: st, Prepare: true, DeferRelease: deferRelease, PodCache: ca, Registerer: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		WaitForSync: func(ctx context.Context) bool {
 			for _, o := range []client.Object{&v1alpha1.IPClaim{}, &v1alpha1.IPPool{}, &corev1.Pod{}, &corev1.Namespace{}} {
 				if _, err := ca.GetInformer(ctx, o); err != nil {
@@ -180,14 +181,14 @@ type agentProc struct {
 
 // startAgentProc starts "ipambench agent" serving sock and waits until it
 // answers on its control socket.
-func startAgentProc(ctx context.Context, kubeconfig, sock string, qps float64, profile string) (*agentProc, error) {
+func startAgentProc(ctx context.Context, kubeconfig, sock string, qps float64, deferRelease bool, profile string) (*agentProc, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	control := filepath.Join(filepath.Dir(sock), "bench-agent.sock")
 	cmd := exec.CommandContext(ctx, self, agentCommand, "-kubeconfig", kubeconfig, "-socket", sock, "-control", control,
-		"-qps", fmt.Sprint(qps), "-cpuprofile", profile)
+		"-qps", fmt.Sprint(qps), "-defer-release="+fmt.Sprint(deferRelease), "-cpuprofile", profile)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -74,6 +74,7 @@ type opts struct {
 	apiProfile         string
 	apiProfileSeconds  int
 	agentQPS           float64
+	agentDeferRelease  bool
 	repeat             int
 	splitCPUs          bool
 }
@@ -92,6 +93,7 @@ func run() error {
 		"plugins to run ("+preparedPlugin+": berth-ipam for pods scheduled to the node first; other berth-ipam* names another build of berth-ipam in -bin)")
 	flag.IntVar(&o.scale, "claims", 20000, "existing claims for the scale run (0: skip)")
 	flag.IntVar(&o.floor, "floor", 0, "first time this many serial creates, updates and deletes of IPClaims through a plain client (0: skip)")
+	flag.BoolVar(&o.agentDeferRelease, "agent-defer-release", true, "the agent answers a DEL before its release is committed, as berth-agent's --ipam-defer-release (the default); false: after")
 	flag.Float64Var(&o.agentQPS, "agent-qps", -1, "QPS of the agent's API client: -1 none, as ctrl.GetConfig sets it for berth-agent in a pod; 0 client-go's default (5 QPS, burst 10, per resource), which a client made from a kubeconfig file gets unless it sets its own")
 	flag.StringVar(&o.apiProfile, "apiserver-cpuprofile", "", "write a CPU profile of kube-apiserver over the first -apiserver-cpuprofile-seconds of the plugin rounds")
 	flag.IntVar(&o.apiProfileSeconds, "apiserver-cpuprofile-seconds", 10, "length of the kube-apiserver CPU profile")
@@ -195,7 +197,7 @@ func run() error {
 	}
 	defer os.RemoveAll(runPath)
 	sock := filepath.Join(runPath, "ipam.sock")
-	agent, err := startAgentProc(ctx, agentKC, sock, o.agentQPS, o.cpuprofile)
+	agent, err := startAgentProc(ctx, agentKC, sock, o.agentQPS, o.agentDeferRelease, o.cpuprofile)
 	if err != nil {
 		return err
 	}
@@ -256,7 +258,10 @@ func run() error {
 					conf = confs["berth-ipam"] // another build, to compare
 				}
 				bin, prefix := filepath.Join(o.bins, plugin), "pod-"
-				var afterAdd func() (time.Time, error)
+				var afterAdd, afterDel func() (time.Time, error)
+				if strings.HasPrefix(plugin, "berth-ipam") {
+					afterDel = func() (time.Time, error) { return waitReleased(ctx, c, prefix) }
+				}
 				var took time.Duration
 				if plugin == preparedPlugin {
 					bin, prefix = filepath.Join(o.bins, "berth-ipam"), fmt.Sprintf("r%d-", round)
@@ -265,7 +270,7 @@ func run() error {
 					}
 					afterAdd = func() (time.Time, error) { return waitRecorded(ctx, c, prefix, o.adds) }
 				}
-				add, del, err := measure(ctx, bin, conf, o.adds, n, round, prefix, agent, afterAdd)
+				add, del, err := measure(ctx, bin, conf, o.adds, n, round, prefix, agent, afterAdd, afterDel)
 				if err != nil {
 					return fmt.Errorf("%s at concurrency %d: %w", plugin, n, err)
 				}
@@ -291,7 +296,7 @@ func run() error {
 				}
 				row += fmt.Sprintf(" %s |", per(total))
 				cpuRows = append(cpuRows, row)
-				results = append(results, result{plugin: plugin, conc: n, rep: rep, add: add})
+				results = append(results, result{plugin: plugin, conc: n, rep: rep, add: add, del: del})
 			}
 		}
 	}
@@ -309,6 +314,7 @@ func run() error {
 		fmt.Println(r)
 	}
 	writePrepared(os.Stdout, preps, results, o.adds)
+	writeReleased(os.Stdout, results, o.adds)
 
 	if o.scale > 0 && slices.Contains(o.plugins, "berth-ipam") {
 		fmt.Printf("\nberth-ipam with existing claims (other pool addresses; concurrency 16)\n\n")
@@ -322,7 +328,8 @@ func run() error {
 			have = target
 			time.Sleep(15 * time.Second) // let the agent's cache and the API server settle
 			round++
-			add, del, err := measure(ctx, filepath.Join(o.bins, "berth-ipam"), confs["berth-ipam"], o.adds, 16, round, "pod-", agent, nil)
+			add, del, err := measure(ctx, filepath.Join(o.bins, "berth-ipam"), confs["berth-ipam"], o.adds, 16, round, "pod-", agent, nil,
+				func() (time.Time, error) { return waitReleased(ctx, c, "pod-") })
 			if err != nil {
 				return err
 			}
@@ -436,29 +443,36 @@ type stats struct {
 	// percentile of one write, writes the writes per call.
 	write, writeP99 time.Duration
 	writes          float64
-	// start is when the phase began; recorded, for prepared ADDs, how long
-	// after it the last container ID was committed (0: not measured).
-	start    time.Time
-	recorded time.Duration
+	// start is when the phase began; committed how long after it its last
+	// write was committed (0: not measured): for prepared ADDs, the last
+	// container ID; for DELs, the last release.
+	start     time.Time
+	committed time.Duration
 }
 
 // measure runs n ADDs (pods prefix0..n-1) at concurrency conc, then their
-// DELs. afterAdd, if not nil, is waited for between the two: it returns
-// when the ADDs' last record was committed (add.recorded).
-func measure(ctx context.Context, bin, conf string, n, conc, round int, prefix string, agent *agentProc, afterAdd func() (time.Time, error)) (stats, stats, error) {
-	add, err := phase(ctx, "ADD", bin, conf, n, conc, round, prefix, agent)
-	if err != nil {
-		return stats{}, stats{}, err
-	}
-	if afterAdd != nil {
-		last, err := afterAdd()
+// DELs. afterAdd and afterDel, if not nil, are waited for after each: they
+// return when the phase's last write was committed (stats.committed).
+func measure(ctx context.Context, bin, conf string, n, conc, round int, prefix string, agent *agentProc, afterAdd, afterDel func() (time.Time, error)) (stats, stats, error) {
+	var out [2]stats
+	for i, p := range []struct {
+		cmd   string
+		after func() (time.Time, error)
+	}{{"ADD", afterAdd}, {"DEL", afterDel}} {
+		st, err := phase(ctx, p.cmd, bin, conf, n, conc, round, prefix, agent)
 		if err != nil {
 			return stats{}, stats{}, err
 		}
-		add.recorded = last.Sub(add.start)
+		if p.after != nil {
+			last, err := p.after()
+			if err != nil {
+				return stats{}, stats{}, fmt.Errorf("after the %ss: %w", p.cmd, err)
+			}
+			st.committed = last.Sub(st.start)
+		}
+		out[i] = st
 	}
-	del, err := phase(ctx, "DEL", bin, conf, n, conc, round, prefix, agent)
-	return add, del, err
+	return out[0], out[1], nil
 }
 
 func phase(ctx context.Context, cmd, bin, conf string, n, conc, round int, prefix string, agent *agentProc) (stats, error) {

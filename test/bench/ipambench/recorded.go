@@ -16,21 +16,51 @@ import (
 
 // waitRecorded returns, for the claims of pods prefix0..n-1 prepared
 // with no container ID, when the bench saw the last one's container ID
-// recorded (at most 2 minutes). A prepared ADD answers from the cache and
-// records the container ID on the claim right after: the figure says how
-// long that work trails the answers. Called once the ADD round is over: a
-// watch running during the round would decode every update on the CPUs
-// the ADDs are measured on. So it lists the claims, and watches from there
-// only if some are not recorded yet; the time is that of the list or of
-// the last update's event, never earlier than the commit.
+// recorded. A prepared ADD answers from the cache and records the
+// container ID on the claim right after: the figure says how long that
+// work trails the answers.
 func waitRecorded(ctx context.Context, c client.WithWatch, prefix string, n int) (time.Time, error) {
+	return waitClaims(ctx, c, prefix, "container IDs recorded", func(claims map[string]*v1alpha1.IPClaim) (int, bool) {
+		recorded := 0
+		for _, cl := range claims {
+			if cl.Spec.ContainerID != "" {
+				recorded++
+			}
+		}
+		return recorded, recorded == n
+	})
+}
+
+// waitReleased returns when the bench saw the last claim of the pods
+// prefix* deleted: with --ipam-defer-release the agent answers a DEL
+// before its release is committed, and the figure says how long that
+// work trails the answers. (The bench's pods are bare pods: each DEL
+// deletes its claim.)
+func waitReleased(ctx context.Context, c client.WithWatch, prefix string) (time.Time, error) {
+	return waitClaims(ctx, c, prefix, "claims left", func(claims map[string]*v1alpha1.IPClaim) (int, bool) {
+		return len(claims), len(claims) == 0
+	})
+}
+
+// waitClaims returns when done holds over the claims of the bench node's
+// pods named prefix*, as the bench sees them (at most 2 minutes); done
+// also counts what it waits for, for the error. Called once a round is
+// over: a watch running during the round would decode every write on the
+// CPUs the calls are measured on. So it lists the claims, and watches
+// from there only if done does not hold yet; the time is that of the list
+// or of the last event, never earlier than the commit.
+func waitClaims(ctx context.Context, c client.WithWatch, prefix, what string, done func(map[string]*v1alpha1.IPClaim) (int, bool)) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	sel := client.MatchingLabels{v1alpha1.LabelNode: benchNode}
-	recorded := map[string]bool{}
-	see := func(cl *v1alpha1.IPClaim) {
-		if strings.HasPrefix(cl.Spec.Pod.Name, prefix) && cl.Spec.ContainerID != "" {
-			recorded[cl.Spec.Pod.Name] = true
+	claims := map[string]*v1alpha1.IPClaim{}
+	see := func(cl *v1alpha1.IPClaim, gone bool) {
+		switch {
+		case !strings.HasPrefix(cl.Spec.Pod.Name, prefix):
+		case gone:
+			delete(claims, cl.Name)
+		default:
+			claims[cl.Name] = cl
 		}
 	}
 	var l v1alpha1.IPClaimList
@@ -38,9 +68,9 @@ func waitRecorded(ctx context.Context, c client.WithWatch, prefix string, n int)
 		return time.Time{}, fmt.Errorf("claims: %w", err)
 	}
 	for i := range l.Items {
-		see(&l.Items[i])
+		see(&l.Items[i], false)
 	}
-	if len(recorded) == n {
+	if _, ok := done(claims); ok {
 		return time.Now(), nil
 	}
 	w, err := c.Watch(ctx, &v1alpha1.IPClaimList{}, sel, &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: l.ResourceVersion}})
@@ -49,22 +79,21 @@ func waitRecorded(ctx context.Context, c client.WithWatch, prefix string, n int)
 	}
 	defer w.Stop()
 	for ev := range w.ResultChan() {
-		switch ev.Type {
-		case watch.Error:
+		if ev.Type == watch.Error {
 			return time.Time{}, fmt.Errorf("watch claims: %v", ev.Object)
-		case watch.Added, watch.Modified:
-			if cl, ok := ev.Object.(*v1alpha1.IPClaim); ok {
-				see(cl)
-			}
 		}
-		if len(recorded) == n {
+		if cl, ok := ev.Object.(*v1alpha1.IPClaim); ok && ev.Type != watch.Bookmark {
+			see(cl, ev.Type == watch.Deleted)
+		}
+		if _, ok := done(claims); ok {
 			return time.Now(), nil
 		}
 	}
+	n, _ := done(claims)
 	if ctx.Err() != nil {
-		return time.Time{}, fmt.Errorf("container IDs of %d ADDs: %d recorded after 2 minutes", n, len(recorded))
+		return time.Time{}, fmt.Errorf("%d %s after 2 minutes", n, what)
 	}
-	return time.Time{}, fmt.Errorf("claim watch ended with %d of %d container IDs recorded", len(recorded), n)
+	return time.Time{}, fmt.Errorf("claim watch ended with %d %s", n, what)
 }
 
 // prepRow is one berth-ipam-prepared round.
@@ -89,7 +118,7 @@ func writePrepared(w io.Writer, rows []prepRow, results []result, n int) {
 	fmt.Fprintln(w, "| concurrency | pods | all prepared after | pods/s | ADD/s answered | ADD/s recorded | recorded over host-local's ADD/s |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	for _, r := range rows {
-		rec := float64(n) / r.add.recorded.Seconds()
+		rec := float64(n) / r.add.committed.Seconds()
 		vs := "-"
 		for _, h := range results {
 			if h.plugin == "host-local" && h.conc == r.conc && h.rep == r.rep {
@@ -97,5 +126,33 @@ func writePrepared(w io.Writer, rows []prepRow, results []result, n int) {
 			}
 		}
 		fmt.Fprintf(w, "| %d | %d | %s | %.0f | %.0f | %.0f | %s |\n", r.conc, n, ms(r.prepared), float64(n)/r.prepared.Seconds(), r.add.rate, rec, vs)
+	}
+}
+
+// writeReleased prints, for the rounds whose DELs the bench waited for,
+// DEL throughput counted until the last DEL answered and until the last
+// claim was gone, the latter also over host-local's DEL throughput of the
+// same repetition.
+func writeReleased(w io.Writer, results []result, n int) {
+	head := false
+	for _, r := range results {
+		if r.del.committed == 0 {
+			continue
+		}
+		if !head {
+			fmt.Fprintf(w, "\nDEL/s counted until the last DEL answered (as above) and until the last claim of the round was deleted\n")
+			fmt.Fprintf(w, "(seen through a list, then a watch if needed, both after the round)\n\n")
+			fmt.Fprintln(w, "| plugin | concurrency | DEL/s answered | DEL/s released | released over host-local's DEL/s |")
+			fmt.Fprintln(w, "|---|---|---|---|---|")
+			head = true
+		}
+		rel := float64(n) / r.del.committed.Seconds()
+		vs := "-"
+		for _, h := range results {
+			if h.plugin == baselinePlugin && h.conc == r.conc && h.rep == r.rep {
+				vs = fmt.Sprintf("%.2fx", rel/h.del.rate)
+			}
+		}
+		fmt.Fprintf(w, "| %s | %d | %.0f | %.0f | %s |\n", r.plugin, r.conc, r.del.rate, rel, vs)
 	}
 }

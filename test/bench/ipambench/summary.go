@@ -11,7 +11,8 @@ import (
 const baselinePlugin = "host-local"
 
 // The goal for each plugin against the baseline of the same
-// repetition: at least half its ADD throughput, an ADD p99 within 1.5x.
+// repetition: at least half its throughput, a p99 within 1.5x (read for
+// ADD, and for DEL too).
 const (
 	goalRate = 0.5
 	goalP99  = 1.5
@@ -21,8 +22,14 @@ const (
 type result struct {
 	plugin    string
 	conc, rep int
-	add       stats
+	add, del  stats
 }
+
+// phaseOf picks a phase's figures from a result.
+type phaseOf func(result) stats
+
+func addPhase(r result) stats { return r.add }
+func delPhase(r result) stats { return r.del }
 
 // ratios are one plugin's figures over the baseline's, one per repetition.
 type ratios struct {
@@ -31,12 +38,12 @@ type ratios struct {
 }
 
 // compare pairs each round of plugin at conc with the baseline's round of
-// the same repetition.
-func compare(rs []result, plugin string, conc int) ratios {
+// the same repetition, in phase.
+func compare(rs []result, plugin string, conc int, phase phaseOf) ratios {
 	base := map[int]stats{}
 	for _, r := range rs {
 		if r.plugin == baselinePlugin && r.conc == conc {
-			base[r.rep] = r.add
+			base[r.rep] = phase(r)
 		}
 	}
 	var out ratios
@@ -45,7 +52,8 @@ func compare(rs []result, plugin string, conc int) ratios {
 		if r.plugin != plugin || r.conc != conc || !ok || b.rate == 0 || b.p99 == 0 {
 			continue
 		}
-		rate, p99 := r.add.rate/b.rate, float64(r.add.p99)/float64(b.p99)
+		st := phase(r)
+		rate, p99 := st.rate/b.rate, float64(st.p99)/float64(b.p99)
 		out.rate, out.p99 = append(out.rate, rate), append(out.p99, p99)
 		if rate >= goalRate && p99 <= goalP99 {
 			out.within++
@@ -54,23 +62,24 @@ func compare(rs []result, plugin string, conc int) ratios {
 	return out
 }
 
-// selfRatios is the baseline against itself: each repetition's ADD p99
-// over the next one's, the noise of a p99 of this many ADDs on this
+// selfRatios is the baseline against itself: each repetition's p99 in
+// phase over the next one's, the noise of a p99 of this many calls on this
 // machine. A ratio beyond goalP99 either way counts as outside.
-func selfRatios(rs []result, conc int) (p99 []float64, outside int) {
+func selfRatios(rs []result, conc int, phase phaseOf) (p99 []float64, outside int) {
 	var last time.Duration
 	for _, r := range rs {
 		if r.plugin != baselinePlugin || r.conc != conc {
 			continue
 		}
-		if last > 0 && r.add.p99 > 0 {
-			q := float64(last) / float64(r.add.p99)
+		st := phase(r)
+		if last > 0 && st.p99 > 0 {
+			q := float64(last) / float64(st.p99)
 			p99 = append(p99, q)
 			if q > goalP99 || q < 1/goalP99 {
 				outside++
 			}
 		}
-		last = r.add.p99
+		last = st.p99
 	}
 	return p99, outside
 }
@@ -97,27 +106,32 @@ func spread(xs []float64) string {
 }
 
 // writeSummary prints, for runs repeated more than once, each plugin's
-// ADD figures over the baseline's of the same repetition, and the
+// ADD and DEL figures over the baseline's of the same repetition, and the
 // baseline against itself.
 func writeSummary(w io.Writer, rs []result, plugins []string, concs []int, repeat int) {
 	if repeat < 2 || !slices.Contains(plugins, baselinePlugin) {
 		return
 	}
-	fmt.Fprintf(w, "\nADD over %s's ADD in the same repetition (%d repetitions, plugins interleaved); goal: throughput >= %.1fx, p99 <= %.1fx.\n",
-		baselinePlugin, repeat, goalRate, goalP99)
-	fmt.Fprintf(w, "%s against itself: each repetition's p99 over the next one's, outside 1/%.1f-%.1fx counted.\n\n", baselinePlugin, goalP99, goalP99)
-	fmt.Fprintln(w, "| plugin | concurrency | runs | ADD/s ratio: median (range) | ADD p99 ratio: median (range) | runs meeting both goals |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|")
-	for _, n := range concs {
-		if self, outside := selfRatios(rs, n); len(self) > 0 {
-			fmt.Fprintf(w, "| %s vs itself | %d | %d | - | %s | %d of %d within |\n", baselinePlugin, n, len(self), spread(self), len(self)-outside, len(self))
-		}
-		for _, p := range plugins {
-			if p == baselinePlugin {
-				continue
+	for _, ph := range []struct {
+		name string
+		of   phaseOf
+	}{{"ADD", addPhase}, {"DEL", delPhase}} {
+		fmt.Fprintf(w, "\n%s over %s's %s in the same repetition (%d repetitions, plugins interleaved); goal: throughput >= %.1fx, p99 <= %.1fx.\n",
+			ph.name, baselinePlugin, ph.name, repeat, goalRate, goalP99)
+		fmt.Fprintf(w, "%s against itself: each repetition's p99 over the next one's, outside 1/%.1f-%.1fx counted.\n\n", baselinePlugin, goalP99, goalP99)
+		fmt.Fprintf(w, "| plugin | concurrency | runs | %s/s ratio: median (range) | %s p99 ratio: median (range) | runs meeting both goals |\n", ph.name, ph.name)
+		fmt.Fprintln(w, "|---|---|---|---|---|---|")
+		for _, n := range concs {
+			if self, outside := selfRatios(rs, n, ph.of); len(self) > 0 {
+				fmt.Fprintf(w, "| %s vs itself | %d | %d | - | %s | %d of %d within |\n", baselinePlugin, n, len(self), spread(self), len(self)-outside, len(self))
 			}
-			if c := compare(rs, p, n); len(c.p99) > 0 {
-				fmt.Fprintf(w, "| %s | %d | %d | %s | %s | %d of %d |\n", p, n, len(c.p99), spread(c.rate), spread(c.p99), c.within, len(c.p99))
+			for _, p := range plugins {
+				if p == baselinePlugin {
+					continue
+				}
+				if c := compare(rs, p, n, ph.of); len(c.p99) > 0 {
+					fmt.Fprintf(w, "| %s | %d | %d | %s | %s | %d of %d |\n", p, n, len(c.p99), spread(c.rate), spread(c.p99), c.within, len(c.p99))
+				}
 			}
 		}
 	}

@@ -26,15 +26,15 @@ func TestMedian(t *testing.T) {
 func TestCompare(t *testing.T) {
 	ms := time.Millisecond
 	rs := []result{
-		{plugin: "host-local", conc: 1, rep: 0, add: stats{rate: 200, p99: 10 * ms}},
-		{plugin: "berth", conc: 1, rep: 0, add: stats{rate: 100, p99: 15 * ms}}, // at both limits: meets
+		{plugin: "host-local", conc: 1, rep: 0, add: stats{rate: 200, p99: 10 * ms}, del: stats{rate: 300, p99: 10 * ms}},
+		{plugin: "berth", conc: 1, rep: 0, add: stats{rate: 100, p99: 15 * ms}, del: stats{rate: 100, p99: 20 * ms}}, // ADD at both limits: meets
 		{plugin: "host-local", conc: 1, rep: 1, add: stats{rate: 100, p99: 20 * ms}},
 		{plugin: "berth", conc: 1, rep: 1, add: stats{rate: 40, p99: 10 * ms}}, // too slow
 		{plugin: "host-local", conc: 1, rep: 2, add: stats{rate: 100, p99: 8 * ms}},
 		{plugin: "berth", conc: 1, rep: 2, add: stats{rate: 100, p99: 16 * ms}},  // p99 2x
 		{plugin: "berth", conc: 16, rep: 0, add: stats{rate: 100, p99: 16 * ms}}, // no baseline at 16
 	}
-	c := compare(rs, "berth", 1)
+	c := compare(rs, "berth", 1, addPhase)
 	if want := []float64{0.5, 0.4, 1}; !equal(c.rate, want) {
 		t.Errorf("rate ratios %v, want %v", c.rate, want)
 	}
@@ -44,10 +44,10 @@ func TestCompare(t *testing.T) {
 	if c.within != 1 {
 		t.Errorf("within %d, want 1", c.within)
 	}
-	if c := compare(rs, "berth", 16); len(c.p99) != 0 {
+	if c := compare(rs, "berth", 16, addPhase); len(c.p99) != 0 {
 		t.Errorf("compared without a baseline: %+v", c)
 	}
-	self, outside := selfRatios(rs, 1)
+	self, outside := selfRatios(rs, 1, addPhase)
 	if want := []float64{0.5, 2.5}; !equal(self, want) || outside != 2 {
 		t.Errorf("self ratios %v outside %d, want %v and 2", self, outside, want)
 	}
@@ -57,6 +57,8 @@ func TestCompare(t *testing.T) {
 	for _, want := range []string{
 		"| host-local vs itself | 1 | 2 | - | 1.50x (0.50-2.50x) | 0 of 2 within |",
 		"| berth | 1 | 3 | 0.50x (0.40-1.00x) | 1.50x (0.50-2.00x) | 1 of 3 |",
+		"| DEL/s ratio: median (range) | DEL p99 ratio: median (range) |",
+		"| berth | 1 | 1 | 0.33x (0.33-0.33x) | 2.00x (2.00-2.00x) | 0 of 1 |", // the others have no DEL figures
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("summary lacks %q:\n%s", want, out.String())

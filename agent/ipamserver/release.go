@@ -1,0 +1,84 @@
+package ipamserver
+
+import (
+	"context"
+	"errors"
+	"os"
+	"time"
+
+	"github.com/berth-io/berth/cni/ipam/protocol"
+)
+
+// Deferred release (Config.DeferRelease): a DEL answers once its request is
+// recorded in QueueDir, the same record berth-ipam writes when the agent
+// is down, and the agent commits the release right after, in the
+// background (releaseLater), retrying while the API server fails. Until
+// then the claims stay as they are: an address is held a few
+// milliseconds longer, never given out early. An ADD, CHECK or
+// preparation of the container or its pod, and early release of the pod,
+// wait for the release; CNI GC leaves its claims alone. A record the
+// agent did not get to (it stopped, or the API server stayed
+// unreachable) runs when the agent starts again, before it serves the
+// socket (drainQueue).
+
+// release is a DEL's work: the prepared claims whose recording bound had
+// pending (canceled by the DEL), and the container's claims on its
+// interface (all with none); then its attachment record goes.
+func (s *Server) release(ctx context.Context, req *protocol.Request, bound *pendingEntry) error {
+	var errs []error
+	if bound != nil {
+		for _, name := range bound.claims {
+			if err := s.alloc.ReleasePrepared(ctx, name, bound.uid); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if err := s.alloc.Release(ctx, req.ContainerID, req.IfName); err != nil {
+		return err
+	}
+	if req.IfName != "" {
+		_ = os.Remove(attachmentFile(s.cfg.AttachmentDir, req.ContainerID, req.IfName))
+	}
+	return nil
+}
+
+// releaseLater releases, in the background, the claims of a DEL that was
+// answered at start, and then removes its record from QueueDir.
+func (s *Server) releaseLater(req *protocol.Request, bound *pendingEntry, start time.Time) {
+	e := &pendingEntry{container: req.ContainerID}
+	if bound != nil {
+		e.pod, e.uid = bound.pod, bound.uid
+	}
+	if claims, err := s.cfg.Store.ClaimsOfContainer(req.ContainerID); err == nil && len(claims) > 0 {
+		// So that the pod's next ADD waits for it, whichever container.
+		p := claims[0].Spec.Pod
+		e.pod, e.uid = p.Namespace+"/"+p.Name, p.UID
+	}
+	s.later(&s.releases, e, req.ContainerID+"/"+req.IfName, func() {
+		ok := s.keepTrying(e, "cannot release the claims of an answered DEL; retrying", func(ctx context.Context) error {
+			err := s.release(ctx, req, bound)
+			s.observeRelease(start, err)
+			return err
+		}, "container_id", req.ContainerID, "interface", req.IfName)
+		if !ok {
+			return // the server stops: the next Start runs the record
+		}
+		if err := os.Remove(protocol.QueueFile(s.cfg.QueueDir, req)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			s.cfg.Logger.Warn("cannot remove a DEL's record; the next start runs it again, which is harmless", "container_id", req.ContainerID, "err", err)
+		}
+		s.cfg.Logger.Debug("released the claims of an answered DEL", "container_id", req.ContainerID, "interface", req.IfName,
+			"duration_seconds", time.Since(start).Seconds())
+	})
+}
+
+// observeRelease counts a release that began with a DEL at start.
+func (s *Server) observeRelease(start time.Time, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	s.metrics.release.WithLabelValues(result).Observe(time.Since(start).Seconds())
+}
