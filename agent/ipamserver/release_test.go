@@ -16,6 +16,7 @@ import (
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
+	"github.com/berth-io/berth/test/lockedbuf"
 	"github.com/berth-io/berth/test/poll"
 	"github.com/berth-io/berth/test/promtest"
 )
@@ -143,5 +144,32 @@ func TestServer_deferRelease_restart(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(cfg.AttachmentDir, protocol.FileName("c1", "eth0"))); err == nil {
 		t.Error("attachment record still there")
+	}
+}
+
+// TestServer_deferRelease_noQueueDir: when the DEL cannot be recorded
+// (here a file stands where the queue directory should be), the DEL
+// releases before it answers, and says why in the log.
+func TestServer_deferRelease_noQueueDir(t *testing.T) {
+	logs := &lockedbuf.Buffer{}
+	h := serve(t, func(c *ipamserver.Config) {
+		c.DeferRelease = true
+		if err := os.WriteFile(c.QueueDir, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	})
+	p := h.pod("db-0", nil)
+	if r := h.call(protocol.CommandAdd, protocol.Request{ContainerID: "c1", IfName: "eth0", PodNamespace: "ns", PodName: "db-0", PodUID: string(p.UID)}); r.Error != nil {
+		t.Fatalf("ADD: %+v", r.Error)
+	}
+	if d := h.call(protocol.CommandDel, protocol.Request{ContainerID: "c1", IfName: "eth0"}); d.Error != nil {
+		t.Fatalf("DEL: %+v", d.Error)
+	}
+	if c := h.store.Claims(); len(c) != 1 || c[0].Spec.State != v1alpha1.ClaimReserved {
+		t.Fatalf("claims when the DEL answered: %+v, want one Reserved", c)
+	}
+	if want := `msg="cannot record the DEL in the queue directory; releasing before answering"`; !strings.Contains(logs.String(), want) {
+		t.Errorf("log lacks %s:\n%s", want, logs)
 	}
 }

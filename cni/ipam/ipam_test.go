@@ -95,10 +95,12 @@ type agent struct {
 	done   chan error
 }
 
-func startAgent(t *testing.T, st *ipamtest.Store, sock, queue string) *agent {
+// startAgent runs the agent's IPAM server; deferRelease as berth-agent's
+// --ipam-defer-release (true by default there).
+func startAgent(t *testing.T, st *ipamtest.Store, sock, queue string, deferRelease bool) *agent {
 	t.Helper()
 	srv, err := ipamserver.New(ipamserver.Config{SocketPath: sock, QueueDir: queue, AttachmentDir: filepath.Join(filepath.Dir(sock), "attachments"), Node: "n1", Store: st.View(false),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		DeferRelease: deferRelease, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,9 +231,19 @@ func deployPod(st *ipamtest.Store, name string) *corev1.Pod {
 // address on eth0 and a default route via the bridge, CHECK and STATUS
 // pass, DEL is idempotent, the address is reserved for the app and comes
 // back to the next pod of the same ordinal.
+// TestPlugin_bridge: ADD, CHECK, STATUS and DEL through the bridge
+// plugin in real network namespaces, with the agent's DEL releasing before
+// it answers and after (--ipam-defer-release); a StatefulSet pod that
+// comes back gets its address again.
 func TestPlugin_bridge(t *testing.T) {
+	for _, deferRelease := range []bool{false, true} {
+		t.Run(fmt.Sprintf("deferRelease=%v", deferRelease), func(t *testing.T) { testBridge(t, deferRelease) })
+	}
+}
+
+func testBridge(t *testing.T, deferRelease bool) {
 	st, sock, queue := setup(t)
-	startAgent(t, st, sock, queue)
+	startAgent(t, st, sock, queue, deferRelease)
 	c := newChain(t, sock, queue)
 	pod := newNS(t)
 	p := deployPod(st, "web-0")
@@ -262,10 +274,12 @@ func TestPlugin_bridge(t *testing.T) {
 			t.Fatalf("DEL %d: %v", i+1, err)
 		}
 	}
-	claims := st.Claims()
-	if len(claims) != 1 || claims[0].Spec.State != v1alpha1.ClaimReserved {
-		t.Fatalf("after DEL: %+v", claims)
-	}
+	// Deferred, the release follows the answer.
+	poll.Until(t, 5*time.Second, "the claim to be Reserved after DEL", func() bool {
+		claims := st.Claims()
+		return len(claims) == 1 && claims[0].Spec.State == v1alpha1.ClaimReserved
+	})
+	poll.Until(t, 5*time.Second, "the queue directory to be empty", func() bool { left, _ := filepath.Glob(filepath.Join(queue, "*")); return len(left) == 0 })
 	// web-0 comes back (a new pod, a new sandbox): same address.
 	st.RemovePod("ns", "web-0")
 	p2 := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-0", UID: "uid-web-0-b", OwnerReferences: p.OwnerReferences}}
@@ -287,7 +301,7 @@ func TestPlugin_bridge(t *testing.T) {
 // error code, and with the runtime's DEL after it nothing is left.
 func TestPlugin_errors(t *testing.T) {
 	st, sock, queue := setup(t)
-	startAgent(t, st, sock, queue)
+	startAgent(t, st, sock, queue, false)
 	c := newChain(t, sock, queue)
 	pod := newNS(t)
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "x", UID: "uid-x", Annotations: map[string]string{v1alpha1.AnnotationPool: "missing"}}}
@@ -315,7 +329,7 @@ func TestPlugin_errors(t *testing.T) {
 // claimed, and the agent releases it when it starts again.
 func TestPlugin_agentDown(t *testing.T) {
 	st, sock, queue := setup(t)
-	a := startAgent(t, st, sock, queue)
+	a := startAgent(t, st, sock, queue, true)
 	c := newChain(t, sock, queue)
 	pod := newNS(t)
 	p := deployPod(st, "web-1")
@@ -339,7 +353,7 @@ func TestPlugin_agentDown(t *testing.T) {
 	if cl := st.Claims(); len(cl) != 1 || cl[0].Spec.State != v1alpha1.ClaimBound {
 		t.Fatalf("claims while the DEL is queued: %+v, want still Bound", cl)
 	}
-	startAgent(t, st, sock, queue)
+	startAgent(t, st, sock, queue, true)
 	if cl := st.Claims(); len(cl) != 1 || cl[0].Spec.State != v1alpha1.ClaimReserved {
 		t.Fatalf("claims after the agent drained its queue: %+v, want Reserved", cl)
 	}
