@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/types"
@@ -102,6 +103,30 @@ func (p *pendingWork) pending(containerID string) bool {
 		}
 	}
 	return false
+}
+
+// waitAll waits at most limit (and not beyond ctx) for the work pending
+// now, and reports whether there was some and it all ended.
+func (p *pendingWork) waitAll(ctx context.Context, limit time.Duration) bool {
+	var chs []chan struct{}
+	p.mu.Lock()
+	for _, e := range p.m {
+		chs = append(chs, e.done)
+	}
+	p.mu.Unlock()
+	if len(chs) == 0 {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for _, ch := range chs {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
 }
 
 // wait returns once the work on the claims of the container, of the pod

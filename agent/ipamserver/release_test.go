@@ -173,3 +173,43 @@ func TestServer_deferRelease_noQueueDir(t *testing.T) {
 		t.Errorf("log lacks %s:\n%s", want, logs)
 	}
 }
+
+// TestServer_deferRelease_heldAddress: the next pod of an app whose only
+// address is held by a pod whose DEL this agent answered and is still
+// releasing waits for that release and gets the address, rather than
+// failing as held.
+func TestServer_deferRelease_heldAddress(t *testing.T) {
+	var gs *gatedStore
+	h := serve(t, func(c *ipamserver.Config) {
+		c.DeferRelease = true
+		gs = &gatedStore{Store: c.Store, gate: make(chan struct{})}
+		gs.open.Store(true)
+		c.Store = gs
+	})
+	group := map[string]string{v1alpha1.AnnotationGroup: "g"}
+	a, b := h.pod("a", group), h.pod("b", group)
+	r := h.call(protocol.CommandAdd, protocol.Request{ContainerID: "c-a", IfName: "eth0", PodNamespace: "ns", PodName: "a", PodUID: string(a.UID)})
+	if r.Error != nil {
+		t.Fatalf("ADD a: %+v", r.Error)
+	}
+	gs.open.Store(false)
+	if d := h.call(protocol.CommandDel, protocol.Request{ContainerID: "c-a", IfName: "eth0"}); d.Error != nil {
+		t.Fatalf("DEL a: %+v", d.Error)
+	}
+	poll.Until(t, 5*time.Second, "a's release to wait at the gate", func() bool { return gs.waiting.Load() == 1 })
+	h.store.RemovePod("ns", "a")
+
+	added := make(chan protocol.Response, 1)
+	go func() {
+		added <- h.call(protocol.CommandAdd, protocol.Request{ContainerID: "c-b", IfName: "eth0", PodNamespace: "ns", PodName: "b", PodUID: string(b.UID)})
+	}()
+	select {
+	case r := <-added:
+		t.Fatalf("ADD b answered while a's release was pending: %+v", r)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(gs.gate)
+	if rb := <-added; rb.Error != nil || rb.IPs[0].Address != r.IPs[0].Address {
+		t.Fatalf("ADD b: %+v, want a's %s", rb, r.IPs[0].Address)
+	}
+}

@@ -42,6 +42,9 @@ const (
 	DefaultMaxBackoff     = 30 * time.Second
 	// gcGrace keeps CNI GC off claims whose ADD began this recently.
 	gcGrace = 2 * time.Minute
+	// heldWait bounds how long an ADD whose app's address is held waits
+	// for the releases of DELs this agent answered before it says so.
+	heldWait = 2 * time.Second
 )
 
 // Config configures a Server.
@@ -387,8 +390,14 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 	if err := s.waitPending(ctx, req.PodNamespace+"/"+req.PodName, types.UID(req.PodUID), req.ContainerID); err != nil {
 		return errResponse(protocol.CodeTryAgainLater, "berth-ipam ADD failed", err)
 	}
-	als, err := s.alloc.Allocate(ctx, ipam.Request{ContainerID: req.ContainerID, IfName: req.IfName,
-		PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: types.UID(req.PodUID), Pools: req.Pools})
+	areq := ipam.Request{ContainerID: req.ContainerID, IfName: req.IfName,
+		PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: types.UID(req.PodUID), Pools: req.Pools}
+	als, err := s.alloc.Allocate(ctx, areq)
+	if errors.Is(err, ipam.ErrHeld) && s.releases.waitAll(ctx, heldWait) {
+		// The address may be held by a container whose DEL this agent
+		// answered and is releasing: those take milliseconds.
+		als, err = s.alloc.Allocate(ctx, areq)
+	}
 	log := s.cfg.Logger.With("pod", req.PodNamespace+"/"+req.PodName, "container_id", req.ContainerID, "interface", req.IfName,
 		"duration_seconds", time.Since(start).Seconds())
 	if err != nil {
