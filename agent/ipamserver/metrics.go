@@ -57,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		releasesPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "berth_ipam_releases_pending",
-			Help: "DELs answered whose claims are not released in the API server yet (--ipam-defer-release; at most 4 releases at once): a lasting rise means the API server falls behind or refuses the writes. The addresses stay held meanwhile.",
+			Help: "DELs answered whose claims are not released in the API server yet (--ipam-defer-release; at most 16 releases at once): a lasting rise means the API server falls behind or refuses the writes. The addresses stay held meanwhile.",
 		}),
 	}
 	var err error

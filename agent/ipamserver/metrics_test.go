@@ -48,7 +48,7 @@ func TestNewMetrics_conflict(t *testing.T) {
 // recording that ends after another container of the same pod started.
 func TestPendingWork_gauge(t *testing.T) {
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "pending", Help: "pending"})
-	p := newPendingWork(g, "")
+	p := newPendingWork(1, g, "")
 	expect := func(want float64) {
 		t.Helper()
 		if got := testutil.ToFloat64(g); got != want {

@@ -185,8 +185,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("ipam server: %w", err)
 	}
 	return &Server{cfg: cfg, alloc: alloc, metrics: m, recent: map[string]time.Time{}, bg: context.Background(),
-		binds:    newPendingWork(m.recordsPending, "the prepared claims do not record their container yet"),
-		releases: newPendingWork(m.releasesPending, "the claims are not released yet from an earlier DEL"),
+		binds:    newPendingWork(bindWorkers, m.recordsPending, "the prepared claims do not record their container yet"),
+		releases: newPendingWork(releaseWorkers, m.releasesPending, "the claims are not released yet from an earlier DEL"),
 	}, nil
 }
 
