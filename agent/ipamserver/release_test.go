@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
@@ -212,4 +213,34 @@ func TestServer_deferRelease_heldAddress(t *testing.T) {
 	if rb := <-added; rb.Error != nil || rb.IPs[0].Address != r.IPs[0].Address {
 		t.Fatalf("ADD b: %+v, want a's %s", rb, r.IPs[0].Address)
 	}
+}
+
+// TestServer_deferRelease_GC: CNI GC leaves the claims of a container whose
+// DEL was answered and is still releasing to that release.
+func TestServer_deferRelease_GC(t *testing.T) {
+	var gs *gatedStore
+	h := serve(t, func(c *ipamserver.Config) {
+		c.DeferRelease = true
+		gs = &gatedStore{Store: c.Store, gate: make(chan struct{})}
+		c.Store = gs
+	})
+	// A claim from before this agent's time (GC keeps those of recent ADDs).
+	h.store.PutClaim(&v1alpha1.IPClaim{ObjectMeta: metav1.ObjectMeta{Name: "p-10-0-0-9"}, Spec: v1alpha1.IPClaimSpec{Pool: "p", Address: "10.0.0.9",
+		State: v1alpha1.ClaimBound, ContainerID: "c-old", Interface: "eth0", Node: "n1", Pod: v1alpha1.PodRef{Namespace: "ns", Name: "old", UID: "uid-old"},
+		App: &v1alpha1.App{Kind: v1alpha1.AppGroup, Namespace: "ns", Name: "g"}}})
+	if d := h.call(protocol.CommandDel, protocol.Request{ContainerID: "c-old", IfName: "eth0"}); d.Error != nil {
+		t.Fatalf("DEL: %+v", d.Error)
+	}
+	poll.Until(t, 5*time.Second, "the release to wait at the gate", func() bool { return gs.waiting.Load() == 1 })
+	if g := h.call(protocol.CommandGC, protocol.Request{}); g.Error != nil {
+		t.Fatalf("GC: %+v", g.Error)
+	}
+	if n := gs.tries.Load(); n != 1 {
+		t.Fatalf("%d claim writes tried, want 1 (the DEL's): GC released the claim too", n)
+	}
+	close(gs.gate)
+	poll.Until(t, 5*time.Second, "the claim to be reserved", func() bool {
+		c := h.store.Claims()
+		return len(c) == 1 && c[0].Spec.State == v1alpha1.ClaimReserved
+	})
 }
