@@ -29,9 +29,9 @@ type pendingWork struct {
 	waiting string
 }
 
-// How many containers are written at once (a dual-stack one with its two
-// writes in parallel): the container records of prepared claims, each
-// right after its ADD answered, and the releases of answered DELs, which
+// How many containers are written at once: the container records of
+// prepared claims, each right after its ADD answered (a dual-stack pod's
+// two claims in parallel), and the releases of answered DELs, which
 // after a burst of DELs drain faster with more in flight (docs/benchmarks.md:
 // 0.60x host-local's DEL/s with 16, 0.53x with 4, at the median).
 const (
