@@ -99,60 +99,58 @@ func (p *pendingWork) cancel(key string) *pendingEntry {
 	return e
 }
 
-// pending reports whether work on the container's claims is pending.
-func (p *pendingWork) pending(containerID string) bool {
+// dones returns the done channels of the work pending now that match
+// accepts.
+func (p *pendingWork) dones(match func(*pendingEntry) bool) []chan struct{} {
+	var chs []chan struct{}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, e := range p.m {
-		if e.container == containerID {
-			return true
+		if match(e) {
+			chs = append(chs, e.done)
 		}
 	}
-	return false
+	return chs
+}
+
+// waitDone waits for every channel of chs to close, or for ctx to end.
+func waitDone(ctx context.Context, chs []chan struct{}) error {
+	for _, ch := range chs {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// pending reports whether work on the container's claims is pending.
+func (p *pendingWork) pending(containerID string) bool {
+	return len(p.dones(func(e *pendingEntry) bool { return e.container == containerID })) > 0
 }
 
 // waitAll waits at most limit (and not beyond ctx) for the work pending
 // now, and reports whether there was some and it all ended.
 func (p *pendingWork) waitAll(ctx context.Context, limit time.Duration) bool {
-	var chs []chan struct{}
-	p.mu.Lock()
-	for _, e := range p.m {
-		chs = append(chs, e.done)
-	}
-	p.mu.Unlock()
+	chs := p.dones(func(*pendingEntry) bool { return true })
 	if len(chs) == 0 {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	for _, ch := range chs {
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return false
-		}
-	}
-	return true
+	return waitDone(ctx, chs) == nil
 }
 
 // wait returns once the work on the claims of the container, of the pod
 // (by namespace/name) or of the pod uid is done (at once when nothing is
 // pending; empty arguments match nothing), or with ctx's error.
 func (p *pendingWork) wait(ctx context.Context, pod string, uid types.UID, containerID string) error {
-	var chs []chan struct{}
-	p.mu.Lock()
-	for _, e := range p.m {
-		if (containerID != "" && e.container == containerID) || (pod != "" && e.pod == pod) || (uid != "" && e.uid == uid) {
-			chs = append(chs, e.done)
-		}
-	}
-	p.mu.Unlock()
-	for _, ch := range chs {
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w", p.waiting, ctx.Err())
-		}
+	chs := p.dones(func(e *pendingEntry) bool {
+		return (containerID != "" && e.container == containerID) || (pod != "" && e.pod == pod) || (uid != "" && e.uid == uid)
+	})
+	if err := waitDone(ctx, chs); err != nil {
+		return fmt.Errorf("%s: %w", p.waiting, err)
 	}
 	return nil
 }

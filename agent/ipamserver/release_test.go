@@ -31,20 +31,30 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return v
 }
 
+// serveDeferred serves with DeferRelease over a gatedStore, open (its
+// writes pass) until the test closes it, and returns the configuration.
+func serveDeferred(t *testing.T) (*harness, *gatedStore, ipamserver.Config) {
+	t.Helper()
+	var gs *gatedStore
+	var cfg ipamserver.Config
+	h := serve(t, func(c *ipamserver.Config) {
+		c.DeferRelease = true
+		gs = &gatedStore{Store: c.Store, gate: make(chan struct{})}
+		gs.open.Store(true)
+		c.Store = gs
+		cfg = *c
+	})
+	return h, gs, cfg
+}
+
 // TestServer_deferRelease: with DeferRelease a DEL answers while the API
 // server has not taken its release yet: the claim stays Bound and its
 // record waits in the queue directory; the pod's next ADD and CHECK wait
 // for the release; once the write goes through the address is Reserved
 // for the app, the record is gone and the gauge back at 0.
 func TestServer_deferRelease(t *testing.T) {
-	var gs *gatedStore
-	var queue string
-	h := serve(t, func(c *ipamserver.Config) {
-		c.DeferRelease = true
-		gs = &gatedStore{Store: c.Store, gate: make(chan struct{})}
-		gs.open.Store(true)
-		c.Store, queue = gs, c.QueueDir
-	})
+	h, gs, cfg := serveDeferred(t)
+	queue := cfg.QueueDir
 	p := h.pod("db-0", nil)
 	add := protocol.Request{ContainerID: "c1", IfName: "eth0", PodNamespace: "ns", PodName: "db-0", PodUID: string(p.UID)}
 	r := h.call(protocol.CommandAdd, add)
@@ -105,16 +115,7 @@ func TestServer_deferRelease(t *testing.T) {
 // refuses its release stays recorded when the agent stops; the next agent
 // releases it before it serves.
 func TestServer_deferRelease_restart(t *testing.T) {
-	var gs *gatedStore
-	var cfg ipamserver.Config
-	h := serve(t, func(c *ipamserver.Config) {
-		c.DeferRelease = true
-		gs = &gatedStore{Store: c.Store}
-		gs.open.Store(true)
-		c.Store = gs
-		c.Registerer = prometheus.NewRegistry()
-		cfg = *c
-	})
+	h, gs, cfg := serveDeferred(t)
 	p := h.pod("db-0", nil)
 	if r := h.call(protocol.CommandAdd, protocol.Request{ContainerID: "c1", IfName: "eth0", PodNamespace: "ns", PodName: "db-0", PodUID: string(p.UID)}); r.Error != nil {
 		t.Fatalf("ADD: %+v", r.Error)
@@ -180,13 +181,7 @@ func TestServer_deferRelease_noQueueDir(t *testing.T) {
 // releasing waits for that release and gets the address, rather than
 // failing as held.
 func TestServer_deferRelease_heldAddress(t *testing.T) {
-	var gs *gatedStore
-	h := serve(t, func(c *ipamserver.Config) {
-		c.DeferRelease = true
-		gs = &gatedStore{Store: c.Store, gate: make(chan struct{})}
-		gs.open.Store(true)
-		c.Store = gs
-	})
+	h, gs, _ := serveDeferred(t)
 	group := map[string]string{v1alpha1.AnnotationGroup: "g"}
 	a, b := h.pod("a", group), h.pod("b", group)
 	r := h.call(protocol.CommandAdd, protocol.Request{ContainerID: "c-a", IfName: "eth0", PodNamespace: "ns", PodName: "a", PodUID: string(a.UID)})
@@ -218,12 +213,8 @@ func TestServer_deferRelease_heldAddress(t *testing.T) {
 // TestServer_deferRelease_GC: CNI GC leaves the claims of a container whose
 // DEL was answered and is still releasing to that release.
 func TestServer_deferRelease_GC(t *testing.T) {
-	var gs *gatedStore
-	h := serve(t, func(c *ipamserver.Config) {
-		c.DeferRelease = true
-		gs = &gatedStore{Store: c.Store, gate: make(chan struct{})}
-		c.Store = gs
-	})
+	h, gs, _ := serveDeferred(t)
+	gs.open.Store(false)
 	// A claim from before this agent's time (GC keeps those of recent ADDs).
 	h.store.PutClaim(&v1alpha1.IPClaim{ObjectMeta: metav1.ObjectMeta{Name: "p-10-0-0-9"}, Spec: v1alpha1.IPClaimSpec{Pool: "p", Address: "10.0.0.9",
 		State: v1alpha1.ClaimBound, ContainerID: "c-old", Interface: "eth0", Node: "n1", Pod: v1alpha1.PodRef{Namespace: "ns", Name: "old", UID: "uid-old"},
