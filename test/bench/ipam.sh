@@ -4,7 +4,8 @@
 # kube-apiserver + etcd (the envtest binaries the local-cluster build caches).
 #   test/bench/ipam.sh [ipambench flags, e.g. -adds 128 -concurrency 1,16,64 -claims 20000]
 # -repeat N runs each plugin N times, interleaved, and summarizes each one's
-# ADD figures over host-local's of the same repetition (median and range).
+# ADD and DEL figures over host-local's of the same repetition (median and
+# range), and the p99 of all its calls pooled over host-local's.
 # berth-ipam-prepared rounds also count ADD/s until every container ID is
 # recorded on its claim (a list, then a watch if needed, after the round),
 # and start their DELs only then.

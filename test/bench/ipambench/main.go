@@ -448,6 +448,18 @@ type stats struct {
 	// container ID; for DELs, the last release.
 	start     time.Time
 	committed time.Duration
+	// lat is every call's latency, sorted: the summary pools them across
+	// repetitions.
+	lat []time.Duration
+}
+
+// quantile is the q-quantile (nearest rank) of sorted; 0 for none.
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	n := len(sorted)
+	if n == 0 {
+		return 0
+	}
+	return sorted[max(0, min(n-1, int(q*float64(n)+0.999999)-1))]
 }
 
 // measure runs n ADDs (pods prefix0..n-1) at concurrency conc, then their
@@ -514,8 +526,7 @@ func phase(ctx context.Context, cmd, bin, conf string, n, conc, round int, prefi
 		return stats{}, firstErr
 	}
 	slices.Sort(lat)
-	q := func(p float64) time.Duration { return lat[max(0, min(n-1, int(p*float64(n)+0.999999)-1))] }
-	st := stats{rate: float64(n) / wall.Seconds(), p50: q(0.5), p99: q(0.99), cpu: cpu, start: start}
+	st := stats{rate: float64(n) / wall.Seconds(), p50: quantile(lat, 0.5), p99: quantile(lat, 0.99), cpu: cpu, start: start, lat: lat}
 	s1, err := agent.stats(ctx)
 	if err != nil {
 		return stats{}, err
@@ -526,7 +537,7 @@ func phase(ctx context.Context, cmd, bin, conf string, n, conc, round int, prefi
 			sum += d
 		}
 		slices.Sort(ws)
-		st.write, st.writeP99, st.writes = sum/time.Duration(n), ws[max(0, len(ws)*99/100-1)], float64(len(ws))/float64(n)
+		st.write, st.writeP99, st.writes = sum/time.Duration(n), quantile(ws, 0.99), float64(len(ws))/float64(n)
 	}
 	return st, nil
 }
@@ -742,7 +753,7 @@ func floor(ctx context.Context, c client.Client, n int) error {
 			sum += d
 		}
 		slices.Sort(l)
-		fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", op.name, ms(sum/time.Duration(len(l))), ms(l[len(l)/2]), ms(l[max(0, len(l)*99/100-1)]),
+		fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", op.name, ms(sum/time.Duration(len(l))), ms(quantile(l, 0.5)), ms(quantile(l, 0.99)),
 			ms(cpu[i][0]/time.Duration(len(l))), ms(cpu[i][1]/time.Duration(len(l))))
 	}
 	// The size of a claim as stored, then.
