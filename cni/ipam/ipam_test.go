@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -194,21 +195,48 @@ func (c *chain) del(r *libcni.RuntimeConf) error {
 
 func addrsIn(t *testing.T, n ns.NetNS, link string) []string {
 	t.Helper()
+	return addrsOf(t, n, link, netlink.FAMILY_V4)
+}
+
+// addrsOf lists link's addresses of family in n, IPv6 link-local ones
+// left out.
+func addrsOf(t *testing.T, n ns.NetNS, link string, family int) []string {
+	t.Helper()
 	var out []string
 	if err := n.Do(func(ns.NetNS) error {
 		l, err := netlink.LinkByName(link)
 		if err != nil {
 			return err
 		}
-		as, err := netlink.AddrList(l, netlink.FAMILY_V4)
+		as, err := netlink.AddrList(l, family)
 		for _, a := range as {
-			out = append(out, a.IPNet.String())
+			if !a.IP.IsLinkLocalUnicast() {
+				out = append(out, a.IPNet.String())
+			}
 		}
 		return err
 	}); err != nil {
 		t.Fatalf("addresses of %s: %v", link, err)
 	}
 	return out
+}
+
+// defaultGateway is the gateway of n's default route of family ("" if none).
+func defaultGateway(t *testing.T, n ns.NetNS, family int) string {
+	t.Helper()
+	var gw string
+	if err := n.Do(func(ns.NetNS) error {
+		rs, err := netlink.RouteListFiltered(family, &netlink.Route{}, 0)
+		for _, r := range rs {
+			if (r.Dst == nil || r.Dst.IP.IsUnspecified()) && r.Gw != nil {
+				gw = r.Gw.String()
+			}
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("routes: %v", err)
+	}
+	return gw
 }
 
 func setup(t *testing.T) (*ipamtest.Store, string, string) {
@@ -230,11 +258,8 @@ func deployPod(st *ipamtest.Store, name string) *corev1.Pod {
 // containerd does, in real network namespaces: the pod gets the agent's
 // address on eth0 and a default route via the bridge, CHECK and STATUS
 // pass, DEL is idempotent, the address is reserved for the app and comes
-// back to the next pod of the same ordinal.
-// TestPlugin_bridge: ADD, CHECK, STATUS and DEL through the bridge
-// plugin in real network namespaces, with the agent's DEL releasing before
-// it answers and after (--ipam-defer-release); a StatefulSet pod that
-// comes back gets its address again.
+// back to the next pod of the same ordinal; with the agent's DEL
+// releasing before it answers and after (--ipam-defer-release).
 func TestPlugin_bridge(t *testing.T) {
 	for _, deferRelease := range []bool{false, true} {
 		t.Run(fmt.Sprintf("deferRelease=%v", deferRelease), func(t *testing.T) { testBridge(t, deferRelease) })
@@ -291,6 +316,85 @@ func testBridge(t *testing.T, deferRelease bool) {
 	}
 	if got := res2.IPs[0].Address.String(); got != addr {
 		t.Fatalf("new web-0 got %s, want %s", got, addr)
+	}
+	if err := c.del(rt("sandbox-2", pod2, p2)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPlugin_bridgeDualStack: a pod that names an IPv4 and an IPv6 pool
+// gets one address of each through the bridge plugin in real network
+// namespaces, with both gateways and default routes; DEL reserves both for
+// its app, and the ordinal's next pod gets both back.
+func TestPlugin_bridgeDualStack(t *testing.T) {
+	st, sock, queue := setup(t)
+	st.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "pods6"}, Spec: v1alpha1.IPPoolSpec{CIDR: "fd99::/120", Gateway: "fd99::1",
+		Routes: []v1alpha1.Route{{Destination: "::/0"}}}})
+	startAgent(t, st, sock, queue, true)
+	c := newChain(t, sock, queue)
+	dual := func(p *corev1.Pod) *corev1.Pod {
+		p.Annotations = map[string]string{v1alpha1.AnnotationPool: "pods,pods6"}
+		st.SetPod(p)
+		return p
+	}
+	p := dual(deployPod(st, "web-1"))
+	pod := newNS(t)
+	r := rt("sandbox-1", pod, p)
+
+	res, err := c.add(r)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	var v4, v6 string
+	for _, ip := range res.IPs {
+		switch {
+		case ip.Address.IP.To4() != nil && ip.Gateway.String() == "10.99.0.1":
+			v4 = ip.Address.String()
+		case ip.Address.IP.To4() == nil && ip.Gateway.String() == "fd99::1":
+			v6 = ip.Address.String()
+		}
+	}
+	if len(res.IPs) != 2 || v4 == "" || !strings.HasPrefix(v6, "fd99::") || !strings.HasSuffix(v6, "/120") {
+		t.Fatalf("result IPs %+v: want one of 10.99.0.0/24 via 10.99.0.1 and one of fd99::/120 via fd99::1", res.IPs)
+	}
+	if got := addrsOf(t, pod, "eth0", netlink.FAMILY_V4); len(got) != 1 || got[0] != v4 {
+		t.Errorf("eth0's IPv4 addresses %v, want %s", got, v4)
+	}
+	if got := addrsOf(t, pod, "eth0", netlink.FAMILY_V6); len(got) != 1 || got[0] != v6 {
+		t.Errorf("eth0's IPv6 addresses %v, want %s", got, v6)
+	}
+	if got := addrsOf(t, c.host, "bipam0", netlink.FAMILY_V6); len(got) != 1 || got[0] != "fd99::1/120" {
+		t.Errorf("bridge's IPv6 addresses %v, want the gateway fd99::1/120", got)
+	}
+	for family, want := range map[int]string{netlink.FAMILY_V4: "10.99.0.1", netlink.FAMILY_V6: "fd99::1"} {
+		if got := defaultGateway(t, pod, family); got != want {
+			t.Errorf("default route of family %d via %q, want %s", family, got, want)
+		}
+	}
+	if err := c.do(func(ctx context.Context) error { return c.cni.CheckNetworkList(ctx, c.list, r) }); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := c.del(r); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	poll.Until(t, 5*time.Second, "both claims to be Reserved after DEL", func() bool {
+		claims := st.Claims()
+		return len(claims) == 2 && claims[0].Spec.State == v1alpha1.ClaimReserved && claims[1].Spec.State == v1alpha1.ClaimReserved
+	})
+
+	st.RemovePod("ns", "web-1")
+	p2 := dual(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-1", UID: "uid-web-1-b", OwnerReferences: p.OwnerReferences}})
+	pod2 := newNS(t)
+	res2, err := c.add(rt("sandbox-2", pod2, p2))
+	if err != nil {
+		t.Fatalf("ADD of the new web-1: %v", err)
+	}
+	var got []string
+	for _, ip := range res2.IPs {
+		got = append(got, ip.Address.String())
+	}
+	if len(got) != 2 || !slices.Contains(got, v4) || !slices.Contains(got, v6) {
+		t.Fatalf("new web-1 got %v, want %s and %s back", got, v4, v6)
 	}
 	if err := c.del(rt("sandbox-2", pod2, p2)); err != nil {
 		t.Fatal(err)
