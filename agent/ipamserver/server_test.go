@@ -73,7 +73,10 @@ func start(t *testing.T, cfg ipamserver.Config) *harness {
 		t.Fatal(err)
 	}
 	stop := runnable.Start(t, time.Minute, srv.Start)
-	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	// A connection per call, as berth-ipam makes. (A keep-alive pool may
+	// dial a spare connection that never sends a request, and the server's
+	// Shutdown waits 5s for such a one.)
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", cfg.SocketPath)
 	}}}
 	poll.Until(t, 5*time.Second, "the server to be ready", func() bool { return srv.Check(nil) == nil })

@@ -125,17 +125,20 @@ type View struct {
 
 var _ ipam.Store = (*View)(nil)
 
-// Sync brings a lagging view up to date.
+// Sync brings a lagging view up to date. It holds the view's lock while it
+// reads the store, so that an own write it does not see yet (remembered
+// after the store took it) stays shown: the view never loses one of its
+// own writes, as the agent's overlay does not.
 func (v *View) Sync() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
 	v.s.mu.Lock()
 	snap := make(map[string]*v1alpha1.IPClaim, len(v.s.claims))
 	for k, c := range v.s.claims {
 		snap[k] = c
 	}
 	v.s.mu.Unlock()
-	v.mu.Lock()
 	v.snap, v.own = snap, map[string]*v1alpha1.IPClaim{}
-	v.mu.Unlock()
 }
 
 func (v *View) claims() map[string]*v1alpha1.IPClaim {

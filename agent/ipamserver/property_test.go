@@ -1,0 +1,410 @@
+package ipamserver_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	"github.com/berth-io/berth/agent/ipam"
+	"github.com/berth-io/berth/agent/ipam/ipamtest"
+	"github.com/berth-io/berth/agent/ipamserver"
+	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/cni/ipam/protocol"
+	"github.com/berth-io/berth/test/lockedbuf"
+	"github.com/berth-io/berth/test/poll"
+)
+
+// lossyStore fails a share of the claim writes with errUnreachable, as an
+// API server that restarts or sheds load does: most before the write,
+// some after it was committed (the answer lost on the way back).
+type lossyStore struct {
+	ipam.Store
+	mu      sync.Mutex
+	r       *rand.Rand
+	percent int // of writes that fail; 0 once the test drains
+	fails   *atomic.Int32
+}
+
+func (f *lossyStore) roll() (before, after bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.r.IntN(100)
+	return n < f.percent*2/3, n >= f.percent*2/3 && n < f.percent
+}
+
+func (f *lossyStore) write(do func() error) error {
+	before, after := f.roll()
+	if before {
+		f.fails.Add(1)
+		return errUnreachable
+	}
+	if err := do(); err != nil || !after {
+		return err
+	}
+	f.fails.Add(1)
+	return errUnreachable
+}
+
+func (f *lossyStore) Create(ctx context.Context, c *v1alpha1.IPClaim) error {
+	return f.write(func() error { return f.Store.Create(ctx, c) })
+}
+
+func (f *lossyStore) Update(ctx context.Context, c *v1alpha1.IPClaim) error {
+	return f.write(func() error { return f.Store.Update(ctx, c) })
+}
+
+func (f *lossyStore) Delete(ctx context.Context, c *v1alpha1.IPClaim) error {
+	return f.write(func() error { return f.Store.Delete(ctx, c) })
+}
+
+// propNode is one node's agent, restarted now and then over the same
+// directories, as berth-agent's pod is.
+type propNode struct {
+	mu    sync.RWMutex // calls hold it to read, a restart to write
+	name  string
+	dir   string
+	view  *ipamtest.View
+	lossy *lossyStore
+	h     *harness
+}
+
+type propPod struct {
+	pod       *corev1.Pod
+	node      *propNode
+	container string   // of its last ADD that succeeded
+	addrs     []string // its network's
+	state     string   // pending, running, terminating, gone
+	busy      bool
+	sandboxes int
+}
+
+// propModel drives the cluster: pods, their nodes, and which pod's network
+// holds each address (from its ADD's answer until its DEL starts).
+type propModel struct {
+	t        *testing.T
+	store    *ipamtest.Store
+	nodes    []*propNode
+	mu       sync.Mutex
+	pods     map[types.UID]*propPod
+	holder   map[string]types.UID
+	seq      int
+	failures []string
+	fails    atomic.Int32 // writes the store failed
+	added    atomic.Int32
+	restarts atomic.Int32
+	queued   atomic.Int32 // DEL records an agent's restart found
+	logs     lockedbuf.Buffer
+}
+
+func (m *propModel) failf(format string, args ...any) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.failures = append(m.failures, fmt.Sprintf(format, args...))
+}
+
+// start (re)starts n's agent with DeferRelease over a new cache of the
+// store, as a new agent process; n.mu is held for writing or not shared yet.
+func (m *propModel) start(n *propNode, seed uint64, percent int) {
+	n.view = m.store.View(true)
+	n.lossy = &lossyStore{Store: n.view, r: rand.New(rand.NewPCG(seed, uint64(m.restarts.Load()))), percent: percent, fails: &m.fails}
+	n.h = start(m.t, ipamserver.Config{SocketPath: filepath.Join(n.dir, "ipam.sock"), Node: n.name, Store: n.lossy,
+		QueueDir: filepath.Join(n.dir, "queue"), AttachmentDir: filepath.Join(n.dir, "attachments"), DeferRelease: true,
+		Registerer: prometheus.NewRegistry(), MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&m.logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", n.name)})
+}
+
+// restart stops n's agent and starts the next one, which runs the DELs
+// the last one answered and did not release before it serves.
+func (m *propModel) restart(n *propNode, seed uint64, percent int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.h.stop()
+	m.restarts.Add(1)
+	left, _ := filepath.Glob(filepath.Join(n.dir, "queue", "*.json"))
+	m.queued.Add(int32(len(left)))
+	m.start(n, seed, percent)
+}
+
+// call runs cmd on the pod's node's agent.
+func (m *propModel) call(p *propPod, cmd, container string) protocol.Response {
+	p.node.mu.RLock()
+	defer p.node.mu.RUnlock()
+	return p.node.h.call(cmd, protocol.Request{ContainerID: container, IfName: "eth0",
+		PodNamespace: p.pod.Namespace, PodName: p.pod.Name, PodUID: string(p.pod.UID)})
+}
+
+// del is the runtime's DEL: it must succeed, the agent answering once the
+// DEL is recorded.
+func (m *propModel) del(p *propPod, container string) {
+	if r := m.call(p, protocol.CommandDel, container); r.Error != nil {
+		m.failf("DEL %s of %s: %+v", container, p.pod.Name, r.Error)
+	}
+}
+
+// pick returns a random idle pod in one of states, marked busy; m.mu held.
+func (m *propModel) pick(r *rand.Rand, states ...string) *propPod {
+	var c []*propPod
+	for _, p := range m.pods {
+		if !p.busy && slices.Contains(states, p.state) {
+			c = append(c, p)
+		}
+	}
+	if len(c) == 0 {
+		return nil
+	}
+	p := c[r.IntN(len(c))]
+	p.busy = true
+	return p
+}
+
+// propFailPercent of the claim writes fail until the test drains.
+const propFailPercent = 15
+
+var propApps = []struct{ kind, owner string }{{"StatefulSet", "db"}, {"ReplicaSet", "web-5d8f"}, {"", ""}}
+
+func (m *propModel) step(r *rand.Rand, seed uint64) {
+	m.mu.Lock()
+	switch op := r.IntN(12); {
+	case op < 2: // a new pod
+		m.seq++
+		app := propApps[r.IntN(len(propApps))]
+		name := fmt.Sprintf("pod-%d", m.seq)
+		var owners []metav1.OwnerReference
+		if app.kind != "" {
+			owners = []metav1.OwnerReference{{Kind: app.kind, Name: app.owner, Controller: ptr.To(true)}}
+			name = fmt.Sprintf("%s-%d", app.owner, m.seq)
+		}
+		if app.kind == "StatefulSet" {
+			name = fmt.Sprintf("db-%d", r.IntN(3)) // a name in use waits
+			for _, p := range m.pods {
+				if p.pod.Name == name && p.state != "gone" {
+					m.mu.Unlock()
+					return
+				}
+			}
+		}
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID(fmt.Sprintf("uid-%d", m.seq)), OwnerReferences: owners}}
+		m.store.SetPod(p)
+		m.pods[p.UID] = &propPod{pod: p, node: m.nodes[r.IntN(len(m.nodes))], state: "pending"}
+		m.mu.Unlock()
+	case op < 5: // ADD of a pending pod's new sandbox
+		p := m.pick(r, "pending")
+		if p == nil {
+			m.mu.Unlock()
+			return
+		}
+		p.sandboxes++
+		container := fmt.Sprintf("%s-s%d", p.pod.UID, p.sandboxes)
+		m.mu.Unlock()
+		resp := m.call(p, protocol.CommandAdd, container)
+		if resp.Error != nil {
+			e := resp.Error
+			if e.Code != protocol.CodeTryAgainLater && e.Code != 100 && !strings.Contains(e.Details, errUnreachable.Error()) {
+				m.failf("ADD %s: unexpected error %+v", p.pod.Name, e)
+			}
+			m.del(p, container) // the runtime tears down what a failed ADD left
+			m.mu.Lock()
+			p.busy = false
+			m.mu.Unlock()
+			return
+		}
+		m.added.Add(1)
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for _, ip := range resp.IPs {
+			addr := strings.Split(ip.Address, "/")[0]
+			if h, ok := m.holder[addr]; ok && h != p.pod.UID {
+				m.failures = append(m.failures, fmt.Sprintf("ADD %s got %s, which the network of %s (%s) still has", p.pod.Name, addr, m.pods[h].pod.Name, m.pods[h].state))
+			}
+			m.holder[addr] = p.pod.UID
+			p.addrs = append(p.addrs, addr)
+		}
+		p.container, p.state, p.busy = container, "running", false
+	case op < 7: // deletion starts
+		if p := m.pick(r, "pending", "running"); p != nil {
+			p.pod = p.pod.DeepCopy()
+			p.pod.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+			m.store.SetPod(p.pod)
+			p.state, p.busy = "terminating", false
+		}
+		m.mu.Unlock()
+	case op < 9: // teardown: the network goes, then CNI DEL (sometimes twice), then the pod object
+		p := m.pick(r, "terminating")
+		if p == nil {
+			m.mu.Unlock()
+			return
+		}
+		m.teardown(p)
+		m.mu.Unlock()
+		if p.container != "" {
+			for range 1 + r.IntN(2) {
+				m.del(p, p.container)
+			}
+		}
+		m.mu.Lock()
+		m.store.RemovePod("ns", p.pod.Name)
+		p.state, p.busy = "gone", false
+		m.mu.Unlock()
+	case op == 9: // CHECK of a running pod
+		p := m.pick(r, "running")
+		m.mu.Unlock()
+		if p == nil {
+			return
+		}
+		if resp := m.call(p, protocol.CommandCheck, p.container); resp.Error != nil {
+			m.failf("CHECK %s (running, %v): %+v", p.pod.Name, p.addrs, resp.Error)
+		}
+		m.mu.Lock()
+		p.busy = false
+		m.mu.Unlock()
+	case op == 10: // an agent restarts: the DELs it answered and did not release are in its queue
+		n := m.nodes[r.IntN(len(m.nodes))]
+		m.mu.Unlock()
+		m.restart(n, seed, propFailPercent)
+	default: // an agent's cache catches up
+		n := m.nodes[r.IntN(len(m.nodes))]
+		m.mu.Unlock()
+		n.sync()
+	}
+}
+
+// sync brings n's agent's cache up to date.
+func (n *propNode) sync() {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	n.view.Sync()
+}
+
+// syncEvery syncs every node's cache every d until ctx ends, as informers
+// catch up.
+func (m *propModel) syncEvery(ctx context.Context, d time.Duration) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+		for _, n := range m.nodes {
+			n.sync()
+		}
+	}
+}
+
+// teardown takes the pod's addresses off its network; m.mu held.
+func (m *propModel) teardown(p *propPod) {
+	for _, a := range p.addrs {
+		if m.holder[a] == p.pod.UID {
+			delete(m.holder, a)
+		}
+	}
+}
+
+// TestServer_property runs random interleavings, through two agents'
+// sockets over one API server (the in-memory store), of pod creation, ADD,
+// deletion, DEL (answered before its release; sometimes twice), CHECK,
+// agent restarts and lagging caches, while the API server fails 15% of the
+// claim writes (a third of those after committing them). It checks that no
+// address is given to a pod while another pod's network still has it, that
+// a running pod's CHECK passes, and that once every pod is gone and the
+// API server is well, every claim left is an app's reservation and every
+// queue and attachment directory is empty.
+func TestServer_property(t *testing.T) {
+	var added, fails, restarts, queued int32
+	for seed := range uint64(12) {
+		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+			m := &propModel{t: t, store: ipamtest.New(), pods: map[types.UID]*propPod{}, holder: map[string]types.UID{}}
+			// 6 addresses: the apps wait for each other's teardowns, and
+			// the pool runs out.
+			m.store.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/29", Gateway: "10.0.0.1"}})
+			for i := range 2 {
+				n := &propNode{name: fmt.Sprintf("n%d", i), dir: t.TempDir()}
+				m.start(n, seed, propFailPercent)
+				m.nodes = append(m.nodes, n)
+			}
+			// The caches catch up every 10ms, and at random steps.
+			syncing, stopSync := context.WithCancel(context.Background())
+			var syncer sync.WaitGroup
+			syncer.Go(func() { m.syncEvery(syncing, 10*time.Millisecond) })
+			defer func() { stopSync(); syncer.Wait() }()
+			var wg sync.WaitGroup
+			for w := range 4 {
+				wg.Go(func() {
+					r := rand.New(rand.NewPCG(seed, uint64(w)))
+					for range 150 {
+						m.step(r, seed)
+					}
+				})
+			}
+			wg.Wait()
+
+			// Drain with the API server well: every pod deleted, every
+			// DEL run, every agent restarted (running what its queue holds).
+			for _, n := range m.nodes {
+				n.mu.RLock()
+				n.lossy.mu.Lock()
+				n.lossy.percent = 0
+				n.lossy.mu.Unlock()
+				n.mu.RUnlock()
+			}
+			for _, p := range m.pods {
+				if p.state == "gone" {
+					continue
+				}
+				m.teardown(p)
+				if p.container != "" {
+					m.del(p, p.container)
+				}
+				m.store.RemovePod("ns", p.pod.Name)
+				p.state = "gone"
+			}
+			for _, n := range m.nodes {
+				poll.Until(t, 10*time.Second, n.name+"'s releases to be written", func() bool {
+					return gauge(t, n.h.reg, "berth_ipam_releases_pending") == 0
+				})
+				m.restart(n, seed, 0)
+			}
+			for _, f := range m.failures {
+				t.Error(f)
+			}
+			for _, c := range m.store.Claims() {
+				if c.Spec.State != v1alpha1.ClaimReserved || c.Spec.App == nil {
+					for _, l := range strings.Split(m.logs.String(), "\n") {
+						if strings.Contains(l, c.Spec.ContainerID) || strings.Contains(l, c.Name) {
+							t.Log(l)
+						}
+					}
+					t.Errorf("claim %s (%s) left %s, app %v, pod %s, container %q after every pod is gone", c.Name, c.Spec.Address, c.Spec.State, c.Spec.App, c.Spec.Pod.Name, c.Spec.ContainerID)
+				}
+			}
+			for _, n := range m.nodes {
+				for _, d := range []string{"queue", "attachments"} {
+					if left, _ := filepath.Glob(filepath.Join(n.dir, d, "*.json")); len(left) > 0 {
+						t.Errorf("%s's %s directory holds %d files after every pod is gone, e.g. %s", n.name, d, len(left), filepath.Base(left[0]))
+					}
+				}
+			}
+			added += m.added.Load()
+			fails += m.fails.Load()
+			restarts += m.restarts.Load()
+			queued += m.queued.Load()
+		})
+	}
+	if added == 0 || fails == 0 || queued == 0 {
+		t.Errorf("%d ADDs answered, %d writes failed, %d DEL records left at restarts: each must be above 0 for the test to mean something", added, fails, queued)
+	}
+	t.Logf("%d ADDs answered, %d claim writes failed, %d agent restarts finding %d DEL records to run", added, fails, restarts, queued)
+}
