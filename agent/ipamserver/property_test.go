@@ -86,6 +86,7 @@ type propPod struct {
 	pod       *corev1.Pod
 	node      *propNode
 	container string   // of its last ADD that succeeded
+	inflight  string   // the sandbox whose ADD runs now
 	addrs     []string // its network's
 	state     string   // pending, running, terminating, gone
 	busy      bool
@@ -107,6 +108,7 @@ type propModel struct {
 	added    atomic.Int32
 	restarts atomic.Int32
 	queued   atomic.Int32 // DEL records an agent's restart found
+	gcs      atomic.Int32
 	logs     lockedbuf.Buffer
 }
 
@@ -178,7 +180,7 @@ var propApps = []struct{ kind, owner string }{{"StatefulSet", "db"}, {"ReplicaSe
 
 func (m *propModel) step(r *rand.Rand, seed uint64) {
 	m.mu.Lock()
-	switch op := r.IntN(12); {
+	switch op := r.IntN(13); {
 	case op < 2: // a new pod
 		m.seq++
 		app := propApps[r.IntN(len(propApps))]
@@ -209,14 +211,20 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 		}
 		p.sandboxes++
 		container := fmt.Sprintf("%s-s%d", p.pod.UID, p.sandboxes)
+		p.inflight = container
 		m.mu.Unlock()
 		resp := m.call(p, protocol.CommandAdd, container)
+		m.mu.Lock()
+		p.inflight = ""
+		m.mu.Unlock()
 		if resp.Error != nil {
 			e := resp.Error
 			if e.Code != protocol.CodeTryAgainLater && e.Code != 100 && !strings.Contains(e.Details, errUnreachable.Error()) {
 				m.failf("ADD %s: unexpected error %+v", p.pod.Name, e)
 			}
-			m.del(p, container) // the runtime tears down what a failed ADD left
+			if r.IntN(3) > 0 {
+				m.del(p, container) // the runtime tears down what a failed ADD left
+			} // else it lost track of the sandbox: CNI GC cleans up
 			m.mu.Lock()
 			p.busy = false
 			m.mu.Unlock()
@@ -275,6 +283,28 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 		n := m.nodes[r.IntN(len(m.nodes))]
 		m.mu.Unlock()
 		m.restart(n, seed, propFailPercent)
+	case op == 11: // CNI GC on a node: the runtime's sandboxes there are valid
+		n := m.nodes[r.IntN(len(m.nodes))]
+		var valid []protocol.Attachment
+		for _, p := range m.pods {
+			if p.node != n {
+				continue
+			}
+			if p.container != "" && (p.state == "running" || p.state == "terminating") {
+				valid = append(valid, protocol.Attachment{ContainerID: p.container, IfName: "eth0"})
+			}
+			if p.inflight != "" {
+				valid = append(valid, protocol.Attachment{ContainerID: p.inflight, IfName: "eth0"})
+			}
+		}
+		m.mu.Unlock()
+		n.mu.RLock()
+		resp := n.h.call(protocol.CommandGC, protocol.Request{ValidAttachments: valid})
+		n.mu.RUnlock()
+		if e := resp.Error; e != nil && !strings.Contains(e.Details, errUnreachable.Error()) {
+			m.failf("GC on %s: %+v", n.name, e)
+		}
+		m.gcs.Add(1)
 	default: // an agent's cache catches up
 		n := m.nodes[r.IntN(len(m.nodes))]
 		m.mu.Unlock()
@@ -314,16 +344,18 @@ func (m *propModel) teardown(p *propPod) {
 }
 
 // TestServer_property runs random interleavings, through two agents'
-// sockets over one API server (the in-memory store), of pod creation, ADD,
-// deletion, DEL (answered before its release; sometimes twice), CHECK,
-// agent restarts and lagging caches, while the API server fails 15% of the
+// sockets over one API server (the in-memory store), of pod creation, ADD
+// (a failed one followed by its DEL, or by none: CNI GC cleans up),
+// deletion, DEL (answered before its release; sometimes twice), CHECK, CNI
+// GC, agent restarts and lagging caches, while the API server fails 15% of the
 // claim writes (a third of those after committing them). It checks that no
 // address is given to a pod while another pod's network still has it, that
 // a running pod's CHECK passes, and that once every pod is gone and the
 // API server is well, every claim left is an app's reservation and every
 // queue and attachment directory is empty.
 func TestServer_property(t *testing.T) {
-	var added, fails, restarts, queued int32
+	var added, fails, restarts, queued, gcs int32
+	collecting := 0
 	for seed := range uint64(12) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			m := &propModel{t: t, store: ipamtest.New(), pods: map[types.UID]*propPod{}, holder: map[string]types.UID{}}
@@ -376,7 +408,13 @@ func TestServer_property(t *testing.T) {
 					return gauge(t, n.h.reg, "berth_ipam_releases_pending") == 0
 				})
 				m.restart(n, seed, 0)
+				// The runtime has no sandbox left: GC takes what failed
+				// ADDs left without a DEL (the new agent has seen no ADD).
+				if resp := n.h.call(protocol.CommandGC, protocol.Request{}); resp.Error != nil {
+					t.Errorf("GC on %s: %+v", n.name, resp.Error)
+				}
 			}
+			collected := strings.Count(m.logs.String(), "GC released claims")
 			for _, f := range m.failures {
 				t.Error(f)
 			}
@@ -401,10 +439,14 @@ func TestServer_property(t *testing.T) {
 			fails += m.fails.Load()
 			restarts += m.restarts.Load()
 			queued += m.queued.Load()
+			gcs += m.gcs.Load()
+			collecting += collected
 		})
 	}
-	if added == 0 || fails == 0 || queued == 0 {
-		t.Errorf("%d ADDs answered, %d writes failed, %d DEL records left at restarts: each must be above 0 for the test to mean something", added, fails, queued)
+	if added == 0 || fails == 0 || queued == 0 || collecting == 0 {
+		t.Errorf("%d ADDs answered, %d writes failed, %d DEL records left at restarts, %d GCs releasing claims: each must be above 0 for the test to mean something",
+			added, fails, queued, collecting)
 	}
-	t.Logf("%d ADDs answered, %d claim writes failed, %d agent restarts finding %d DEL records to run", added, fails, restarts, queued)
+	t.Logf("%d ADDs answered, %d claim writes failed, %d agent restarts finding %d DEL records to run, %d GCs during the run, %d GCs releasing claims",
+		added, fails, restarts, queued, gcs, collecting)
 }
