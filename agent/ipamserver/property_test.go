@@ -112,6 +112,17 @@ type propModel struct {
 	logs     lockedbuf.Buffer
 }
 
+// logsAbout is the agents' log lines that mention s, or that are GC's.
+func (m *propModel) logsAbout(s string) string {
+	var out []string
+	for _, l := range strings.Split(m.logs.String(), "\n") {
+		if strings.Contains(l, s) || strings.Contains(l, "GC released") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func (m *propModel) failf(format string, args ...any) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -145,8 +156,12 @@ func (m *propModel) restart(n *propNode, seed uint64, percent int) {
 func (m *propModel) call(p *propPod, cmd, container string) protocol.Response {
 	p.node.mu.RLock()
 	defer p.node.mu.RUnlock()
-	return p.node.h.call(cmd, protocol.Request{ContainerID: container, IfName: "eth0",
-		PodNamespace: p.pod.Namespace, PodName: p.pod.Name, PodUID: string(p.pod.UID)})
+	req := protocol.Request{ContainerID: container, IfName: "eth0"}
+	if cmd == protocol.CommandAdd {
+		// As berth-ipam sends them (CNI_NETNS, CNI_ARGS).
+		req.Netns, req.PodNamespace, req.PodName, req.PodUID = "/var/run/netns/"+container, p.pod.Namespace, p.pod.Name, string(p.pod.UID)
+	}
+	return p.node.h.call(cmd, req)
 }
 
 // del is the runtime's DEL: it must succeed, the agent answering once the
@@ -274,7 +289,7 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 			return
 		}
 		if resp := m.call(p, protocol.CommandCheck, p.container); resp.Error != nil {
-			m.failf("CHECK %s (running, %v): %+v", p.pod.Name, p.addrs, resp.Error)
+			m.failf("CHECK %s (running, %v): %+v; the agents' logs of its container:\n%s", p.pod.Name, p.addrs, resp.Error, m.logsAbout(p.container))
 		}
 		m.mu.Lock()
 		p.busy = false
@@ -420,12 +435,8 @@ func TestServer_property(t *testing.T) {
 			}
 			for _, c := range m.store.Claims() {
 				if c.Spec.State != v1alpha1.ClaimReserved || c.Spec.App == nil {
-					for _, l := range strings.Split(m.logs.String(), "\n") {
-						if strings.Contains(l, c.Spec.ContainerID) || strings.Contains(l, c.Name) {
-							t.Log(l)
-						}
-					}
-					t.Errorf("claim %s (%s) left %s, app %v, pod %s, container %q after every pod is gone", c.Name, c.Spec.Address, c.Spec.State, c.Spec.App, c.Spec.Pod.Name, c.Spec.ContainerID)
+					t.Errorf("claim %s (%s) left %s, app %v, pod %s, container %q after every pod is gone; the agents' logs of its container:\n%s",
+						c.Name, c.Spec.Address, c.Spec.State, c.Spec.App, c.Spec.Pod.Name, c.Spec.ContainerID, m.logsAbout(c.Spec.ContainerID))
 				}
 			}
 			for _, n := range m.nodes {

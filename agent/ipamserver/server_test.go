@@ -241,6 +241,42 @@ func TestServer_reclaim(t *testing.T) {
 	}
 }
 
+// TestServer_GC_afterRestart: CNI GC keeps off a container whose ADD
+// ended less than the grace period ago even when the agent restarted in
+// between (its attachment record says when), and still collects one whose
+// record is older.
+func TestServer_GC_afterRestart(t *testing.T) {
+	var cfg ipamserver.Config
+	h := serve(t, func(c *ipamserver.Config) { cfg = *c })
+	adds := map[string]protocol.Request{}
+	for _, name := range []string{"db-0", "db-1"} {
+		p := h.pod(name, nil)
+		req := protocol.Request{ContainerID: "c-" + name, IfName: "eth0", Netns: "/var/run/netns/" + name, PodNamespace: "ns", PodName: name, PodUID: string(p.UID)}
+		if r := h.call(protocol.CommandAdd, req); r.Error != nil {
+			t.Fatalf("ADD %s: %+v", name, r.Error)
+		}
+		adds[name] = req
+	}
+	// db-1's ADD ended long ago.
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(filepath.Join(cfg.AttachmentDir, protocol.FileName("c-db-1", "eth0")), old, old); err != nil {
+		t.Fatal(err)
+	}
+	h.stop()
+	cfg.Registerer = prometheus.NewRegistry()
+	h = start(t, cfg)
+	// The runtime listed its sandboxes before either ADD.
+	if g := h.call(protocol.CommandGC, protocol.Request{}); g.Error != nil {
+		t.Fatalf("GC: %+v", g.Error)
+	}
+	if c := h.call(protocol.CommandCheck, adds["db-0"]); c.Error != nil {
+		t.Errorf("CHECK of db-0 after the restart and GC: %+v (GC released an attachment whose ADD just ran)", c.Error)
+	}
+	if c := h.call(protocol.CommandCheck, adds["db-1"]); c.Error == nil {
+		t.Error("CHECK of db-1 passed: GC kept an attachment the runtime does not have, whose ADD ended an hour ago")
+	}
+}
+
 // flakyStore is a store whose API server is unreachable while down is set:
 // listing a container's claims (the first read of a DEL) fails.
 type flakyStore struct {
