@@ -556,22 +556,34 @@ func (a *Allocator) Release(ctx context.Context, containerID, ifName string) err
 // releaseClaim releases one claim if containerID still holds it, retrying
 // on conflicts.
 func (a *Allocator) releaseClaim(ctx context.Context, name, containerID string) error {
-	return a.release(ctx, name, func(c *v1alpha1.IPClaim) bool { return c.Spec.ContainerID == containerID })
+	return a.release(ctx, name, heldBy(containerID))
+}
+
+// heldBy says whether a claim records containerID.
+func heldBy(containerID string) func(*v1alpha1.IPClaim) bool {
+	return func(c *v1alpha1.IPClaim) bool { return c.Spec.ContainerID == containerID }
 }
 
 // release releases one claim while holds says its holder still holds it,
 // retrying on conflicts.
 func (a *Allocator) release(ctx context.Context, name string, holds func(*v1alpha1.IPClaim) bool) error {
+	_, err := a.releaseIf(ctx, name, holds)
+	return err
+}
+
+// releaseIf is release, and reports whether it wrote the release (false:
+// the claim was gone, released or someone else's already).
+func (a *Allocator) releaseIf(ctx context.Context, name string, holds func(*v1alpha1.IPClaim) bool) (bool, error) {
 	for attempt := 0; attempt < a.cfg.MaxConflicts; attempt++ {
 		c, err := a.cfg.Store.Claim(name)
 		if errors.Is(err, ErrNotFound) {
-			return nil
+			return false, nil
 		}
 		if err != nil {
-			return fmt.Errorf("claim %s: %w", name, err)
+			return false, fmt.Errorf("claim %s: %w", name, err)
 		}
 		if !holds(c) || c.Spec.State == v1alpha1.ClaimReserved {
-			return nil // someone else's now, or released already
+			return false, nil // someone else's now, or released already
 		}
 		var ttl time.Duration
 		retain := c.Spec.App != nil
@@ -596,11 +608,11 @@ func (a *Allocator) release(ctx context.Context, name string, holds func(*v1alph
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("claim %s: release: %w", name, err)
+			return false, fmt.Errorf("claim %s: release: %w", name, err)
 		}
-		return nil
+		return true, nil
 	}
-	return fmt.Errorf("claim %s: release: %w", name, ErrTooManyRetries)
+	return false, fmt.Errorf("claim %s: release: %w", name, ErrTooManyRetries)
 }
 
 // Check returns an error unless the container holds its addresses on ifName.
@@ -636,26 +648,28 @@ func sortClaims(cs []*v1alpha1.IPClaim) {
 }
 
 // GC releases the claims of this node whose container is not among the
-// valid ones (CNI GC), except those keep says to keep (ADDs in flight).
-func (a *Allocator) GC(ctx context.Context, valid map[string]bool, keep func(containerID string) bool) (int, error) {
+// valid ones (CNI GC), except those keep says to keep (ADDs in flight),
+// and returns those it released, as they were.
+func (a *Allocator) GC(ctx context.Context, valid map[string]bool, keep func(containerID string) bool) ([]*v1alpha1.IPClaim, error) {
 	claims, err := a.cfg.Store.ClaimsOfNode(a.cfg.Node)
 	if err != nil {
-		return 0, fmt.Errorf("claims of node %s: %w", a.cfg.Node, err)
+		return nil, fmt.Errorf("claims of node %s: %w", a.cfg.Node, err)
 	}
-	n := 0
+	var released []*v1alpha1.IPClaim
 	var errs []error
 	for _, c := range claims {
 		id := c.Spec.ContainerID
 		if c.Spec.State != v1alpha1.ClaimBound || id == "" || valid[id+"/"+c.Spec.Interface] || keep(id) {
 			continue
 		}
-		if err := a.releaseClaim(ctx, c.Name, id); err != nil {
+		done, err := a.releaseIf(ctx, c.Name, heldBy(id))
+		if err != nil {
 			errs = append(errs, err)
-			continue
+		} else if done {
+			released = append(released, c)
 		}
-		n++
 	}
-	return n, errors.Join(errs...)
+	return released, errors.Join(errs...)
 }
 
 // ReleaseEarly releases a terminating pod's claims before its network is

@@ -2,6 +2,7 @@ package ipamserver_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -112,15 +113,38 @@ type propModel struct {
 	logs     lockedbuf.Buffer
 }
 
-// logsAbout is the agents' log lines that mention s, or that are GC's.
-func (m *propModel) logsAbout(s string) string {
+// logsAbout is the agents' log lines that mention any of what.
+func (m *propModel) logsAbout(what ...string) string {
 	var out []string
 	for _, l := range strings.Split(m.logs.String(), "\n") {
-		if strings.Contains(l, s) || strings.Contains(l, "GC released") {
-			out = append(out, l)
+		for _, w := range what {
+			if strings.Contains(l, w) {
+				out = append(out, l)
+				break
+			}
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// claimsOf describes the claims of addrs as the API server has them.
+func (m *propModel) claimsOf(addrs []string) string {
+	var out []string
+	for _, c := range m.store.Claims() {
+		if slices.Contains(addrs, c.Spec.Address) {
+			out = append(out, fmt.Sprintf("%s rv %s: %s pod %s/%s container %q node %s", c.Name, c.ResourceVersion, c.Spec.State, c.Spec.Pod.Name, c.Spec.Pod.UID, c.Spec.ContainerID, c.Spec.Node))
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// addressAttrs are the log attributes of the addresses.
+func addressAttrs(addrs []string) []string {
+	var out []string
+	for _, a := range addrs {
+		out = append(out, "address="+a+"/")
+	}
+	return out
 }
 
 func (m *propModel) failf(format string, args ...any) {
@@ -195,7 +219,7 @@ var propApps = []struct{ kind, owner string }{{"StatefulSet", "db"}, {"ReplicaSe
 
 func (m *propModel) step(r *rand.Rand, seed uint64) {
 	m.mu.Lock()
-	switch op := r.IntN(13); {
+	switch op := r.IntN(14); {
 	case op < 2: // a new pod
 		m.seq++
 		app := propApps[r.IntN(len(propApps))]
@@ -280,7 +304,11 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 		}
 		m.mu.Lock()
 		m.store.RemovePod("ns", p.pod.Name)
-		p.state, p.busy = "gone", false
+		p.state = "gone"
+		m.mu.Unlock()
+		m.freePrepared(p)
+		m.mu.Lock()
+		p.busy = false
 		m.mu.Unlock()
 	case op == 9: // CHECK of a running pod
 		p := m.pick(r, "running")
@@ -289,7 +317,8 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 			return
 		}
 		if resp := m.call(p, protocol.CommandCheck, p.container); resp.Error != nil {
-			m.failf("CHECK %s (running, %v): %+v; the agents' logs of its container:\n%s", p.pod.Name, p.addrs, resp.Error, m.logsAbout(p.container))
+			m.failf("CHECK %s (running, %v) on %s: %+v; its claims now: %s; the agents' logs of its container:\n%s", p.pod.Name, p.addrs, p.node.name, resp.Error,
+				m.claimsOf(p.addrs), m.logsAbout(append([]string{p.container}, addressAttrs(p.addrs)...)...))
 		}
 		m.mu.Lock()
 		p.busy = false
@@ -320,10 +349,49 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 			m.failf("GC on %s: %+v", n.name, e)
 		}
 		m.gcs.Add(1)
+	case op == 12: // the agent prepares a pending pod's address before its sandbox exists
+		p := m.pick(r, "pending")
+		m.mu.Unlock()
+		if p == nil {
+			return
+		}
+		_, err := p.node.preparer().Prepare(context.Background(), ipam.Request{IfName: "eth0", PodNamespace: "ns", PodName: p.pod.Name, PodUID: p.pod.UID})
+		if err != nil && !ipam.Retryable(err) && !errors.Is(err, ipam.ErrExhausted) && !strings.Contains(err.Error(), errUnreachable.Error()) {
+			m.failf("prepare %s: %v", p.pod.Name, err)
+		}
+		m.mu.Lock()
+		p.busy = false
+		m.mu.Unlock()
 	default: // an agent's cache catches up
 		n := m.nodes[r.IntN(len(m.nodes))]
 		m.mu.Unlock()
 		n.sync()
+	}
+}
+
+// preparer is an allocator over n's agent's store, preparing as its
+// preparer does (which watches pods through an informer this store has
+// not).
+func (n *propNode) preparer() *ipam.Allocator {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	a, err := ipam.New(ipam.Config{Store: n.lossy, Node: n.name})
+	if err != nil {
+		panic(err)
+	}
+	return a
+}
+
+// freePrepared releases the pod's claims that record no container, as the
+// agent's preparer does for a pod that is gone, and berth-controller for
+// one whose node is gone.
+func (m *propModel) freePrepared(p *propPod) {
+	for _, c := range m.store.Claims() {
+		if c.Spec.Pod.UID == p.pod.UID && c.Spec.ContainerID == "" && c.Spec.State == v1alpha1.ClaimBound {
+			if err := p.node.preparer().ReleasePrepared(context.Background(), c.Name, p.pod.UID); err != nil && !strings.Contains(err.Error(), errUnreachable.Error()) {
+				m.failf("release prepared %s: %v", c.Name, err)
+			}
+		}
 	}
 }
 
@@ -370,7 +438,7 @@ func (m *propModel) teardown(p *propPod) {
 // queue and attachment directory is empty.
 func TestServer_property(t *testing.T) {
 	var added, fails, restarts, queued, gcs int32
-	collecting := 0
+	collecting, answeredPrepared := 0, 0
 	for seed := range uint64(12) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			m := &propModel{t: t, store: ipamtest.New(), pods: map[types.UID]*propPod{}, holder: map[string]types.UID{}}
@@ -418,6 +486,11 @@ func TestServer_property(t *testing.T) {
 				m.store.RemovePod("ns", p.pod.Name)
 				p.state = "gone"
 			}
+			// The preparations of pods gone meanwhile (the API server was
+			// lossy then), and of the last ones.
+			for _, p := range m.pods {
+				m.freePrepared(p)
+			}
 			for _, n := range m.nodes {
 				poll.Until(t, 10*time.Second, n.name+"'s releases to be written", func() bool {
 					return gauge(t, n.h.reg, "berth_ipam_releases_pending") == 0
@@ -429,14 +502,15 @@ func TestServer_property(t *testing.T) {
 					t.Errorf("GC on %s: %+v", n.name, resp.Error)
 				}
 			}
-			collected := strings.Count(m.logs.String(), "GC released claims")
+			logs := m.logs.String()
+			collected, fromPrepared := strings.Count(logs, "GC released the claim"), strings.Count(logs, "prepared=true")
 			for _, f := range m.failures {
 				t.Error(f)
 			}
 			for _, c := range m.store.Claims() {
 				if c.Spec.State != v1alpha1.ClaimReserved || c.Spec.App == nil {
 					t.Errorf("claim %s (%s) left %s, app %v, pod %s, container %q after every pod is gone; the agents' logs of its container:\n%s",
-						c.Name, c.Spec.Address, c.Spec.State, c.Spec.App, c.Spec.Pod.Name, c.Spec.ContainerID, m.logsAbout(c.Spec.ContainerID))
+						c.Name, c.Spec.Address, c.Spec.State, c.Spec.App, c.Spec.Pod.Name, c.Spec.ContainerID, m.logsAbout(c.Spec.ContainerID, "claim="+c.Name+" "))
 				}
 			}
 			for _, n := range m.nodes {
@@ -452,12 +526,13 @@ func TestServer_property(t *testing.T) {
 			queued += m.queued.Load()
 			gcs += m.gcs.Load()
 			collecting += collected
+			answeredPrepared += fromPrepared
 		})
 	}
-	if added == 0 || fails == 0 || queued == 0 || collecting == 0 {
-		t.Errorf("%d ADDs answered, %d writes failed, %d DEL records left at restarts, %d GCs releasing claims: each must be above 0 for the test to mean something",
-			added, fails, queued, collecting)
+	if added == 0 || answeredPrepared == 0 || fails == 0 || queued == 0 || collecting == 0 {
+		t.Errorf("%d ADDs answered (%d from prepared claims), %d writes failed, %d DEL records left at restarts, %d GCs releasing claims: each must be above 0 for the test to mean something",
+			added, answeredPrepared, fails, queued, collecting)
 	}
-	t.Logf("%d ADDs answered, %d claim writes failed, %d agent restarts finding %d DEL records to run, %d GCs during the run, %d GCs releasing claims",
-		added, fails, restarts, queued, gcs, collecting)
+	t.Logf("%d ADDs answered (%d from prepared claims), %d claim writes failed, %d agent restarts finding %d DEL records to run, %d GCs during the run, %d GCs releasing claims",
+		added, answeredPrepared, fails, restarts, queued, gcs, collecting)
 }

@@ -606,14 +606,15 @@ func (s *Server) gc(ctx context.Context, req *protocol.Request) *protocol.Respon
 		valid[a.ContainerID+"/"+a.IfName] = true
 	}
 	now := time.Now()
-	n, err := s.alloc.GC(ctx, valid, func(id string) bool {
+	released, err := s.alloc.GC(ctx, valid, func(id string) bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		t, ok := s.recent[id]
 		return ok && now.Sub(t) < gcGrace || s.releases.pending(id)
 	})
-	if n > 0 {
-		s.cfg.Logger.Info("GC released claims of containers the runtime no longer has", "claims", n)
+	for _, c := range released {
+		s.cfg.Logger.Info("GC released the claim of a container the runtime no longer has", "claim", c.Name, "address", c.Spec.Address,
+			"container_id", c.Spec.ContainerID, "interface", c.Spec.Interface, "pod", c.Spec.Pod.Namespace+"/"+c.Spec.Pod.Name)
 	}
 	if err != nil {
 		return errResponse(protocol.CodeInternal, "berth-ipam GC failed", err)

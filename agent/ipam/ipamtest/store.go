@@ -125,20 +125,21 @@ type View struct {
 
 var _ ipam.Store = (*View)(nil)
 
-// Sync brings a lagging view up to date. It holds the view's lock while it
-// reads the store, so that an own write it does not see yet (remembered
-// after the store took it) stays shown: the view never loses one of its
-// own writes, as the agent's overlay does not.
+// Sync brings a lagging view up to date. The store's lock is held across
+// the read and the reset of the view's own writes, and a write takes both
+// locks in that order too (commit): so the view never loses one of its
+// own writes, nor shows an older one of them over a newer, as the
+// agent's overlay does not.
 func (v *View) Sync() {
-	v.mu.Lock()
-	defer v.mu.Unlock()
 	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
 	snap := make(map[string]*v1alpha1.IPClaim, len(v.s.claims))
 	for k, c := range v.s.claims {
 		snap[k] = c
 	}
-	v.s.mu.Unlock()
+	v.mu.Lock()
 	v.snap, v.own = snap, map[string]*v1alpha1.IPClaim{}
+	v.mu.Unlock()
 }
 
 func (v *View) claims() map[string]*v1alpha1.IPClaim {
@@ -293,10 +294,10 @@ func (v *View) Delete(_ context.Context, c *v1alpha1.IPClaim) error {
 	}
 	delete(v.s.claims, c.Name)
 	v.s.Writes++
-	v.s.mu.Unlock()
 	v.mu.Lock()
 	v.own[c.Name] = nil
 	v.mu.Unlock()
+	v.s.mu.Unlock()
 	return nil
 }
 
@@ -306,12 +307,8 @@ func (v *View) commit(c *v1alpha1.IPClaim) {
 	c.ResourceVersion = v.s.next()
 	v.s.claims[c.Name] = c.DeepCopy()
 	v.s.Writes++
-	v.s.mu.Unlock()
-	v.remember(c)
-}
-
-func (v *View) remember(c *v1alpha1.IPClaim) {
 	v.mu.Lock()
 	v.own[c.Name] = c.DeepCopy()
 	v.mu.Unlock()
+	v.s.mu.Unlock()
 }
