@@ -300,15 +300,29 @@ func indexKeys(c *v1alpha1.IPClaim) iter.Seq[indexKey] {
 	}
 }
 
+// remember shows the store's write of c at rv until the cache has it. Of
+// two writes of one object whose calls end out of order, the later write
+// stays.
 func (s *Store) remember(name string, c *v1alpha1.IPClaim, rv string) {
 	n, _ := strconv.ParseInt(rv, 10, 64)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sweep()
+	if e, ok := s.overlay[name]; ok && e.rv > n && c != nil && e.objectUID() == c.UID {
+		return
+	}
 	if c != nil {
 		c = c.DeepCopy()
 	}
 	s.set(name, overlayEntry{claim: c, rv: n, until: s.now().Add(overlayTTL)})
+}
+
+// objectUID is the UID of the object the entry is about.
+func (e overlayEntry) objectUID() types.UID {
+	if e.claim != nil {
+		return e.claim.UID
+	}
+	return e.uid
 }
 
 // sweep drops expired overlay entries, at most once a second; s.mu held.
