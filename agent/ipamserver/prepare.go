@@ -31,7 +31,7 @@ import (
 // answers from the cache without an API write, and the container ID is
 // recorded on the claims right after the answer (bindLater). Until it is,
 // the attachment record names the claims, so a restarted agent records it
-// (bindRecorded), and DEL, CHECK and GC of that container wait for it.
+// (readAttachments), and DEL, CHECK and GC of that container wait for it.
 
 // PrepareInterface is the interface addresses are prepared for: the one
 // kubelet asks the runtime to create for a pod's default network.
@@ -165,15 +165,27 @@ func (s *Server) keepTrying(e *pendingEntry, msg string, write func(context.Cont
 	return false
 }
 
-// bindRecorded records, from the attachment records, the containers of
-// prepared claims that an earlier run of the agent answered ADD for but
-// stopped before recording them. It runs before the socket is served.
-func (s *Server) bindRecorded(ctx context.Context) error {
+// readAttachments reads the attachment records an earlier run of the
+// agent left, before the socket is served. It records the containers of
+// prepared claims that run answered ADD for but stopped before recording
+// them. And it counts each container whose record is younger than gcGrace
+// as a recent ADD, from the record's time, so that CNI GC keeps off it
+// across the restart too (a runtime lists its sandboxes, an ADD ends, the
+// agent restarts, then the runtime's GC arrives without the new sandbox).
+func (s *Server) readAttachments(ctx context.Context) error {
 	files, err := filepath.Glob(filepath.Join(s.cfg.AttachmentDir, "*.json"))
 	if err != nil {
 		return fmt.Errorf("attachment records: %w", err)
 	}
+	now := time.Now()
 	for _, f := range files {
+		fi, err := os.Stat(f)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("attachment record %s: %w", f, err)
+		}
 		data, err := os.ReadFile(f)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
@@ -182,8 +194,18 @@ func (s *Server) bindRecorded(ctx context.Context) error {
 			return fmt.Errorf("attachment record %s: %w", f, err)
 		}
 		a, err := decodeAttachment(data)
-		if err != nil || a.PodUID == "" {
-			continue // not from a prepared ADD, or unreadable: nothing to record
+		if err != nil {
+			continue // unreadable: nothing to keep or record
+		}
+		if t := fi.ModTime(); a.ContainerID != "" && now.Sub(t) < gcGrace {
+			s.mu.Lock()
+			if t.After(s.recent[a.ContainerID]) {
+				s.recent[a.ContainerID] = t
+			}
+			s.mu.Unlock()
+		}
+		if a.PodUID == "" {
+			continue // not from a prepared ADD: nothing to record
 		}
 		for _, name := range a.Claims {
 			err := s.alloc.BindContainer(ctx, name, a.PodUID, a.ContainerID)

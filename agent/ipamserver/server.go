@@ -213,13 +213,12 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}
 	// Before the queued DELs, which find claims by container.
-	if err := s.retry(ctx, "record the containers of prepared claims", s.bindRecorded); err != nil {
+	if err := s.retry(ctx, "read the attachment records (record the containers of prepared claims)", s.readAttachments); err != nil {
 		return nil // ctx is done
 	}
 	if err := s.retry(ctx, "run the DELs queued while the agent was down", s.drainQueue); err != nil {
 		return nil // ctx is done
 	}
-	s.rememberAttached()
 	if err := os.MkdirAll(filepath.Dir(s.cfg.SocketPath), 0o755); err != nil {
 		return fmt.Errorf("ipam server: %w", err)
 	}
@@ -570,34 +569,6 @@ func (s *Server) check(ctx context.Context, req *protocol.Request) *protocol.Res
 		resp.IPs = append(resp.IPs, protocol.IP{Address: c.Spec.Address, Pool: c.Spec.Pool})
 	}
 	return resp
-}
-
-// rememberAttached counts the containers whose attachment record an
-// earlier run of the agent wrote less than gcGrace ago as recent ADDs, from
-// the record's time: CNI GC keeps off them across a restart as well. (A
-// runtime lists its sandboxes, an ADD ends, the agent restarts, then the
-// runtime's GC arrives without the new sandbox.)
-func (s *Server) rememberAttached() {
-	files, err := filepath.Glob(filepath.Join(s.cfg.AttachmentDir, "*.json"))
-	if err != nil {
-		return
-	}
-	now := time.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, f := range files {
-		fi, err := os.Stat(f)
-		if err != nil || now.Sub(fi.ModTime()) >= gcGrace {
-			continue
-		}
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		if a, err := decodeAttachment(data); err == nil && a.ContainerID != "" && fi.ModTime().After(s.recent[a.ContainerID]) {
-			s.recent[a.ContainerID] = fi.ModTime()
-		}
-	}
 }
 
 func (s *Server) gc(ctx context.Context, req *protocol.Request) *protocol.Response {
