@@ -120,10 +120,8 @@ func writePrepared(w io.Writer, rows []prepRow, results []result, n int) {
 	for _, r := range rows {
 		rec := float64(n) / r.add.committed.Seconds()
 		vs := "-"
-		for _, h := range results {
-			if h.plugin == "host-local" && h.conc == r.conc && h.rep == r.rep {
-				vs = fmt.Sprintf("%.2fx", rec/h.add.rate)
-			}
+		if h, ok := baselineOf(results, r.conc, r.rep); ok {
+			vs = ratio(rec / h.add.rate)
 		}
 		fmt.Fprintf(w, "| %d | %d | %s | %.0f | %.0f | %.0f | %s |\n", r.conc, n, ms(r.prepared), float64(n)/r.prepared.Seconds(), r.add.rate, rec, vs)
 	}
@@ -148,10 +146,8 @@ func writeReleased(w io.Writer, results []result, n int) {
 		}
 		rel := float64(n) / r.del.committed.Seconds()
 		vs := "-"
-		for _, h := range results {
-			if h.plugin == baselinePlugin && h.conc == r.conc && h.rep == r.rep {
-				vs = fmt.Sprintf("%.2fx", rel/h.del.rate)
-			}
+		if h, ok := baselineOf(results, r.conc, r.rep); ok {
+			vs = ratio(rel / h.del.rate)
 		}
 		fmt.Fprintf(w, "| %s | %d | %.0f | %.0f | %s |\n", r.plugin, r.conc, r.del.rate, rel, vs)
 	}

@@ -60,20 +60,28 @@ func pooledRatio(a, b []stats) float64 {
 	return float64(pa) / float64(pb)
 }
 
+// baselineOf is the baseline's round at conc in repetition rep.
+func baselineOf(rs []result, conc, rep int) (result, bool) {
+	for _, r := range rs {
+		if r.plugin == baselinePlugin && r.conc == conc && r.rep == rep {
+			return r, true
+		}
+	}
+	return result{}, false
+}
+
 // compare pairs each round of plugin at conc with the baseline's round of
 // the same repetition, in phase.
 func compare(rs []result, plugin string, conc int, phase phaseOf) ratios {
-	base := map[int]stats{}
-	for _, r := range rs {
-		if r.plugin == baselinePlugin && r.conc == conc {
-			base[r.rep] = phase(r)
-		}
-	}
 	var out ratios
 	var mine, theirs []stats
 	for _, r := range rs {
-		b, ok := base[r.rep]
-		if r.plugin != plugin || r.conc != conc || !ok || b.rate == 0 || b.p99 == 0 {
+		if r.plugin != plugin || r.conc != conc {
+			continue
+		}
+		h, ok := baselineOf(rs, conc, r.rep)
+		b := phase(h)
+		if !ok || b.rate == 0 || b.p99 == 0 {
 			continue
 		}
 		st := phase(r)
