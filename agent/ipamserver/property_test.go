@@ -426,7 +426,7 @@ func (m *propModel) teardown(p *propPod) {
 	}
 }
 
-// TestServer_property runs random interleavings, through two agents'
+// TestServer_property_inMemoryAPIServer runs random interleavings, through two agents'
 // sockets over one API server (the in-memory store), of pod creation, ADD
 // (a failed one followed by its DEL, or by none: CNI GC cleans up),
 // deletion, DEL (answered before its release; sometimes twice), CHECK, CNI
@@ -435,8 +435,12 @@ func (m *propModel) teardown(p *propPod) {
 // address is given to a pod while another pod's network still has it, that
 // a running pod's CHECK passes, and that once every pod is gone and the
 // API server is well, every claim left is an app's reservation and every
-// queue and attachment directory is empty.
-func TestServer_property(t *testing.T) {
+// queue and attachment directory is empty. The API server is the
+// in-memory store (ipamtest), not a real one: lost answers, write failures
+// and cache lag must come at chosen points, thousands of times a run. A
+// real kube-apiserver runs the same server code in the envtest tests and
+// the e2e.
+func TestServer_property_inMemoryAPIServer(t *testing.T) {
 	var added, fails, restarts, queued, gcs int32
 	collecting, answeredPrepared := 0, 0
 	for seed := range uint64(12) {
