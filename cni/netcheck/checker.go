@@ -21,6 +21,10 @@ import (
 // namespace. It keeps no state between runs.
 type Checker struct {
 	cfg Config
+	// hostNS is the namespace whose addresses waitGatewayDAD reads; nil:
+	// the plugin's own (the runtime's, where a bridge lives). Tests set
+	// it to the namespace of their bridge.
+	hostNS ns.NetNS
 }
 
 // NewChecker validates cfg and fills in its defaults.
@@ -105,6 +109,7 @@ type run struct {
 	pc     *packetConn
 	ll     netip.Addr // usable link-local address, if any
 	v6Fail map[netip.Addr]bool
+	hostNS ns.NetNS
 }
 
 // budget bounds a whole Run.
@@ -122,7 +127,7 @@ func (c *Checker) Run(ctx context.Context, req Request) error {
 	ctx, cancel := context.WithTimeout(ctx, c.budget())
 	defer cancel()
 
-	r := &run{cfg: c.cfg, req: req, v6Fail: map[netip.Addr]bool{}}
+	r := &run{cfg: c.cfg, req: req, hostNS: c.hostNS, v6Fail: map[netip.Addr]bool{}}
 	targets := r.reachables()
 	if len(req.Addrs) == 0 && len(targets) == 0 {
 		return nil
@@ -133,6 +138,9 @@ func (c *Checker) Run(ctx context.Context, req Request) error {
 	defer r.close()
 
 	if err := r.waitTentative(ctx); err != nil {
+		return err
+	}
+	if err := r.waitGatewayDAD(ctx, targets); err != nil {
 		return err
 	}
 	if err := r.phaseL2(ctx, targets); err != nil {
@@ -264,6 +272,67 @@ func (r *run) waitTentative(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// waitGatewayDAD waits while an on-link IPv6 gateway is an address of the
+// host's own that the kernel's duplicate address detection still holds: a
+// tentative address answers no solicitation. The bridge plugin with
+// isGateway puts a node's first IPv6 gateway on the bridge just before
+// this check runs, and detection takes one to two seconds; without the
+// wait that pod's first ADD failed. A gateway that is not the host's costs
+// one dump of the host's IPv6 addresses. An address the detection found
+// in use elsewhere is not waited for: the probe then reports it
+// unreachable.
+func (r *run) waitGatewayDAD(ctx context.Context, targets []reachable) error {
+	var gws []netip.Addr
+	for _, t := range targets {
+		if t.what == "gateway" && t.addr.Is6() && t.onLink {
+			gws = append(gws, t.addr)
+		}
+	}
+	if len(gws) == 0 {
+		return nil
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		gw, err := r.tentativeHostAddr(gws)
+		if err != nil || !gw.IsValid() {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("gateway %s is an address of this host still in duplicate address detection: %w", gw, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// tentativeHostAddr returns the first of addrs that is a tentative (and
+// not failed) IPv6 address of the host.
+func (r *run) tentativeHostAddr(addrs []netip.Addr) (netip.Addr, error) {
+	var list []netlink.Addr
+	lister := func(ns.NetNS) error {
+		var err error
+		list, err = netlinksafe.AddrList(nil, netlink.FAMILY_V6)
+		return err
+	}
+	var err error
+	if r.hostNS != nil {
+		err = r.hostNS.Do(lister)
+	} else {
+		err = lister(nil)
+	}
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("list the host's IPv6 addresses: %w", err)
+	}
+	for _, a := range list {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if ok && slices.Contains(addrs, ip) && a.Flags&syscall.IFA_F_TENTATIVE != 0 && a.Flags&syscall.IFA_F_DADFAILED == 0 {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, nil
 }
 
 // claims reports whether frame says that addr is in use at a link-layer

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -366,5 +367,62 @@ func TestChecker_Run_LinkLocalGateway(t *testing.T) {
 	_, err := runCheck(t, Config{}, request(pod, dual, ll))
 	if want := "gateway " + ll + " unreachable from eth0 after 3 tries (NDP: no reply)"; err == nil || err.Error() != want {
 		t.Fatalf("Run with the gateway down = %v, want %q", err, want)
+	}
+}
+
+// TestChecker_Run_HostGatewayTentative: the bridge plugin has just put the
+// IPv6 gateway on the bridge, in the namespace the plugin runs in, and the
+// kernel's duplicate address detection holds it (here at least 3 s): the
+// check waits until the gateway answers instead of failing the pod's first
+// ADD, as it does when it cannot see that the gateway is the host's own.
+func TestChecker_Run_HostGatewayTentative(t *testing.T) {
+	t.Parallel()
+	s := newSegment(t)
+	addrs := []string{"fd00:1:2::3/64"}
+	pod := s.attach("pod", false, addrs...)
+	err := s.ns.Do(func(ns.NetNS) error {
+		for name, v := range map[string]string{"conf/br0/accept_dad": "1", "neigh/br0/retrans_time_ms": "3000"} {
+			if err := os.WriteFile("/proc/sys/net/ipv6/"+name, []byte(v), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := netlink.ParseAddr(gw6 + "/64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.h.AddrAdd(s.br, a); err != nil {
+		t.Fatalf("add the gateway to the bridge: %v", err)
+	}
+	added := time.Now()
+	list, err := s.h.AddrList(s.br, netlink.FAMILY_V6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(list, func(l netlink.Addr) bool { return l.IP.Equal(a.IP) && l.Flags&unix.IFA_F_TENTATIVE != 0 }) {
+		t.Fatalf("the bridge's %s is not tentative: %v", gw6, list)
+	}
+
+	blind := mustChecker(t, Config{})
+	blind.hostNS = pod.ns // the gateway is not among its addresses: no wait
+	err = blind.Run(context.Background(), request(pod, addrs, gw6))
+	if want := "gateway " + gw6 + " unreachable from eth0 after 3 tries (NDP: no reply)"; err == nil || err.Error() != want {
+		t.Fatalf("without the wait, Run = %v; want %q", err, want)
+	}
+	if since := time.Since(added); since >= 3*time.Second {
+		t.Fatalf("the run without the wait ended %s after the address was added, past the detection", since)
+	}
+
+	c := mustChecker(t, Config{})
+	c.hostNS = s.ns
+	if err := c.Run(context.Background(), request(pod, addrs, gw6)); err != nil {
+		t.Fatalf("Run while the bridge's gateway is tentative: %v", err)
+	}
+	if since := time.Since(added); since < 3*time.Second {
+		t.Errorf("Run passed %s after the gateway was added, before its detection could end", since)
 	}
 }
