@@ -26,6 +26,10 @@ KUBECONFIG_OUT=$OUT/kubeconfig
 NODE_NAME=${NODE_NAME:-berth-node}
 POD_CIDR=10.244.0.0/16
 NODE_POD_SUBNET=10.244.0.0/24
+# IPv6 pod addresses, for pods that opt into dual stack (the IPPool "pods6"
+# of deploy/local, fd42:10:244::/120 on cni0). A ULA range: never routed off
+# this machine, and not the host's own fd00::/64.
+POD6_CIDR=fd42:10:244::/64
 SERVICE_CIDR=10.96.0.0/16
 CLUSTER_DNS=10.96.0.10
 KUBERNETES_SVC=10.96.0.1
@@ -138,6 +142,7 @@ restore_host() {
 	done
 	ip route del unreachable "$POD_CIDR" 2>/dev/null || true
 	ip route del unreachable "$SERVICE_CIDR" 2>/dev/null || true
+	ip -6 route del unreachable "$POD6_CIDR" 2>/dev/null || true
 	# iptables: drop every table's rules and chains, then load the snapshot.
 	for t in filter nat mangle raw security; do
 		for cmd in iptables ip6tables; do
@@ -344,16 +349,23 @@ metricsBindAddress: 127.0.0.1:10249
 EOF
 }
 
-# guard_network: unreachable routes for the pod and Service CIDRs, so nothing
-# addressed to them leaves through the default route; and a forwarding rule
-# that drops pod traffic headed anywhere but the pod bridge.
+# guard_network: unreachable routes for the pod (IPv4 and IPv6) and Service
+# CIDRs, so nothing addressed to them leaves through the default route; and
+# forwarding rules that reject pod traffic headed anywhere but the pod
+# bridge (the bridge plugin turns on IPv4 and IPv6 forwarding).
 guard_network() {
 	ip route replace unreachable "$POD_CIDR"
 	ip route replace unreachable "$SERVICE_CIDR"
-	iptables -N BERTH-LOCAL-GUARD 2>/dev/null || iptables -F BERTH-LOCAL-GUARD
-	iptables -A BERTH-LOCAL-GUARD -s "$POD_CIDR" -o "$BRIDGE" -j RETURN
-	iptables -A BERTH-LOCAL-GUARD -s "$POD_CIDR" -j REJECT --reject-with icmp-net-unreachable
-	iptables -C FORWARD -j BERTH-LOCAL-GUARD 2>/dev/null || iptables -I FORWARD 1 -j BERTH-LOCAL-GUARD
+	ip -6 route replace unreachable "$POD6_CIDR"
+	local cmd cidr reject
+	for cmd in iptables ip6tables; do
+		cidr=$POD_CIDR reject=icmp-net-unreachable
+		[ $cmd = ip6tables ] && cidr=$POD6_CIDR reject=icmp6-no-route
+		$cmd -N BERTH-LOCAL-GUARD 2>/dev/null || $cmd -F BERTH-LOCAL-GUARD
+		$cmd -A BERTH-LOCAL-GUARD -s "$cidr" -o "$BRIDGE" -j RETURN
+		$cmd -A BERTH-LOCAL-GUARD -s "$cidr" -j REJECT --reject-with $reject
+		$cmd -C FORWARD -j BERTH-LOCAL-GUARD 2>/dev/null || $cmd -I FORWARD 1 -j BERTH-LOCAL-GUARD
+	done
 }
 
 # --- components ----------------------------------------------------------------
@@ -471,7 +483,7 @@ berth_image() { cat "$OUT/images/$1.ref"; }
 
 cmd_up() {
 	[ "$(id -u)" = 0 ] || die "the local cluster runs real node components: run as root"
-	for c in iptables iptables-save ip openssl curl findmnt setsid; do
+	for c in iptables iptables-save ip6tables ip6tables-save ip openssl curl findmnt setsid; do
 		command -v "$c" >/dev/null || die "$c not found (make up installs it: see hack/deps)"
 	done
 	for b in "$K8S_BIN/kubelet" "$ETCD_BIN/etcd" "$CONTAINERD_BIN/containerd" "$RUNC_BIN/runc" "$CNI_BIN/bridge"; do

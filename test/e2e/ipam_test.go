@@ -24,8 +24,12 @@ import (
 )
 
 // The local cluster's pod addresses come from berth-ipam under bridge,
-// from the IPPool "pods" (deploy/local/ippool.yaml).
-const podPool = "pods"
+// from the IPPool "pods" (deploy/local/ippool.yaml); pods that opt into
+// dual stack also take one of the IPv6 pool "pods6".
+const (
+	podPool  = "pods"
+	podPool6 = "pods6"
+)
 
 // appSpec is a retained app of the test image: a Deployment (or, with
 // statefulSet, a StatefulSet) of replicas pods labelled app=name.
@@ -123,6 +127,15 @@ func ips(pods []corev1.Pod) []string {
 	return out
 }
 
+// podIPs is the pod's status.podIPs, one address of each family at most.
+func podIPs(p *corev1.Pod) []string {
+	var out []string
+	for _, ip := range p.Status.PodIPs {
+		out = append(out, ip.IP)
+	}
+	return out
+}
+
 func deletePods(ctx context.Context, t *testing.T, ns string, pods []corev1.Pod) {
 	t.Helper()
 	for _, p := range pods {
@@ -132,10 +145,10 @@ func deletePods(ctx context.Context, t *testing.T, ns string, pods []corev1.Pod)
 	}
 }
 
-// claimsOf lists the IPClaims of pods of namespace ns.
+// claimsOf lists the IPClaims, of any pool, of pods of namespace ns.
 func claimsOf(ctx context.Context, ns string) ([]v1alpha1.IPClaim, error) {
 	var list v1alpha1.IPClaimList
-	if err := berth.List(ctx, &list, crclient.MatchingLabels{v1alpha1.LabelPool: podPool}); err != nil {
+	if err := berth.List(ctx, &list); err != nil {
 		return nil, fmt.Errorf("list IPClaims: %w", err)
 	}
 	var out []v1alpha1.IPClaim
@@ -148,8 +161,9 @@ func claimsOf(ctx context.Context, ns string) ([]v1alpha1.IPClaim, error) {
 }
 
 // checkClaims fails unless every claim of ns held for a pod (Bound or
-// Releasing) belongs to one of live, by UID, with the pod's address, and
-// each of live holds exactly one: nothing leaked, nothing shared.
+// Releasing) belongs to one of live, by UID, with one of the pod's
+// addresses, and each of live holds exactly one claim per address:
+// nothing leaked, nothing shared.
 func checkClaims(ctx context.Context, t *testing.T, ns string, live []corev1.Pod) {
 	t.Helper()
 	// A claim prepared before its pod's ADD records the container right
@@ -185,14 +199,14 @@ func checkClaims(ctx context.Context, t *testing.T, ns string, live []corev1.Pod
 				c.Name, c.Spec.Address, c.Spec.State, c.Spec.Pod.Namespace, c.Spec.Pod.Name, c.Spec.Pod.UID)
 			continue
 		}
-		if c.Spec.Address != p.Status.PodIP {
-			t.Errorf("claim %s holds %s for pod %s, whose IP is %s", c.Name, c.Spec.Address, p.Name, p.Status.PodIP)
+		if !slices.Contains(podIPs(&p), c.Spec.Address) {
+			t.Errorf("claim %s holds %s for pod %s, whose IPs are %v", c.Name, c.Spec.Address, p.Name, podIPs(&p))
 		}
 		held[p.UID]++
 	}
 	for _, p := range live {
-		if held[p.UID] != 1 {
-			t.Errorf("pod %s (%s) holds %d claims, want 1", p.Name, p.Status.PodIP, held[p.UID])
+		if want := len(p.Status.PodIPs); held[p.UID] != want {
+			t.Errorf("pod %s (%v) holds %d claims, want %d", p.Name, podIPs(&p), held[p.UID], want)
 		}
 	}
 }
@@ -359,6 +373,62 @@ func TestIPAM_StatefulSet(t *testing.T) {
 	}
 	t.Logf("web-0 %s, web-1 %s", after[0].Status.PodIP, after[1].Status.PodIP)
 	checkClaims(ctx, t, ns, after)
+}
+
+// TestIPAM_DualStack: the pods of a Deployment that name an IPv4 and an
+// IPv6 pool get one address of each, both in status.podIPs (kubelet reads
+// them from containerd, which reads berth-ipam's result through bridge);
+// they reach each other over IPv6 through the bridge's gateway; and their
+// replacements get back the app's addresses of both families.
+func TestIPAM_DualStack(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	ns := namespace(t, "e2e-ipam-dual")
+	a := appSpec{name: "web", replicas: 2, grace: 1,
+		annotations: map[string]string{v1alpha1.AnnotationPool: podPool + "," + podPool6}}
+	createDeployment(ctx, t, ns, a)
+	// A node's first dual-stack pod may fail its ADD once, while the
+	// kernel's duplicate address detection holds the bridge's new IPv6
+	// gateway (cni/netcheck/README.md); kubelet retries.
+	before := readyPods(ctx, t, ns, a.name, 2, nil)
+	v4, v6 := byFamily(t, before)
+	t.Logf("IPv4 %v, IPv6 %v", v4, v6)
+
+	out, err := kubectlRun(ctx, "-n", ns, "exec", before[0].Name, "--", "ip", "-6", "route", "show", "default")
+	if err != nil || !strings.Contains(out, "via fd42:10:244::1 ") {
+		t.Errorf("pod %s's IPv6 default route: %q, %v; want one via the pool's gateway fd42:10:244::1", before[0].Name, out, err)
+	}
+	peer := before[1].Status.PodIPs[1].IP
+	if out, err := kubectlRun(ctx, "-n", ns, "exec", before[0].Name, "--", "ping", "-c", "1", "-W", "5", peer); err != nil {
+		t.Errorf("pod %s cannot ping %s (pod %s) over IPv6: %v\n%s", before[0].Name, peer, before[1].Name, err, out)
+	}
+	checkClaims(ctx, t, ns, before)
+
+	deletePods(ctx, t, ns, before)
+	after := readyPods(ctx, t, ns, a.name, 2, uids(before))
+	a4, a6 := byFamily(t, after)
+	if !slices.Equal(a4, v4) || !slices.Equal(a6, v6) {
+		t.Errorf("the replacements have IPv4 %v and IPv6 %v; their predecessors had %v and %v", a4, a6, v4, v6)
+	}
+	checkClaims(ctx, t, ns, after)
+}
+
+// byFamily checks that each pod has one IPv4 address of pool "pods" (its
+// primary, as the node is IPv4) and one IPv6 address of pool "pods6", and
+// returns them, each family sorted.
+func byFamily(t *testing.T, pods []corev1.Pod) (v4, v6 []string) {
+	t.Helper()
+	for _, p := range pods {
+		ips := podIPs(&p)
+		if len(ips) != 2 || !strings.HasPrefix(ips[0], "10.244.0.") || !strings.HasPrefix(ips[1], "fd42:10:244::") {
+			t.Fatalf("pod %s has IPs %v; want one of pool %s (10.244.0.0/24) and then one of pool %s (fd42:10:244::/120)",
+				p.Name, ips, podPool, podPool6)
+		}
+		v4, v6 = append(v4, ips[0]), append(v6, ips[1])
+	}
+	slices.Sort(v4)
+	slices.Sort(v6)
+	return v4, v6
 }
 
 // TestIPAM_OptOut: a pod with berth.io/ip-retain: "false" gets a fresh
