@@ -230,9 +230,13 @@ func (r *earlyReleaser) work(ctx context.Context, pod podRef) {
 	}
 	r.log.Info("released early", "namespace", pod.Namespace, "pod", pod.Name, "pod_uid", pod.UID, "removed", removed,
 		"duration_seconds", time.Since(start).Seconds())
+	it := "it"
+	if len(removed) > 1 {
+		it = "them"
+	}
 	r.record(pod, corev1.EventTypeNormal, ReasonReleasedEarly,
-		fmt.Sprintf("berth.io/ip-release: early: removed %s and released it for the app's next pod; the pod has no network for the rest of its termination",
-			strings.Join(removed, ", ")))
+		fmt.Sprintf("berth.io/ip-release: early: removed %s and released %s for the app's next pod; the pod has no network for the rest of its termination",
+			strings.Join(removed, ", "), it))
 }
 
 func (r *earlyReleaser) record(pod podRef, eventType, reason, note string) {

@@ -3,6 +3,8 @@ package nriplugin
 import (
 	"context"
 	"log/slog"
+	"sync"
+	"time"
 
 	"github.com/containerd/nri/pkg/api"
 )
@@ -27,6 +29,11 @@ type handler struct {
 	p *Plugin
 	// Set by Configure, which the stub completes before Start returns.
 	runtime, runtimeVersion string
+	// dialed is when the connection was made; synced is closed by the
+	// connection's Synchronize.
+	dialed   time.Time
+	synced   chan struct{}
+	syncOnce sync.Once
 }
 
 // Configure records the runtime's name and version. A zero mask subscribes
@@ -40,7 +47,10 @@ func (h *handler) Configure(_ context.Context, _, runtime, version string) (api.
 // connects. Berth asks for no updates.
 func (h *handler) Synchronize(ctx context.Context, pods []*api.PodSandbox, ctrs []*api.Container) ([]*api.ContainerUpdate, error) {
 	h.p.metrics.events.WithLabelValues(EventSynchronize).Inc()
-	h.p.log.Info("synchronized with runtime", "pods", len(pods), "containers", len(ctrs))
+	h.p.metrics.synchronized.Set(1)
+	h.syncOnce.Do(func() { close(h.synced) })
+	h.p.log.Info("synchronized with runtime", "pods", len(pods), "containers", len(ctrs),
+		"waited_seconds", time.Since(h.dialed).Seconds())
 	if h.p.log.Enabled(ctx, slog.LevelDebug) {
 		byID := make(map[string]*api.PodSandbox, len(pods))
 		for _, pod := range pods {

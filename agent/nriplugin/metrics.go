@@ -7,9 +7,10 @@ import (
 )
 
 type metrics struct {
-	connected prometheus.Gauge
-	connects  prometheus.Counter
-	events    *prometheus.CounterVec
+	connected    prometheus.Gauge
+	synchronized prometheus.Gauge
+	connects     prometheus.Counter
+	events       *prometheus.CounterVec
 }
 
 // newMetrics makes the plugin's metrics and registers them with reg, if
@@ -20,6 +21,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		connected: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "berth_agent_nri_connected",
 			Help: "1 while the agent is registered with the runtime's NRI socket, else 0.",
+		}),
+		synchronized: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "berth_agent_nri_synchronized",
+			Help: "1 once the runtime has synchronized the agent's current NRI connection, else 0. Connected but not synchronized: containerd holds pod and container operations on the node.",
 		}),
 		connects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "berth_agent_nri_connects_total",
@@ -35,6 +40,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	var err error
 	if m.connected, err = promreg.Register(reg, m.connected); err != nil {
+		return nil, err
+	}
+	if m.synchronized, err = promreg.Register(reg, m.synchronized); err != nil {
 		return nil, err
 	}
 	if m.connects, err = promreg.Register(reg, m.connects); err != nil {

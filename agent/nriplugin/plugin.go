@@ -31,6 +31,7 @@ const (
 	DefaultMinBackoff     = 250 * time.Millisecond
 	DefaultMaxBackoff     = 10 * time.Second
 	DefaultConnectTimeout = 10 * time.Second
+	DefaultSyncWarnAfter  = 10 * time.Second
 )
 
 // ErrNotConnected is returned by Check while the plugin has no live
@@ -61,6 +62,11 @@ type Config struct {
 	// ConnectTimeout bounds one attempt to connect, register and be
 	// configured by the runtime.
 	ConnectTimeout time.Duration
+	// SyncWarnAfter is how long after a connect the plugin waits for the
+	// runtime's Synchronize before it logs a warning. Until then containerd
+	// holds the creation, start, stop and removal of every pod and
+	// container on the node.
+	SyncWarnAfter time.Duration
 	// OnStateChange, if set, is called after each connect and each lost
 	// connection (not when Start ends), from the plugin's own goroutine.
 	// It must not block.
@@ -121,6 +127,12 @@ func New(cfg Config) (*Plugin, error) {
 	}
 	if cfg.ConnectTimeout < 0 {
 		return nil, fmt.Errorf("connect timeout %s: want > 0", cfg.ConnectTimeout)
+	}
+	if cfg.SyncWarnAfter == 0 {
+		cfg.SyncWarnAfter = DefaultSyncWarnAfter
+	}
+	if cfg.SyncWarnAfter < 0 {
+		return nil, fmt.Errorf("sync warning delay %s: want > 0", cfg.SyncWarnAfter)
 	}
 	for i, h := range cfg.Hooks {
 		if h == nil {
@@ -195,7 +207,7 @@ func (p *Plugin) session(ctx context.Context) error {
 		connMu    sync.Mutex
 		conn      net.Conn
 	)
-	h := &handler{p: p}
+	h := &handler{p: p, dialed: time.Now(), synced: make(chan struct{})}
 	s, err := stub.New(h,
 		stub.WithPluginName(p.cfg.PluginName),
 		stub.WithPluginIdx(p.idx),
@@ -250,19 +262,35 @@ func (p *Plugin) session(ctx context.Context) error {
 		"plugin", p.idx+"-"+p.cfg.PluginName, "socket", p.cfg.SocketPath)
 	p.setConnected(st, true)
 
-	select {
-	case <-closed:
-		p.log.Warn("lost connection to runtime", "runtime", st.Runtime, "runtime_version", st.RuntimeVersion,
-			"socket", p.cfg.SocketPath)
-		st.Connected = false
-		p.setConnected(st, true)
-	case <-ctx.Done():
-		s.Stop()
-		st.Connected = false
-		p.setConnected(st, false) // shutting down is not news
-		p.log.Info("disconnected from runtime", "reason", "shutting down")
+	warn := time.NewTimer(p.cfg.SyncWarnAfter)
+	defer warn.Stop()
+	synced := h.synced
+	for {
+		select {
+		case <-synced:
+			synced = nil
+			warn.Stop()
+			continue
+		case <-warn.C:
+			// containerd/containerd#14083: a container stop holds off the
+			// sync for as long as the container takes to stop.
+			p.log.Warn("the runtime has not synchronized this plugin yet; until it does, containerd holds the creation, start, stop and removal of pods and containers on this node. "+
+				"A container stop in progress delays it until the container has stopped, up to its pod's termination grace period (containerd/containerd#14083)",
+				"waited_seconds", time.Since(h.dialed).Seconds(), "runtime", st.Runtime, "runtime_version", st.RuntimeVersion)
+			continue
+		case <-closed:
+			p.log.Warn("lost connection to runtime", "runtime", st.Runtime, "runtime_version", st.RuntimeVersion,
+				"socket", p.cfg.SocketPath)
+			st.Connected = false
+			p.setConnected(st, true)
+		case <-ctx.Done():
+			s.Stop()
+			st.Connected = false
+			p.setConnected(st, false) // shutting down is not news
+			p.log.Info("disconnected from runtime", "reason", "shutting down")
+		}
+		return nil
 	}
-	return nil
 }
 
 // setConnected publishes a connect or a loss: Connected() changes last, so
@@ -276,6 +304,7 @@ func (p *Plugin) setConnected(st State, notify bool) {
 		p.metrics.connects.Inc()
 	} else {
 		p.metrics.connected.Set(0)
+		p.metrics.synchronized.Set(0)
 	}
 	p.connected.Store(st.Connected)
 }

@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -497,3 +499,46 @@ type panickyNotifiee struct{ nilHook }
 func (panickyNotifiee) Name() string { return "panicky-notifiee" }
 
 func (panickyNotifiee) RunPodSandbox(context.Context, *api.PodSandbox) { panic("boom") }
+
+// TestPlugin_syncHeldOff: the runtime registers the plugin but holds off
+// its synchronization (a container stop in progress, containerd#14083):
+// the plugin is connected, says it is not synchronized (metric and a
+// warning after SyncWarnAfter), and says how long it waited once the
+// synchronization comes.
+func TestPlugin_syncHeldOff(t *testing.T) {
+	rt := nritest.New(t, t.TempDir())
+	rt.Start()
+	unblock := rt.BlockPluginSync()
+	var logs lockedbuf.Buffer
+	reg := prometheus.NewRegistry()
+	p, err := New(Config{SocketPath: rt.Socket(), Logger: slog.New(slog.NewTextHandler(&logs, nil)), Registerer: reg,
+		SyncWarnAfter: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	runnable.Start(t, 5*time.Second, p.Start)
+	poll.Until(t, 10*time.Second, "Connected()", p.Connected)
+	const warning = `level=WARN msg="the runtime has not synchronized this plugin yet;`
+	poll.Until(t, 10*time.Second, "the warning", func() bool { return strings.Contains(logs.String(), warning) })
+	if got := metricValue(t, reg, "berth_agent_nri_synchronized", ""); got != 0 {
+		t.Errorf("berth_agent_nri_synchronized = %v while the sync is held off, want 0", got)
+	}
+	if got := metricValue(t, reg, "berth_agent_nri_connected", ""); got != 1 {
+		t.Errorf("berth_agent_nri_connected = %v, want 1", got)
+	}
+	if n := strings.Count(logs.String(), warning); n != 1 {
+		t.Errorf("%d warnings, want 1:\n%s", n, logs.String())
+	}
+
+	unblock()
+	poll.Until(t, 10*time.Second, "berth_agent_nri_synchronized 1", func() bool {
+		return metricValue(t, reg, "berth_agent_nri_synchronized", "") == 1
+	})
+	m := regexp.MustCompile(`msg="synchronized with runtime" pods=0 containers=0 waited_seconds=([0-9.]+)`).FindStringSubmatch(logs.String())
+	if m == nil {
+		t.Fatalf("no synchronized line with waited_seconds:\n%s", logs.String())
+	}
+	if waited, _ := strconv.ParseFloat(m[1], 64); waited < 0.2 {
+		t.Errorf("waited_seconds=%s, want at least the 0.2 s the sync was held off", m[1])
+	}
+}

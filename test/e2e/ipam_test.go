@@ -244,35 +244,60 @@ func TestIPAM_ReplacementKeepsIP(t *testing.T) {
 				checkClaims(ctx, t, ns, after)
 				return
 			}
-			old, err := client.CoreV1().Pods(ns).Get(ctx, before[0].Name, metav1.GetOptions{})
-			if err != nil || old.DeletionTimestamp == nil {
-				t.Fatalf("the old pod is no longer terminating (%v): early release was not what gave the address back", err)
-			}
-			out, err := kubectlRun(ctx, "-n", ns, "exec", old.Name, "--", "ip", "-o", "addr", "show", "dev", "eth0")
-			if err != nil {
-				t.Fatalf("ip addr in the terminating pod: %v", err)
-			}
-			if strings.Contains(out, " "+before[0].Status.PodIP+"/") {
-				t.Errorf("the terminating pod still has %s on eth0:\n%s", before[0].Status.PodIP, out)
-			}
-			// kubectl describe pod says why.
-			waitEvent(ctx, t, ns, old.Name, "AddressReleasedEarly", "removed "+before[0].Status.PodIP+" from eth0")
+			releasedEarly(ctx, t, ns, before[0])
 			// Only the live pod holds a claim; the old one's DEL later
 			// must not take the address from its successor.
 			checkClaims(ctx, t, ns, after)
-			zero := int64(0)
-			if err := client.CoreV1().Pods(ns).Delete(ctx, old.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
-				t.Fatalf("delete the old pod now: %v", err)
-			}
-			err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
-				_, err := client.CoreV1().Pods(ns).Get(ctx, old.Name, metav1.GetOptions{})
-				return err != nil, nil
-			})
-			if err != nil {
-				t.Fatalf("the old pod did not go: %v", err)
-			}
+			forceDelete(ctx, t, ns, before)
 			checkClaims(ctx, t, ns, readyPods(ctx, t, ns, a.name, 1, uids(before)))
 		})
+	}
+}
+
+// releasedEarly fails unless old, whose replacement runs, is still
+// terminating (so early release, not its teardown, gave its addresses
+// back), its eth0 has none of its addresses left, and an Event on it says
+// which it lost (kubectl describe pod).
+func releasedEarly(ctx context.Context, t *testing.T, ns string, old corev1.Pod) {
+	t.Helper()
+	p, err := client.CoreV1().Pods(ns).Get(ctx, old.Name, metav1.GetOptions{})
+	if err != nil || p.DeletionTimestamp == nil {
+		t.Fatalf("the old pod %s is no longer terminating (%v): early release was not what gave its addresses back", old.Name, err)
+	}
+	out, err := kubectlRun(ctx, "-n", ns, "exec", old.Name, "--", "ip", "-o", "addr", "show", "dev", "eth0")
+	if err != nil {
+		t.Fatalf("ip addr in the terminating pod %s: %v", old.Name, err)
+	}
+	msg := waitEvent(ctx, t, ns, old.Name, "AddressReleasedEarly", "removed ")
+	for _, ip := range podIPs(&old) {
+		if strings.Contains(out, " "+ip+"/") {
+			t.Errorf("the terminating pod %s still has %s on eth0:\n%s", old.Name, ip, out)
+		}
+		if !strings.Contains(msg, ip+" from eth0") {
+			t.Errorf("the pod's AddressReleasedEarly event does not name %s: %q", ip, msg)
+		}
+	}
+}
+
+// forceDelete deletes pods at once and waits until they are gone.
+func forceDelete(ctx context.Context, t *testing.T, ns string, pods []corev1.Pod) {
+	t.Helper()
+	zero := int64(0)
+	for _, p := range pods {
+		if err := client.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatalf("delete pod %s now: %v", p.Name, err)
+		}
+	}
+	err := wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		for _, p := range pods {
+			if _, err := client.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("the deleted pods did not go within a minute:\n%s", describe(ns, "pods"))
 	}
 }
 
@@ -379,38 +404,60 @@ func TestIPAM_StatefulSet(t *testing.T) {
 // IPv6 pool get one address of each, both in status.podIPs (kubelet reads
 // them from containerd, which reads berth-ipam's result through bridge);
 // they reach each other over IPv6 through the bridge's gateway; and their
-// replacements get back the app's addresses of both families.
+// replacements get back the app's addresses of both families, after the
+// old pods' teardown and, with berth.io/ip-release: early, while the old
+// pods still terminate (their eth0 then has lost both addresses).
 func TestIPAM_DualStack(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	ns := namespace(t, "e2e-ipam-dual")
-	a := appSpec{name: "web", replicas: 2, grace: 1,
-		annotations: map[string]string{v1alpha1.AnnotationPool: podPool + "," + podPool6}}
-	createDeployment(ctx, t, ns, a)
-	// A node's first dual-stack pod may fail its ADD once, while the
-	// kernel's duplicate address detection holds the bridge's new IPv6
-	// gateway (cni/netcheck/README.md); kubelet retries.
-	before := readyPods(ctx, t, ns, a.name, 2, nil)
-	v4, v6 := byFamily(t, before)
-	t.Logf("IPv4 %v, IPv6 %v", v4, v6)
+	for _, tc := range []struct {
+		name  string
+		early bool
+	}{
+		{name: "after teardown"},
+		{name: "early release", early: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+			defer cancel()
+			ns := namespace(t, "e2e-ipam-dual")
+			a := appSpec{name: "web", replicas: 2, grace: 1,
+				annotations: map[string]string{v1alpha1.AnnotationPool: podPool + "," + podPool6}}
+			if tc.early {
+				a.grace = 120
+				a.annotations[v1alpha1.AnnotationRelease] = "early"
+			}
+			createDeployment(ctx, t, ns, a)
+			before := readyPods(ctx, t, ns, a.name, 2, nil)
+			v4, v6 := byFamily(t, before)
+			t.Logf("IPv4 %v, IPv6 %v", v4, v6)
 
-	out, err := kubectlRun(ctx, "-n", ns, "exec", before[0].Name, "--", "ip", "-6", "route", "show", "default")
-	if err != nil || !strings.Contains(out, "via fd42:10:244::1 ") {
-		t.Errorf("pod %s's IPv6 default route: %q, %v; want one via the pool's gateway fd42:10:244::1", before[0].Name, out, err)
-	}
-	peer := before[1].Status.PodIPs[1].IP
-	if out, err := kubectlRun(ctx, "-n", ns, "exec", before[0].Name, "--", "ping", "-c", "1", "-W", "5", peer); err != nil {
-		t.Errorf("pod %s cannot ping %s (pod %s) over IPv6: %v\n%s", before[0].Name, peer, before[1].Name, err, out)
-	}
-	checkClaims(ctx, t, ns, before)
+			out, err := kubectlRun(ctx, "-n", ns, "exec", before[0].Name, "--", "ip", "-6", "route", "show", "default")
+			if err != nil || !strings.Contains(out, "via fd42:10:244::1 ") {
+				t.Errorf("pod %s's IPv6 default route: %q, %v; want one via the pool's gateway fd42:10:244::1", before[0].Name, out, err)
+			}
+			peer := before[1].Status.PodIPs[1].IP
+			if out, err := kubectlRun(ctx, "-n", ns, "exec", before[0].Name, "--", "ping", "-c", "1", "-W", "5", peer); err != nil {
+				t.Errorf("pod %s cannot ping %s (pod %s) over IPv6: %v\n%s", before[0].Name, peer, before[1].Name, err, out)
+			}
+			checkClaims(ctx, t, ns, before)
 
-	deletePods(ctx, t, ns, before)
-	after := readyPods(ctx, t, ns, a.name, 2, uids(before))
-	a4, a6 := byFamily(t, after)
-	if !slices.Equal(a4, v4) || !slices.Equal(a6, v6) {
-		t.Errorf("the replacements have IPv4 %v and IPv6 %v; their predecessors had %v and %v", a4, a6, v4, v6)
+			deletePods(ctx, t, ns, before)
+			after := readyPods(ctx, t, ns, a.name, 2, uids(before))
+			a4, a6 := byFamily(t, after)
+			if !slices.Equal(a4, v4) || !slices.Equal(a6, v6) {
+				t.Errorf("the replacements have IPv4 %v and IPv6 %v; their predecessors had %v and %v", a4, a6, v4, v6)
+			}
+			if tc.early {
+				for _, old := range before {
+					releasedEarly(ctx, t, ns, old)
+				}
+			}
+			checkClaims(ctx, t, ns, after)
+			if tc.early {
+				forceDelete(ctx, t, ns, before)
+				checkClaims(ctx, t, ns, after)
+			}
+		})
 	}
-	checkClaims(ctx, t, ns, after)
 }
 
 // byFamily checks that each pod has one IPv4 address of pool "pods" (its

@@ -144,6 +144,15 @@ func (r *Runtime) WaitRegistered() {
 	r.adaptation().BlockPluginSync().Unblock()
 }
 
+// BlockPluginSync holds off the synchronization of plugins that connect
+// until the returned func is called, as containerd's CRI does while a
+// container stops (for all of its pod's grace period: containerd#14083).
+// Requests made meanwhile wait for the synchronization.
+func (r *Runtime) BlockPluginSync() (unblock func()) {
+	r.t.Helper()
+	return r.adaptation().BlockPluginSync().Unblock
+}
+
 // CreateContainer relays a CreateContainer request to the plugins.
 func (r *Runtime) CreateContainer(pod *api.PodSandbox, ctr *api.Container) (*api.CreateContainerResponse, error) {
 	r.t.Helper()
