@@ -37,6 +37,17 @@ func namespace(t *testing.T, prefix string) string {
 		if err := client.CoreV1().Namespaces().Delete(ctx, ns.Name, metav1.DeleteOptions{}); err != nil {
 			t.Errorf("delete namespace %s: %v", ns.Name, err)
 		}
+		// The namespace takes no new pods now; end those that would stop
+		// for a long grace period (see endPods).
+		pods, err := client.CoreV1().Pods(ns.Name).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return
+		}
+		for _, p := range pods.Items {
+			if g := p.Spec.TerminationGracePeriodSeconds; g != nil && *g > 2 {
+				_, _ = kubectlRun(ctx, "-n", ns.Name, "exec", p.Name, "--", "touch", stopFile)
+			}
+		}
 	})
 	return ns.Name
 }

@@ -37,9 +37,9 @@ type appSpec struct {
 	name        string
 	replicas    int32
 	annotations map[string]string
-	// grace is the pods' termination grace period. The test image's sleep
-	// runs as PID 1 and ignores SIGTERM, so a deleted pod stays
-	// Terminating for all of it.
+	// grace is the pods' termination grace period. The pods' shell runs
+	// as PID 1 and ignores SIGTERM, so a deleted pod stays Terminating
+	// for all of it, unless endPods ends it.
 	grace int64
 }
 
@@ -51,7 +51,7 @@ func (a appSpec) template() corev1.PodTemplateSpec {
 			TerminationGracePeriodSeconds: &a.grace,
 			Containers: []corev1.Container{{
 				Name: "main", Image: testImage, ImagePullPolicy: corev1.PullNever,
-				Command: []string{"sleep", "3600"},
+				Command: []string{"sh", "-c", "until [ -e " + stopFile + " ]; do sleep 1; done"},
 			}},
 		},
 	}
@@ -248,7 +248,7 @@ func TestIPAM_ReplacementKeepsIP(t *testing.T) {
 			// Only the live pod holds a claim; the old one's DEL later
 			// must not take the address from its successor.
 			checkClaims(ctx, t, ns, after)
-			forceDelete(ctx, t, ns, before)
+			endPods(ctx, t, ns, before)
 			checkClaims(ctx, t, ns, readyPods(ctx, t, ns, a.name, 1, uids(before)))
 		})
 	}
@@ -279,14 +279,19 @@ func releasedEarly(ctx context.Context, t *testing.T, ns string, old corev1.Pod)
 	}
 }
 
-// forceDelete deletes pods at once and waits until they are gone.
-func forceDelete(ctx context.Context, t *testing.T, ns string, pods []corev1.Pod) {
+// stopFile ends the process of appSpec's pods, which ignores SIGTERM.
+const stopFile = "/tmp/stop"
+
+// endPods ends deleted pods of an appSpec that still terminate: their
+// process exits, and kubelet removes them. (A forced delete would remove
+// the pod objects, but containerd's stop of the containers would go on
+// for the grace period, and an agent restart meanwhile, as in
+// TestIPAM_AgentKilledMidAllocation, would hold the node's new pods until
+// it ends: agent/README.md. namespace's cleanup does the same.)
+func endPods(ctx context.Context, t *testing.T, ns string, pods []corev1.Pod) {
 	t.Helper()
-	zero := int64(0)
 	for _, p := range pods {
-		if err := client.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil && !apierrors.IsNotFound(err) {
-			t.Fatalf("delete pod %s now: %v", p.Name, err)
-		}
+		_, _ = kubectlRun(ctx, "-n", ns, "exec", p.Name, "--", "touch", stopFile) // gone already: fine
 	}
 	err := wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
 		for _, p := range pods {
@@ -297,7 +302,7 @@ func forceDelete(ctx context.Context, t *testing.T, ns string, pods []corev1.Pod
 		return true, nil
 	})
 	if err != nil {
-		t.Fatalf("the deleted pods did not go within a minute:\n%s", describe(ns, "pods"))
+		t.Fatalf("the ended pods did not go within a minute:\n%s", describe(ns, "pods"))
 	}
 }
 
@@ -453,7 +458,7 @@ func TestIPAM_DualStack(t *testing.T) {
 			}
 			checkClaims(ctx, t, ns, after)
 			if tc.early {
-				forceDelete(ctx, t, ns, before)
+				endPods(ctx, t, ns, before)
 				checkClaims(ctx, t, ns, after)
 			}
 		})
@@ -504,10 +509,7 @@ func TestIPAM_OptOut(t *testing.T) {
 			t.Errorf("claim %s of an opted-out pod is retained for %+v", c.Name, *c.Spec.App)
 		}
 	}
-	zero := int64(0)
-	if err := client.CoreV1().Pods(ns).Delete(ctx, before[0].Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
-		t.Fatalf("delete the old pod now: %v", err)
-	}
+	endPods(ctx, t, ns, before)
 	// Its DEL frees the old address outright.
 	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
 		claims, err := claimsOf(ctx, ns)
