@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
@@ -32,24 +33,52 @@ func namespace(t *testing.T, prefix string) string {
 		t.Fatalf("create namespace: %v", err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
 		if err := client.CoreV1().Namespaces().Delete(ctx, ns.Name, metav1.DeleteOptions{}); err != nil {
 			t.Errorf("delete namespace %s: %v", ns.Name, err)
 		}
-		// The namespace takes no new pods now; end those that would stop
-		// for a long grace period (see endPods).
-		pods, err := client.CoreV1().Pods(ns.Name).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return
+		// The namespace takes no new pods now: delete its pods, and end
+		// those that would stop for a long grace period.
+		if err := client.CoreV1().Pods(ns.Name).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+			t.Logf("delete the pods of %s: %v", ns.Name, err)
 		}
-		for _, p := range pods.Items {
-			if g := p.Spec.TerminationGracePeriodSeconds; g != nil && *g > 2 {
-				_, _ = kubectlRun(ctx, "-n", ns.Name, "exec", p.Name, "--", "touch", stopFile)
-			}
+		if err := endTerminating(ctx, ns.Name); err != nil {
+			t.Logf("the pods of %s did not go within a minute: %v", ns.Name, err)
 		}
 	})
 	return ns.Name
+}
+
+// stopFile ends the process of appSpec's pods, which ignores SIGTERM.
+const stopFile = "/tmp/stop"
+
+// endTerminating ends the terminating pods of ns whose grace period is
+// longer than a few seconds (appSpec's), touching stopFile in them until
+// they are gone (a container that exits before kubelet has seen its pod's
+// deletion is restarted, without the file), and waits until no pod of ns
+// terminates. A forced delete would not do: it removes the pod objects,
+// but containerd's stop of the containers goes on for the grace period,
+// and an agent restart meanwhile (TestIPAM_AgentKilledMidAllocation) would
+// hold the node's new pods until it ends (agent/README.md).
+func endTerminating(ctx context.Context, ns string) error {
+	return wait.PollUntilContextTimeout(ctx, 2*time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		pods, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		left := 0
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp == nil {
+				continue
+			}
+			left++
+			if g := p.Spec.TerminationGracePeriodSeconds; g != nil && *g > 2 {
+				_, _ = kubectlRun(ctx, "-n", ns, "exec", p.Name, "--", "touch", stopFile) // gone meanwhile: fine
+			}
+		}
+		return left == 0, nil
+	})
 }
 
 // testPod is a pod of the test image running args.

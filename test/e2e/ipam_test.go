@@ -43,6 +43,27 @@ type appSpec struct {
 	grace int64
 }
 
+// releaseModes are the two ways a replacement gets its predecessor's
+// addresses back: after the old pod's teardown, and with early release
+// while the old pod still terminates.
+var releaseModes = []struct {
+	name  string
+	early bool
+}{
+	{name: "after teardown"},
+	{name: "early release", early: true},
+}
+
+// releaseEarly makes a's pods ask for early release and stay Terminating
+// through the test once deleted (endPods ends them).
+func (a *appSpec) releaseEarly() {
+	a.grace = 120
+	if a.annotations == nil {
+		a.annotations = map[string]string{}
+	}
+	a.annotations[v1alpha1.AnnotationRelease] = "early"
+}
+
 func (a appSpec) template() corev1.PodTemplateSpec {
 	labels := map[string]string{"app": a.name}
 	return corev1.PodTemplateSpec{
@@ -216,21 +237,14 @@ func checkClaims(ctx context.Context, t *testing.T, ns string, live []corev1.Pod
 // old pod is still terminating with berth.io/ip-release: early (whose
 // interface then has lost the address).
 func TestIPAM_ReplacementKeepsIP(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		early bool
-	}{
-		{name: "after teardown"},
-		{name: "early release", early: true},
-	} {
+	for _, tc := range releaseModes {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
 			ns := namespace(t, "e2e-ipam-replace")
 			a := appSpec{name: "web", replicas: 1, grace: 1}
 			if tc.early {
-				a.grace = 120 // the old pod stays Terminating through the test
-				a.annotations = map[string]string{v1alpha1.AnnotationRelease: "early"}
+				a.releaseEarly()
 			}
 			createDeployment(ctx, t, ns, a)
 			before := readyPods(ctx, t, ns, a.name, 1, nil)
@@ -248,7 +262,7 @@ func TestIPAM_ReplacementKeepsIP(t *testing.T) {
 			// Only the live pod holds a claim; the old one's DEL later
 			// must not take the address from its successor.
 			checkClaims(ctx, t, ns, after)
-			endPods(ctx, t, ns, before)
+			endPods(ctx, t, ns)
 			checkClaims(ctx, t, ns, readyPods(ctx, t, ns, a.name, 1, uids(before)))
 		})
 	}
@@ -279,30 +293,12 @@ func releasedEarly(ctx context.Context, t *testing.T, ns string, old corev1.Pod)
 	}
 }
 
-// stopFile ends the process of appSpec's pods, which ignores SIGTERM.
-const stopFile = "/tmp/stop"
-
-// endPods ends deleted pods of an appSpec that still terminate: their
-// process exits, and kubelet removes them. (A forced delete would remove
-// the pod objects, but containerd's stop of the containers would go on
-// for the grace period, and an agent restart meanwhile, as in
-// TestIPAM_AgentKilledMidAllocation, would hold the node's new pods until
-// it ends: agent/README.md. namespace's cleanup does the same.)
-func endPods(ctx context.Context, t *testing.T, ns string, pods []corev1.Pod) {
+// endPods ends the deleted pods of ns that still terminate, and waits
+// until they are gone (endTerminating).
+func endPods(ctx context.Context, t *testing.T, ns string) {
 	t.Helper()
-	for _, p := range pods {
-		_, _ = kubectlRun(ctx, "-n", ns, "exec", p.Name, "--", "touch", stopFile) // gone already: fine
-	}
-	err := wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
-		for _, p := range pods {
-			if _, err := client.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-				return false, nil
-			}
-		}
-		return true, nil
-	})
-	if err != nil {
-		t.Fatalf("the ended pods did not go within a minute:\n%s", describe(ns, "pods"))
+	if err := endTerminating(ctx, ns); err != nil {
+		t.Fatalf("the terminating pods did not go within a minute: %v\n%s", err, describe(ns, "pods"))
 	}
 }
 
@@ -413,13 +409,7 @@ func TestIPAM_StatefulSet(t *testing.T) {
 // old pods' teardown and, with berth.io/ip-release: early, while the old
 // pods still terminate (their eth0 then has lost both addresses).
 func TestIPAM_DualStack(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		early bool
-	}{
-		{name: "after teardown"},
-		{name: "early release", early: true},
-	} {
+	for _, tc := range releaseModes {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 			defer cancel()
@@ -427,8 +417,7 @@ func TestIPAM_DualStack(t *testing.T) {
 			a := appSpec{name: "web", replicas: 2, grace: 1,
 				annotations: map[string]string{v1alpha1.AnnotationPool: podPool + "," + podPool6}}
 			if tc.early {
-				a.grace = 120
-				a.annotations[v1alpha1.AnnotationRelease] = "early"
+				a.releaseEarly()
 			}
 			createDeployment(ctx, t, ns, a)
 			before := readyPods(ctx, t, ns, a.name, 2, nil)
@@ -458,7 +447,7 @@ func TestIPAM_DualStack(t *testing.T) {
 			}
 			checkClaims(ctx, t, ns, after)
 			if tc.early {
-				endPods(ctx, t, ns, before)
+				endPods(ctx, t, ns)
 				checkClaims(ctx, t, ns, after)
 			}
 		})
@@ -509,7 +498,7 @@ func TestIPAM_OptOut(t *testing.T) {
 			t.Errorf("claim %s of an opted-out pod is retained for %+v", c.Name, *c.Spec.App)
 		}
 	}
-	endPods(ctx, t, ns, before)
+	endPods(ctx, t, ns)
 	// Its DEL frees the old address outright.
 	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
 		claims, err := claimsOf(ctx, ns)
