@@ -121,7 +121,7 @@ func TestBerth_Agent(t *testing.T) {
 	}
 	pod := agentPod(ctx, t)
 	body := agentMetrics(ctx, t, pod)
-	for _, want := range []string{"berth_build_info{", "berth_agent_nri_connected 1", "process_resident_memory_bytes", "go_goroutines"} {
+	for _, want := range []string{"berth_build_info{", "berth_agent_nri_connected 1", "berth_agent_nri_synchronized 1", "process_resident_memory_bytes", "go_goroutines"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
@@ -162,8 +162,11 @@ func TestBerth_AgentReconnectsAfterContainerdRestart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("agent logged no event with %q after reconnecting:\n%s", want, agentLogs(ctx, t, pod))
 	}
-	if body := agentMetrics(ctx, t, pod); !strings.Contains(body, "berth_agent_nri_connected 1") {
-		t.Fatalf("berth_agent_nri_connected is not 1 after reconnecting")
+	body := agentMetrics(ctx, t, pod)
+	for _, want := range []string{"berth_agent_nri_connected 1", "berth_agent_nri_synchronized 1"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q after reconnecting", want)
+		}
 	}
 }
 
