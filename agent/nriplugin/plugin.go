@@ -270,26 +270,25 @@ func (p *Plugin) session(ctx context.Context) error {
 		case <-synced:
 			synced = nil
 			warn.Stop()
-			continue
 		case <-warn.C:
 			// containerd/containerd#14083: a container stop holds off the
 			// sync for as long as the container takes to stop.
 			p.log.Warn("the runtime has not synchronized this plugin yet; until it does, containerd holds the creation, start, stop and removal of pods and containers on this node. "+
 				"A container stop in progress delays it until the container has stopped, up to its pod's termination grace period (containerd/containerd#14083)",
 				"waited_seconds", time.Since(h.dialed).Seconds(), "runtime", st.Runtime, "runtime_version", st.RuntimeVersion)
-			continue
 		case <-closed:
 			p.log.Warn("lost connection to runtime", "runtime", st.Runtime, "runtime_version", st.RuntimeVersion,
 				"socket", p.cfg.SocketPath)
 			st.Connected = false
 			p.setConnected(st, true)
+			return nil
 		case <-ctx.Done():
 			s.Stop()
 			st.Connected = false
 			p.setConnected(st, false) // shutting down is not news
 			p.log.Info("disconnected from runtime", "reason", "shutting down")
+			return nil
 		}
-		return nil
 	}
 }
 
