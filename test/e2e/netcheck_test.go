@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -33,14 +35,13 @@ const (
 )
 
 // TestNetcheck_Conflict: a pod runs through the chain with berth-netcheck;
-// with every address berth-ipam could hand out planted on the pod bridge by
-// a namespace of the test, a new pod stays
-// ContainerCreating, its events naming the planted MAC as berth-netcheck's
-// conflict; once the addresses are gone it runs, and its address works.
+// with every address berth-ipam could hand out of a pool planted on the pod
+// bridge by a namespace of the test, a new pod stays ContainerCreating, its
+// events naming the planted MAC as berth-netcheck's conflict; once the
+// addresses are gone it runs, and reaches its gateway. For IPv4 (pool
+// "pods"), and for IPv6 with dual-stack pods (pool "pods6": ARP probes
+// find the one conflict, NDP the other).
 func TestNetcheck_Conflict(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-
 	conf, err := os.ReadFile(nodeConflist)
 	if err != nil || !strings.Contains(string(conf), `"berth-netcheck"`) {
 		t.Fatalf("the node's CNI chain %s does not hold berth-netcheck (%v):\n%s", nodeConflist, err, conf)
@@ -49,14 +50,37 @@ func TestNetcheck_Conflict(t *testing.T) {
 		t.Fatalf("the Berth DaemonSet did not install %s with mode 0755: %v, %v", installedBin, fi, err)
 	}
 
-	// A healthy pod passes the check (and makes sure the bridge exists).
-	ns := namespace(t, "e2e-netcheck")
-	createPodReady(t, ns, testPod("healthy", nil, "sleep", "3600"))
+	for _, tc := range []struct {
+		name, pool, gateway string
+		annotations         map[string]string
+	}{
+		{name: "ipv4", pool: podPool, gateway: "10.244.0.1"},
+		{name: "ipv6", pool: podPool6, gateway: "fd42:10:244::1",
+			annotations: map[string]string{v1alpha1.AnnotationPool: podPool + "," + podPool6}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conflict(t, tc.pool, tc.gateway, tc.annotations)
+		})
+	}
+}
 
-	mac, planted := plantFreeAddresses(ctx, t)
-	t.Logf("planted %d free addresses of pool %s at %s", len(planted), podPool, mac)
+// conflict is TestNetcheck_Conflict with the free addresses of pool
+// planted, for pods with annotations.
+func conflict(t *testing.T, pool, gateway string, annotations map[string]string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	// A healthy pod passes the check (and makes sure the bridge exists,
+	// with the gateway).
+	ns := namespace(t, "e2e-netcheck")
+	healthy := testPod("healthy", nil, "sleep", "3600")
+	healthy.Annotations = annotations
+	createPodReady(t, ns, healthy)
+
+	mac, planted := plantFreeAddresses(ctx, t, pool)
+	t.Logf("planted %d free addresses of pool %s at %s", len(planted), pool, mac)
 
 	pod := testPod("conflict", nil, "sleep", "3600")
+	pod.Annotations = annotations
 	if _, err := client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create pod: %v", err)
 	}
@@ -65,7 +89,7 @@ func TestNetcheck_Conflict(t *testing.T) {
 	// (berth-ipam hands out a free address again, planted too).
 	want := fmt.Sprintf("on eth0 is already in use by %s", mac)
 	var event string
-	err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
 		evs, err := client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, nil
@@ -83,6 +107,10 @@ func TestNetcheck_Conflict(t *testing.T) {
 		t.Fatalf("not two FailedCreatePodSandBox events with %q:\n%s", want, describe(ns, "pod/"+pod.Name))
 	}
 	t.Logf("event: %s", event)
+	if m := regexp.MustCompile(`IP (\S+) on eth0 is already in use`).FindStringSubmatch(event); m == nil ||
+		!slices.ContainsFunc(planted, func(a netip.Addr) bool { return a.String() == m[1] }) {
+		t.Errorf("the event does not name a planted address of pool %s: %s", pool, event)
+	}
 	if !strings.Contains(event, `plugin type="berth-netcheck"`) {
 		t.Errorf("the event does not name berth-netcheck: %s", event)
 	}
@@ -105,8 +133,8 @@ func TestNetcheck_Conflict(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pod not ready after the conflict went: %v\n%s", err, describe(ns, "pod/"+pod.Name))
 	}
-	t.Logf("pod runs at %s", ready.Status.PodIP)
-	out, err := kubectlRun(ctx, "-n", ns, "exec", pod.Name, "--", "ping", "-c", "1", "-W", "5", "10.244.0.1")
+	t.Logf("pod runs at %v", podIPs(ready))
+	out, err := kubectlRun(ctx, "-n", ns, "exec", pod.Name, "--", "ping", "-c", "1", "-W", "5", gateway)
 	if err != nil {
 		t.Errorf("the pod does not reach its gateway: %v\n%s", err, out)
 	}
@@ -127,21 +155,21 @@ func containerCreating(p *corev1.Pod) bool {
 }
 
 // plantFreeAddresses makes a namespace joined to the pod bridge by a veth
-// and puts on it every address of the pool "pods" that has no IPClaim, so
-// whatever address the next pod gets is in use. The test's cleanup removes
-// it.
-func plantFreeAddresses(ctx context.Context, t *testing.T) (net.HardwareAddr, []netip.Addr) {
+// and puts on it every address of pool poolName that has no IPClaim (IPv6
+// without duplicate address detection), so whatever address of the pool
+// the next pod gets is in use. The test's cleanup removes it.
+func plantFreeAddresses(ctx context.Context, t *testing.T, poolName string) (net.HardwareAddr, []netip.Addr) {
 	t.Helper()
 	var ipp v1alpha1.IPPool
-	if err := berth.Get(ctx, crclient.ObjectKey{Name: podPool}, &ipp); err != nil {
-		t.Fatalf("IPPool %s: %v", podPool, err)
+	if err := berth.Get(ctx, crclient.ObjectKey{Name: poolName}, &ipp); err != nil {
+		t.Fatalf("IPPool %s: %v", poolName, err)
 	}
 	pool, err := ipam.ParsePool(&ipp)
 	if err != nil {
-		t.Fatalf("IPPool %s: %v", podPool, err)
+		t.Fatalf("IPPool %s: %v", poolName, err)
 	}
 	var claims v1alpha1.IPClaimList
-	if err := berth.List(ctx, &claims, crclient.MatchingLabels{v1alpha1.LabelPool: podPool}); err != nil {
+	if err := berth.List(ctx, &claims, crclient.MatchingLabels{v1alpha1.LabelPool: poolName}); err != nil {
 		t.Fatalf("IPClaims: %v", err)
 	}
 	taken := map[netip.Addr]bool{}
@@ -179,7 +207,11 @@ func plantFreeAddresses(ctx context.Context, t *testing.T) (net.HardwareAddr, []
 	batch := filepath.Join(t.TempDir(), "addrs")
 	var b strings.Builder
 	for _, a := range free {
-		fmt.Fprintf(&b, "addr add %s/%d dev eth0\n", a, pool.Prefix.Bits())
+		nodad := ""
+		if a.Is6() {
+			nodad = " nodad"
+		}
+		fmt.Fprintf(&b, "addr add %s/%d dev eth0%s\n", a, pool.Prefix.Bits(), nodad)
 	}
 	if err := os.WriteFile(batch, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)
