@@ -31,6 +31,12 @@ const (
 	podPool6 = "pods6"
 )
 
+// dualStack is the annotations of a pod that opts into dual stack, a new
+// map each time.
+func dualStack() map[string]string {
+	return map[string]string{v1alpha1.AnnotationPool: podPool + "," + podPool6}
+}
+
 // appSpec is a retained app of the test image: a Deployment (or, with
 // statefulSet, a StatefulSet) of replicas pods labelled app=name.
 type appSpec struct {
@@ -414,8 +420,7 @@ func TestIPAM_DualStack(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 			defer cancel()
 			ns := namespace(t, "e2e-ipam-dual")
-			a := appSpec{name: "web", replicas: 2, grace: 1,
-				annotations: map[string]string{v1alpha1.AnnotationPool: podPool + "," + podPool6}}
+			a := appSpec{name: "web", replicas: 2, grace: 1, annotations: dualStack()}
 			if tc.early {
 				a.releaseEarly()
 			}

@@ -55,8 +55,7 @@ func TestNetcheck_Conflict(t *testing.T) {
 		annotations         map[string]string
 	}{
 		{name: "ipv4", pool: podPool, gateway: "10.244.0.1"},
-		{name: "ipv6", pool: podPool6, gateway: "fd42:10:244::1",
-			annotations: map[string]string{v1alpha1.AnnotationPool: podPool + "," + podPool6}},
+		{name: "ipv6", pool: podPool6, gateway: "fd42:10:244::1", annotations: dualStack()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			conflict(t, tc.pool, tc.gateway, tc.annotations)
