@@ -64,6 +64,8 @@ type Request struct {
 	// Pools from the CNI configuration, used when neither the pod nor its
 	// namespace names any.
 	Pools []string
+	// Network is the CNI network's name, recorded on the claims.
+	Network string
 }
 
 func (r Request) pod() string { return r.PodNamespace + "/" + r.PodName }
@@ -203,9 +205,9 @@ func (a *Allocator) tryAllocate(ctx context.Context, req Request, pod *corev1.Po
 			al, err := a.allocation(pool, c, false)
 			al.Repeated, al.Prepared = true, true
 			return al, err
-		case c.Spec.ContainerID != req.ContainerID || c.Spec.Node != a.cfg.Node:
+		case c.Spec.ContainerID != req.ContainerID || c.Spec.Node != a.cfg.Node || c.Spec.Network != req.Network:
 			c = c.DeepCopy()
-			c.Spec.ContainerID, c.Spec.Node = req.ContainerID, a.cfg.Node
+			c.Spec.ContainerID, c.Spec.Node, c.Spec.Network = req.ContainerID, a.cfg.Node, req.Network
 			if c.Labels == nil {
 				c.Labels = map[string]string{}
 			}
@@ -319,7 +321,7 @@ func (a *Allocator) take(ctx context.Context, req Request, pod *corev1.Pod, pool
 
 func (a *Allocator) bind(c *v1alpha1.IPClaim, req Request, pod *corev1.Pod, app *v1alpha1.App) {
 	c.Spec.Pod = v1alpha1.PodRef{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID}
-	c.Spec.ContainerID, c.Spec.Interface, c.Spec.Node = req.ContainerID, req.IfName, a.cfg.Node
+	c.Spec.ContainerID, c.Spec.Interface, c.Spec.Node, c.Spec.Network = req.ContainerID, req.IfName, a.cfg.Node, req.Network
 	c.Spec.State, c.Spec.ReservedUntil = v1alpha1.ClaimBound, nil
 	if app != nil {
 		c.Spec.App = app.DeepCopy()
@@ -489,11 +491,11 @@ func (a *Allocator) Prepare(ctx context.Context, req Request) ([]Allocation, err
 // a prepared claim of the pod.
 var ErrNotPrepared = errors.New("not a prepared claim of the pod")
 
-// BindContainer records containerID on a claim Prepare made for the pod
-// uid, at the claim's resourceVersion (retrying conflicts). Recording it
-// again is not an error; a claim gone, or held by another pod or
-// container, is ErrNotPrepared.
-func (a *Allocator) BindContainer(ctx context.Context, name string, uid types.UID, containerID string) error {
+// BindContainer records containerID and its CNI network on a claim Prepare
+// made for the pod uid, at the claim's resourceVersion (retrying
+// conflicts). Recording them again is not an error; a claim gone, or held
+// by another pod or container, is ErrNotPrepared.
+func (a *Allocator) BindContainer(ctx context.Context, name string, uid types.UID, containerID, network string) error {
 	for attempt := 0; attempt < a.cfg.MaxConflicts; attempt++ {
 		c, err := a.cfg.Store.Claim(name)
 		if errors.Is(err, ErrNotFound) {
@@ -505,13 +507,13 @@ func (a *Allocator) BindContainer(ctx context.Context, name string, uid types.UI
 		switch {
 		case c.Spec.Pod.UID != uid || c.Spec.State != v1alpha1.ClaimBound:
 			return fmt.Errorf("claim %s: %w (now %s by pod uid %s)", name, ErrNotPrepared, c.Spec.State, c.Spec.Pod.UID)
-		case c.Spec.ContainerID == containerID:
+		case c.Spec.ContainerID == containerID && c.Spec.Network == network:
 			return nil
-		case c.Spec.ContainerID != "":
+		case c.Spec.ContainerID != "" && c.Spec.ContainerID != containerID:
 			return fmt.Errorf("claim %s: %w (container %s holds it)", name, ErrNotPrepared, c.Spec.ContainerID)
 		}
 		c = c.DeepCopy()
-		c.Spec.ContainerID = containerID
+		c.Spec.ContainerID, c.Spec.Network = containerID, network
 		err = a.cfg.Store.Update(ctx, c)
 		if errors.Is(err, ErrConflict) {
 			continue
@@ -647,10 +649,14 @@ func sortClaims(cs []*v1alpha1.IPClaim) {
 	})
 }
 
-// GC releases the claims of this node whose container is not among the
-// valid ones (CNI GC), except those keep says to keep (ADDs in flight),
-// and returns those it released, as they were.
-func (a *Allocator) GC(ctx context.Context, valid map[string]bool, keep func(containerID string) bool) ([]*v1alpha1.IPClaim, error) {
+// GC releases the claims of this node on network whose container is not
+// among the valid ones (CNI GC of that network), except those keep says to
+// keep (ADDs in flight), and returns those it released, as they were. The
+// runtime lists only its attachments to that network: claims of other
+// networks (a pod's second interface), and those that name none (bound
+// by an older berth-ipam) unless network is empty too, are not its to
+// judge.
+func (a *Allocator) GC(ctx context.Context, network string, valid map[string]bool, keep func(containerID string) bool) ([]*v1alpha1.IPClaim, error) {
 	claims, err := a.cfg.Store.ClaimsOfNode(a.cfg.Node)
 	if err != nil {
 		return nil, fmt.Errorf("claims of node %s: %w", a.cfg.Node, err)
@@ -659,7 +665,7 @@ func (a *Allocator) GC(ctx context.Context, valid map[string]bool, keep func(con
 	var errs []error
 	for _, c := range claims {
 		id := c.Spec.ContainerID
-		if c.Spec.State != v1alpha1.ClaimBound || id == "" || valid[id+"/"+c.Spec.Interface] || keep(id) {
+		if c.Spec.State != v1alpha1.ClaimBound || id == "" || c.Spec.Network != network || valid[id+"/"+c.Spec.Interface] || keep(id) {
 			continue
 		}
 		done, err := a.releaseIf(ctx, c.Name, heldBy(id))

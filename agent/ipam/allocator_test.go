@@ -813,12 +813,12 @@ func TestAllocator_Prepare(t *testing.T) {
 	// Until the container is recorded, DEL of it finds nothing (the server
 	// waits for BindContainer first).
 	for range 2 {
-		if err := e.alloc.BindContainer(ctx, als[0].Claim, p.UID, cid(p)); err != nil {
+		if err := e.alloc.BindContainer(ctx, als[0].Claim, p.UID, cid(p), "berth"); err != nil {
 			t.Fatalf("BindContainer: %v", err)
 		}
 	}
-	if got := e.store.Claims()[0]; got.Spec.ContainerID != cid(p) {
-		t.Fatalf("after BindContainer: container %q, want %s", got.Spec.ContainerID, cid(p))
+	if got := e.store.Claims()[0]; got.Spec.ContainerID != cid(p) || got.Spec.Network != "berth" {
+		t.Fatalf("after BindContainer: container %q, network %q; want %s, berth", got.Spec.ContainerID, got.Spec.Network, cid(p))
 	}
 	if again, err := e.add(p); err != nil || again[0].Prepared {
 		t.Fatalf("repeated ADD once bound: %+v, %v; want not prepared", again, err)
@@ -831,7 +831,7 @@ func TestAllocator_Prepare(t *testing.T) {
 		{"another container", p.UID, "other"},
 		{"another pod", "uid-other", cid(p)},
 	} {
-		if err := e.alloc.BindContainer(ctx, als[0].Claim, tc.uid, tc.container); !errors.Is(err, ipam.ErrNotPrepared) {
+		if err := e.alloc.BindContainer(ctx, als[0].Claim, tc.uid, tc.container, "berth"); !errors.Is(err, ipam.ErrNotPrepared) {
 			t.Errorf("BindContainer, %s: %v, want ErrNotPrepared", tc.name, err)
 		}
 	}
@@ -840,7 +840,7 @@ func TestAllocator_Prepare(t *testing.T) {
 		t.Fatalf("ReleasePrepared of a bound claim: %v, states %v", err, e.states())
 	}
 	e.del(p)
-	if err := e.alloc.BindContainer(ctx, als[0].Claim, p.UID, cid(p)); !errors.Is(err, ipam.ErrNotPrepared) {
+	if err := e.alloc.BindContainer(ctx, als[0].Claim, p.UID, cid(p), "berth"); !errors.Is(err, ipam.ErrNotPrepared) {
 		t.Errorf("BindContainer of a Reserved claim: %v, want ErrNotPrepared", err)
 	}
 
@@ -856,7 +856,7 @@ func TestAllocator_Prepare(t *testing.T) {
 	if err := e.alloc.ReleasePrepared(ctx, prepQ[0].Claim, q.UID); err != nil || e.states()[als[0].Address.Addr().String()] != v1alpha1.ClaimReserved {
 		t.Fatalf("ReleasePrepared: %v, states %v; want Reserved again", err, e.states())
 	}
-	if err := e.alloc.BindContainer(ctx, "p-10-1-0-99", q.UID, cid(q)); !errors.Is(err, ipam.ErrNotPrepared) {
+	if err := e.alloc.BindContainer(ctx, "p-10-1-0-99", q.UID, cid(q), "berth"); !errors.Is(err, ipam.ErrNotPrepared) {
 		t.Errorf("BindContainer of a missing claim: %v, want ErrNotPrepared", err)
 	}
 }

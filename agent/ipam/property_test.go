@@ -120,7 +120,7 @@ func (m *model) step(r *rand.Rand) {
 				m.mu.Lock()
 				m.prepared++
 				m.mu.Unlock()
-				if err := p.node.alloc.BindContainer(context.Background(), a.Claim, p.pod.UID, "c-"+string(p.pod.UID)); err != nil {
+				if err := p.node.alloc.BindContainer(context.Background(), a.Claim, p.pod.UID, "c-"+string(p.pod.UID), ""); err != nil {
 					m.fail("bind %s: %v", p.pod.Name, err)
 				}
 			}

@@ -33,6 +33,7 @@ type attachment struct {
 	ContainerID string `json:"containerID"`
 	IfName      string `json:"ifName"`
 	Netns       string `json:"netns"`
+	Network     string `json:"network,omitempty"` // the CNI network's name
 	// PodUID and Claims are set when ADD answered with prepared claims:
 	// they record the container on the claims after the answer.
 	PodUID types.UID `json:"podUID,omitempty"`

@@ -95,20 +95,21 @@ func (l *podLocks) lock(namespace, name string) (unlock func()) {
 	}
 }
 
-// bindLater records containerID on the prepared claims in the background,
-// retrying with backoff while the API server fails, until the container's
-// DEL cancels it or the server stops (then the next Start does it from
-// the attachment record).
-func (s *Server) bindLater(pod string, uid types.UID, containerID string, claims []string) {
-	e := &pendingEntry{container: containerID, pod: pod, uid: uid, claims: claims}
+// bindLater records the container of att (and its network) on att's
+// prepared claims in the background, retrying with backoff while the API
+// server fails, until the container's DEL cancels it or the server stops
+// (then the next Start does it from the attachment record).
+func (s *Server) bindLater(pod string, att attachment) {
+	containerID := att.ContainerID
+	e := &pendingEntry{container: containerID, pod: pod, uid: att.PodUID, claims: att.Claims}
 	s.later(&s.binds, e, containerID, func() {
 		start := time.Now()
 		// A dual-stack pod's two claims are recorded at once.
 		var wg sync.WaitGroup
-		for _, name := range claims {
+		for _, name := range att.Claims {
 			wg.Go(func() {
 				s.keepTrying(e, "cannot record the container on its prepared claim; retrying", func(ctx context.Context) error {
-					err := s.alloc.BindContainer(ctx, name, uid, containerID)
+					err := s.alloc.BindContainer(ctx, name, att.PodUID, containerID, att.Network)
 					if errors.Is(err, ipam.ErrNotPrepared) && !e.canceled.Load() {
 						s.cfg.Logger.Warn("prepared claim changed before its container was recorded", "claim", name, "container_id", containerID, "err", err)
 						return nil
@@ -118,7 +119,7 @@ func (s *Server) bindLater(pod string, uid types.UID, containerID string, claims
 			})
 		}
 		wg.Wait()
-		s.cfg.Logger.Debug("recorded the container on its prepared claims", "container_id", containerID, "claims", claims,
+		s.cfg.Logger.Debug("recorded the container on its prepared claims", "container_id", containerID, "claims", att.Claims,
 			"duration_seconds", time.Since(start).Seconds())
 	})
 }
@@ -208,7 +209,7 @@ func (s *Server) readAttachments(ctx context.Context) error {
 			continue // not from a prepared ADD: nothing to record
 		}
 		for _, name := range a.Claims {
-			err := s.alloc.BindContainer(ctx, name, a.PodUID, a.ContainerID)
+			err := s.alloc.BindContainer(ctx, name, a.PodUID, a.ContainerID, a.Network)
 			if errors.Is(err, ipam.ErrNotPrepared) {
 				continue // released or moved on since
 			}

@@ -393,7 +393,7 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 		return errResponse(protocol.CodeTryAgainLater, "berth-ipam ADD failed", err)
 	}
 	areq := ipam.Request{ContainerID: req.ContainerID, IfName: req.IfName,
-		PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: types.UID(req.PodUID), Pools: req.Pools}
+		PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: types.UID(req.PodUID), Pools: req.Pools, Network: req.Network}
 	als, err := s.alloc.Allocate(ctx, areq)
 	if errors.Is(err, ipam.ErrHeld) && s.releases.waitAll(ctx, heldWait) {
 		// The address may be held by a container whose DEL this agent
@@ -476,7 +476,7 @@ func (s *Server) countReservation(a ipam.Allocation) {
 // and records the container on prepared claims: after the answer when the
 // record names them (bindLater), else now.
 func (s *Server) recordAttachment(ctx context.Context, req *protocol.Request, als []ipam.Allocation) error {
-	att := attachment{ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns}
+	att := attachment{ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns, Network: req.Network}
 	for _, a := range als {
 		if a.Prepared {
 			att.PodUID = a.PodUID
@@ -494,11 +494,11 @@ func (s *Server) recordAttachment(ctx context.Context, req *protocol.Request, al
 	}
 	s.metrics.prepared.WithLabelValues("used").Inc()
 	if req.Netns != "" && err == nil {
-		s.bindLater(req.PodNamespace+"/"+req.PodName, att.PodUID, req.ContainerID, att.Claims) //nolint:contextcheck // outlives the request, bounded by Start's context
+		s.bindLater(req.PodNamespace+"/"+req.PodName, att) //nolint:contextcheck // outlives the request, bounded by Start's context
 		return nil
 	}
 	for _, name := range att.Claims {
-		if err := s.alloc.BindContainer(ctx, name, att.PodUID, req.ContainerID); err != nil {
+		if err := s.alloc.BindContainer(ctx, name, att.PodUID, req.ContainerID, req.Network); err != nil {
 			return err
 		}
 	}
@@ -577,14 +577,14 @@ func (s *Server) gc(ctx context.Context, req *protocol.Request) *protocol.Respon
 		valid[a.ContainerID+"/"+a.IfName] = true
 	}
 	now := time.Now()
-	released, err := s.alloc.GC(ctx, valid, func(id string) bool {
+	released, err := s.alloc.GC(ctx, req.Network, valid, func(id string) bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		t, ok := s.recent[id]
 		return ok && now.Sub(t) < gcGrace || s.releases.pending(id)
 	})
 	for _, c := range released {
-		s.cfg.Logger.Info("GC released the claim of a container the runtime no longer has", "claim", c.Name, "address", c.Spec.Address,
+		s.cfg.Logger.Info("GC released the claim of a container the runtime no longer has", "network", c.Spec.Network, "claim", c.Name, "address", c.Spec.Address,
 			"container_id", c.Spec.ContainerID, "interface", c.Spec.Interface, "pod", c.Spec.Pod.Namespace+"/"+c.Spec.Pod.Name)
 	}
 	if err != nil {

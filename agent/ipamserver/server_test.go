@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -274,6 +275,69 @@ func TestServer_GC_afterRestart(t *testing.T) {
 	}
 	if c := h.call(protocol.CommandCheck, adds["db-1"]); c.Error == nil {
 		t.Error("CHECK of db-1 passed: GC kept an attachment the runtime does not have, whose ADD ended an hour ago")
+	}
+}
+
+// TestServer_GC_network: CNI GC of one network releases only the claims
+// that network's ADDs bound. A runtime (or Multus) sends GC once per
+// network, listing that network's attachments only
+// (containernetworking/cni#1091), so a pod's second interface, on another
+// network that also uses berth-ipam, is not in the list and must stay
+// bound. Claims that name no network (an older berth-ipam bound them) are
+// left to a GC that names none.
+func TestServer_GC_network(t *testing.T) {
+	var cfg ipamserver.Config
+	h := serve(t, func(c *ipamserver.Config) { cfg = *c })
+	h.store.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "u"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.5.0.0/24"}})
+	p, old := h.pod("db-0", nil), h.pod("db-1", nil)
+	eth0 := protocol.Request{ContainerID: "c-db-0", IfName: "eth0", Netns: "/var/run/netns/db-0", PodNamespace: "ns", PodName: "db-0",
+		PodUID: string(p.UID), Network: "berth"}
+	net1 := eth0
+	net1.IfName, net1.Network, net1.Pools = "net1", "underlay", []string{"u"}
+	unnamed := protocol.Request{ContainerID: "c-db-1", IfName: "eth0", Netns: "/var/run/netns/db-1", PodNamespace: "ns", PodName: "db-1",
+		PodUID: string(old.UID)}
+	for _, req := range []protocol.Request{eth0, net1, unnamed} {
+		if r := h.call(protocol.CommandAdd, req); r.Error != nil {
+			t.Fatalf("ADD %s/%s: %+v", req.ContainerID, req.IfName, r.Error)
+		}
+	}
+	networks := map[string]string{}
+	for _, c := range h.store.Claims() {
+		networks[c.Spec.ContainerID+"/"+c.Spec.Interface] = c.Spec.Network
+	}
+	if want := map[string]string{"c-db-0/eth0": "berth", "c-db-0/net1": "underlay", "c-db-1/eth0": ""}; !maps.Equal(networks, want) {
+		t.Fatalf("claims' networks %v, want %v", networks, want)
+	}
+	// The ADDs ended long ago (GC keeps off recent ones).
+	records, err := filepath.Glob(filepath.Join(cfg.AttachmentDir, "*.json"))
+	if err != nil || len(records) != 3 {
+		t.Fatalf("attachment records %v, %v; want 3", records, err)
+	}
+	for _, f := range records {
+		if err := os.Chtimes(f, time.Now().Add(-time.Hour), time.Now().Add(-time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.stop()
+	cfg.Registerer = prometheus.NewRegistry()
+	h = start(t, cfg)
+
+	bound := func(req protocol.Request) bool { return h.call(protocol.CommandCheck, req).Error == nil }
+	for _, step := range []struct {
+		gc                protocol.Request
+		eth0, net1, named bool // still bound after it
+	}{
+		{protocol.Request{Network: "berth", ValidAttachments: []protocol.Attachment{{ContainerID: "c-db-0", IfName: "eth0"}}}, true, true, true},
+		{protocol.Request{Network: "underlay"}, true, false, true},
+		{protocol.Request{}, true, false, false},
+	} {
+		if g := h.call(protocol.CommandGC, step.gc); g.Error != nil {
+			t.Fatalf("GC of network %q: %+v", step.gc.Network, g.Error)
+		}
+		if got := [3]bool{bound(eth0), bound(net1), bound(unnamed)}; got != [3]bool{step.eth0, step.net1, step.named} {
+			t.Fatalf("after GC of network %q with %v valid: bound eth0 (berth), net1 (underlay), db-1's (no network) = %v, want %v",
+				step.gc.Network, step.gc.ValidAttachments, got, [3]bool{step.eth0, step.net1, step.named})
+		}
 	}
 }
 

@@ -93,6 +93,13 @@ type IPClaimSpec struct {
 	// Interface is the pod interface the address is on, as CNI gives it.
 	// +optional
 	Interface string `json:"interface,omitempty"`
+	// Network is the CNI network (its configuration's name) whose ADD took
+	// the address. CNI GC of a network releases only the claims that name
+	// it, so a pod's addresses on other networks (a secondary macvlan
+	// interface, say) are never taken by it. Empty until an ADD took the
+	// claim, and on claims an older berth-ipam bound.
+	// +optional
+	Network string `json:"network,omitempty"`
 	// Node the pod runs (or ran) on.
 	// +optional
 	Node string `json:"node,omitempty"`
@@ -131,6 +138,7 @@ type IPClaimStatus struct {
 // +kubebuilder:printcolumn:name="App",type=string,JSONPath=`.spec.app.name`
 // +kubebuilder:printcolumn:name="Pod",type=string,JSONPath=`.spec.pod.name`
 // +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.node`
+// +kubebuilder:printcolumn:name="Network",type=string,JSONPath=`.spec.network`,priority=1
 // +kubebuilder:printcolumn:name="Reserved-Until",type=string,JSONPath=`.spec.reservedUntil`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type IPClaim struct {

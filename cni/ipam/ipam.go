@@ -106,7 +106,7 @@ func LoadConfig(stdin []byte) (*NetConf, *Config, error) {
 	return &nc, &c, nil
 }
 
-func request(args *skel.CmdArgs, c *Config) (*protocol.Request, error) {
+func request(args *skel.CmdArgs, nc *NetConf, c *Config) (*protocol.Request, error) {
 	var ka k8sArgs
 	ka.IgnoreUnknown = true
 	if err := types.LoadArgs(args.Args, &ka); err != nil {
@@ -115,7 +115,7 @@ func request(args *skel.CmdArgs, c *Config) (*protocol.Request, error) {
 	return &protocol.Request{
 		ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns,
 		PodNamespace: string(ka.K8S_POD_NAMESPACE), PodName: string(ka.K8S_POD_NAME), PodUID: string(ka.K8S_POD_UID),
-		Pools: c.Pools,
+		Pools: c.Pools, Network: nc.Name,
 	}, nil
 }
 
@@ -168,7 +168,7 @@ func Add(ctx context.Context, args *skel.CmdArgs) (*types100.Result, string, err
 	if err != nil {
 		return nil, "", types.NewError(types.ErrDecodingFailure, "berth-ipam", err.Error())
 	}
-	req, err := request(args, c)
+	req, err := request(args, nc, c)
 	if err != nil {
 		return nil, "", types.NewError(types.ErrInvalidNetworkConfig, "berth-ipam", err.Error())
 	}
@@ -290,7 +290,7 @@ func GC(ctx context.Context, args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrDecodingFailure, "berth-ipam", err.Error())
 	}
-	req := &protocol.Request{}
+	req := &protocol.Request{Network: nc.Name}
 	for _, a := range nc.ValidAttachments {
 		req.ValidAttachments = append(req.ValidAttachments, protocol.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -463,6 +464,54 @@ func TestPlugin_agentDown(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(queue, "*")); len(left) != 0 {
 		t.Fatalf("queue not drained: %v", left)
+	}
+}
+
+// TestPlugin_GC runs berth-ipam's GC the way a main plugin forwards it to
+// its IPAM (invoke.DelegateGC; bridge and macvlan v1.9.1 do not forward it
+// yet, containerd 2.2 sends none): berth-ipam names the network from its
+// configuration, ADD records it on the claim, and GC of another network
+// leaves the claim bound while GC of its own releases it.
+func TestPlugin_GC(t *testing.T) {
+	st, sock, queue := setup(t)
+	a := startAgent(t, st, sock, queue, true)
+	c := newChain(t, sock, queue)
+	p := deployPod(st, "web-0")
+	if _, err := c.add(rt("sandbox-1", newNS(t), p)); err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if cl := st.Claims(); len(cl) != 1 || cl[0].Spec.Network != "berth-test" {
+		t.Fatalf("claims after ADD: %+v, want one of network berth-test", cl)
+	}
+	// The ADD ended long ago (GC keeps off recent ones).
+	a.stop()
+	records, err := filepath.Glob(filepath.Join(filepath.Dir(sock), "attachments", "*.json"))
+	if err != nil || len(records) != 1 {
+		t.Fatalf("attachment records %v, %v; want 1", records, err)
+	}
+	if err := os.Chtimes(records[0], time.Now().Add(-time.Hour), time.Now().Add(-time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, st, sock, queue, true)
+
+	t.Setenv("CNI_PATH", pluginDir(t))
+	gc := func(network string) {
+		t.Helper()
+		conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": %q, "type": "bridge", "cni.dev/valid-attachments": [],
+			"ipam": {"type": "berth-ipam", "socket": %q, "queueDir": %q}}`, network, sock, queue)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := invoke.DelegateGC(ctx, "berth-ipam", []byte(conf), nil); err != nil {
+			t.Fatalf("GC of network %s: %v", network, err)
+		}
+	}
+	gc("underlay")
+	if cl := st.Claims(); len(cl) != 1 || cl[0].Spec.State != v1alpha1.ClaimBound || cl[0].Spec.ContainerID != "sandbox-1" {
+		t.Fatalf("claims after GC of another network: %+v, want still Bound to sandbox-1", cl)
+	}
+	gc("berth-test")
+	if cl := st.Claims(); len(cl) != 1 || cl[0].Spec.State != v1alpha1.ClaimReserved {
+		t.Fatalf("claims after GC of its network: %+v, want Reserved for the app", cl)
 	}
 }
 

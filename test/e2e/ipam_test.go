@@ -187,10 +187,13 @@ func claimsOf(ctx context.Context, ns string) ([]v1alpha1.IPClaim, error) {
 	return out, nil
 }
 
+// clusterNetwork is the name of the local cluster's CNI network.
+const clusterNetwork = "berth"
+
 // checkClaims fails unless every claim of ns held for a pod (Bound or
 // Releasing) belongs to one of live, by UID, with one of the pod's
-// addresses, and each of live holds exactly one claim per address:
-// nothing leaked, nothing shared.
+// addresses and the cluster's CNI network, and each of live holds exactly
+// one claim per address: nothing leaked, nothing shared.
 func checkClaims(ctx context.Context, t *testing.T, ns string, live []corev1.Pod) {
 	t.Helper()
 	// A claim prepared before its pod's ADD records the container right
@@ -228,6 +231,9 @@ func checkClaims(ctx context.Context, t *testing.T, ns string, live []corev1.Pod
 		}
 		if !slices.Contains(podIPs(&p), c.Spec.Address) {
 			t.Errorf("claim %s holds %s for pod %s, whose IPs are %v", c.Name, c.Spec.Address, p.Name, podIPs(&p))
+		}
+		if c.Spec.Network != clusterNetwork {
+			t.Errorf("claim %s of pod %s records CNI network %q, want %q (the local cluster's 10-berth.conflist)", c.Name, p.Name, c.Spec.Network, clusterNetwork)
 		}
 		held[p.UID]++
 	}

@@ -37,6 +37,9 @@ type Request struct {
 	// Pools from the CNI configuration (used when neither pod nor namespace
 	// names any).
 	Pools []string `json:"pools,omitempty"`
+	// Network is the CNI configuration's name (ADD, GC): ADD records it on
+	// the claims, and GC considers only the claims of its network.
+	Network string `json:"network,omitempty"`
 	// ValidAttachments (GC only) are the attachments the runtime still has.
 	ValidAttachments []Attachment `json:"validAttachments,omitempty"`
 }
