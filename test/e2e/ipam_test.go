@@ -363,14 +363,14 @@ func TestIPAM_Deployment(t *testing.T) {
 		t.Fatalf("kubectl get ipclaims -o wide: %v\n%s", err, out)
 	}
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		// NAME POOL ADDRESS STATE APP POD NODE RESERVED-UNTIL AGE; an
-		// empty cell (RESERVED-UNTIL of a Bound claim) prints as spaces.
+		// NAME POOL ADDRESS STATE APP POD NODE NETWORK RESERVED-UNTIL AGE;
+		// an empty cell (RESERVED-UNTIL of a Bound claim) prints as spaces.
 		f := strings.Fields(line)
 		if len(f) < 4 || f[3] != string(v1alpha1.ClaimReserved) {
 			continue
 		}
-		if _, err := time.Parse(time.RFC3339, f[len(f)-2]); len(f) != 9 || err != nil {
-			t.Errorf("kubectl get ipclaims -o wide: reserved claim %q, want its RESERVED-UNTIL as an RFC 3339 time", line)
+		if _, err := time.Parse(time.RFC3339, f[len(f)-2]); len(f) != 10 || f[7] != clusterNetwork || err != nil {
+			t.Errorf("kubectl get ipclaims -o wide: reserved claim %q, want its NETWORK %s and its RESERVED-UNTIL as an RFC 3339 time", line, clusterNetwork)
 		}
 	}
 	scaleDeployment(ctx, t, ns, a.name, 3)
