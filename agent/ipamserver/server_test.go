@@ -324,8 +324,8 @@ func TestServer_GC_network(t *testing.T) {
 
 	bound := func(req protocol.Request) bool { return h.call(protocol.CommandCheck, req).Error == nil }
 	for _, step := range []struct {
-		gc                protocol.Request
-		eth0, net1, named bool // still bound after it
+		gc                  protocol.Request
+		eth0, net1, unnamed bool // still bound after it
 	}{
 		{protocol.Request{Network: "berth", ValidAttachments: []protocol.Attachment{{ContainerID: "c-db-0", IfName: "eth0"}}}, true, true, true},
 		{protocol.Request{Network: "underlay"}, true, false, true},
@@ -334,9 +334,9 @@ func TestServer_GC_network(t *testing.T) {
 		if g := h.call(protocol.CommandGC, step.gc); g.Error != nil {
 			t.Fatalf("GC of network %q: %+v", step.gc.Network, g.Error)
 		}
-		if got := [3]bool{bound(eth0), bound(net1), bound(unnamed)}; got != [3]bool{step.eth0, step.net1, step.named} {
+		if got := [3]bool{bound(eth0), bound(net1), bound(unnamed)}; got != [3]bool{step.eth0, step.net1, step.unnamed} {
 			t.Fatalf("after GC of network %q with %v valid: bound eth0 (berth), net1 (underlay), db-1's (no network) = %v, want %v",
-				step.gc.Network, step.gc.ValidAttachments, got, [3]bool{step.eth0, step.net1, step.named})
+				step.gc.Network, step.gc.ValidAttachments, got, [3]bool{step.eth0, step.net1, step.unnamed})
 		}
 	}
 }
