@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -239,20 +240,10 @@ func (m *model) freePrepared(p *mpod) {
 
 // pick returns a random idle pod in one of the states and marks it busy.
 func (m *model) pick(r *rand.Rand, states ...string) *mpod {
-	var c []*mpod
-	for _, p := range m.pods {
-		for _, s := range states {
-			if p.state == s && !p.busy {
-				c = append(c, p)
-			}
-		}
+	p, ok := ipamtest.Pick(r, m.pods, func(p *mpod) bool { return !p.busy && slices.Contains(states, p.state) })
+	if ok {
+		p.busy = true
 	}
-	if len(c) == 0 {
-		return nil
-	}
-	// Map order is random; sort-free pick is fine but seed-dependent.
-	p := c[r.IntN(len(c))]
-	p.busy = true
 	return p
 }
 

@@ -223,17 +223,10 @@ func (m *propModel) lostSandbox(t *testing.T, n *propNode) {
 
 // pick returns a random idle pod in one of states, marked busy; m.mu held.
 func (m *propModel) pick(r *rand.Rand, states ...string) *propPod {
-	var c []*propPod
-	for _, p := range m.pods {
-		if !p.busy && slices.Contains(states, p.state) {
-			c = append(c, p)
-		}
+	p, ok := ipamtest.Pick(r, m.pods, func(p *propPod) bool { return !p.busy && slices.Contains(states, p.state) })
+	if ok {
+		p.busy = true
 	}
-	if len(c) == 0 {
-		return nil
-	}
-	p := c[r.IntN(len(c))]
-	p.busy = true
 	return p
 }
 
