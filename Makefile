@@ -68,8 +68,8 @@ print-test-image: ## Print the image reference of the local busybox test image.
 
 ##@ Test
 .PHONY: envtest-assets
-envtest-assets: ## Build (or reuse) etcd, kube-apiserver, containerd and runc for integration tests.
-	@test/cluster/build.sh etcd kubernetes containerd runc
+envtest-assets: ## Build (or reuse) etcd, kube-apiserver, containerd, runc and the CNI reference plugins for integration tests.
+	@test/cluster/build.sh etcd kubernetes containerd runc cni_plugins
 	@mkdir -p $(ENVTEST_ASSETS)
 	@ln -sf $(BERTH_CACHE)/etcd-$(ETCD_VERSION)/bin/etcd $(ENVTEST_ASSETS)/etcd
 	@ln -sf $(BERTH_CACHE)/kubernetes-$(K8S_VERSION)/bin/kube-apiserver $(ENVTEST_ASSETS)/kube-apiserver

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,9 +148,15 @@ type chain struct {
 // newChain is bridge + berth-ipam, run from a stand-in host namespace.
 func newChain(t *testing.T, sock, queue string) *chain {
 	t.Helper()
-	conf := fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "berth-test", "plugins": [
+	return newChainOf(t, fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "berth-test", "plugins": [
 		{"type": "bridge", "bridge": "bipam0", "isGateway": true, "ipMasq": false,
-		 "ipam": {"type": "berth-ipam", "socket": %q, "queueDir": %q, "timeout": "10s"}}]}`, sock, queue)
+		 "ipam": {"type": "berth-ipam", "socket": %q, "queueDir": %q, "timeout": "10s"}}]}`, sock, queue))
+}
+
+// newChainOf runs the network configuration list conf from a stand-in
+// host namespace.
+func newChainOf(t *testing.T, conf string) *chain {
+	t.Helper()
 	list, err := libcni.ConfListFromBytes([]byte(conf))
 	if err != nil {
 		t.Fatal(err)
@@ -464,6 +471,72 @@ func TestPlugin_agentDown(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(queue, "*")); len(left) != 0 {
 		t.Fatalf("queue not drained: %v", left)
+	}
+}
+
+// TestPlugin_underlay runs the underlay configuration of the README
+// (berth-ipam under macvlan, a pool carved out of the segment with the
+// router as gateway) in real network namespaces, a veth standing in for
+// the node's eth1: the pod gets an address of the pool's included range on
+// its macvlan interface with a default route via the router, the claim
+// names the network, and the ordinal's next pod gets the address back
+// after DEL. (ipvlan, the README's other underlay, cannot run here: this
+// machine's kernel is built without CONFIG_IPVLAN.)
+func TestPlugin_underlay(t *testing.T) {
+	st, sock, queue := setup(t)
+	st.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "vlan20"}, Spec: v1alpha1.IPPoolSpec{CIDR: "192.168.20.0/24",
+		Gateway: "192.168.20.1", IncludeRanges: []string{"192.168.20.100-192.168.20.199"}, Routes: []v1alpha1.Route{{Destination: "0.0.0.0/0"}}}})
+	startAgent(t, st, sock, queue, true)
+	c := newChainOf(t, fmt.Sprintf(`{"cniVersion": "1.1.0", "name": "underlay", "plugins": [
+		{"type": "macvlan", "master": "under0", "mode": "bridge", "ipam": {"type": "berth-ipam", "pools": ["vlan20"], "socket": %q, "queueDir": %q, "timeout": "10s"}}]}`, sock, queue))
+	if err := c.host.Do(func(ns.NetNS) error {
+		// A veth (this kernel has no dummy links); its peer stays unplugged.
+		under := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "under0"}, PeerName: "under0-peer"}
+		if err := netlink.LinkAdd(under); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(under)
+	}); err != nil {
+		t.Fatalf("the stand-in uplink: %v", err)
+	}
+
+	var addr string
+	for i, uid := range []string{"uid-web-0", "uid-web-0-b"} {
+		pod := newNS(t)
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-0", UID: ktypes.UID(uid),
+			OwnerReferences: []metav1.OwnerReference{{Kind: "StatefulSet", Name: "web", Controller: func() *bool { b := true; return &b }()}}}}
+		st.SetPod(p)
+		r := rt(fmt.Sprintf("sandbox-%d", i), pod, p)
+		res, err := c.add(r)
+		if err != nil {
+			t.Fatalf("ADD %d: %v", i, err)
+		}
+		got := addrsIn(t, pod, "eth0")
+		if len(got) != 1 || len(res.IPs) != 1 || got[0] != res.IPs[0].Address.String() {
+			t.Fatalf("ADD %d: eth0 in the pod has %v, the result %+v", i, got, res.IPs)
+		}
+		a := netip.MustParsePrefix(got[0])
+		if lo, hi := netip.MustParseAddr("192.168.20.100"), netip.MustParseAddr("192.168.20.199"); a.Bits() != 24 || a.Addr().Less(lo) || hi.Less(a.Addr()) {
+			t.Fatalf("ADD %d: %s, want one of 192.168.20.100-199/24", i, a)
+		}
+		if gw := defaultGateway(t, pod, netlink.FAMILY_V4); gw != "192.168.20.1" {
+			t.Fatalf("ADD %d: default route via %q, want the router 192.168.20.1", i, gw)
+		}
+		if cl := st.Claims(); len(cl) != 1 || cl[0].Spec.Pool != "vlan20" || cl[0].Spec.Network != "underlay" {
+			t.Fatalf("ADD %d: claims %+v, want one of pool vlan20, network underlay", i, cl)
+		}
+		if addr != "" && got[0] != addr {
+			t.Fatalf("the ordinal's next pod got %s, want its %s back", got[0], addr)
+		}
+		addr = got[0]
+		if err := c.del(r); err != nil {
+			t.Fatalf("DEL %d: %v", i, err)
+		}
+		poll.Until(t, 5*time.Second, "the claim to be Reserved after DEL", func() bool {
+			cl := st.Claims()
+			return len(cl) == 1 && cl[0].Spec.State == v1alpha1.ClaimReserved
+		})
+		st.RemovePod("ns", "web-0")
 	}
 }
 

@@ -124,12 +124,14 @@ build_coredns() {
 
 build_cni_plugins() {
 	local out; out=$(cache_dir cni-plugins "$CNI_PLUGINS_VERSION")
-	[ -f "$out/.done" ] && return 0
+	# macvlan since 2026-11-27 (cni/ipam's underlay test): a cache from before lacks it.
+	[ -f "$out/.done" ] && [ -x "$out/bin/macvlan" ] && return 0
 	log "building CNI plugins $CNI_PLUGINS_VERSION"
 	mkdir -p "$out/bin"
 	local m=github.com/containernetworking/plugins/plugins
 	CGO_ENABLED=0 GOBIN="$out/bin" go install -trimpath -ldflags "-s -w" \
 		"$m/main/bridge@$CNI_PLUGINS_VERSION" "$m/main/loopback@$CNI_PLUGINS_VERSION" \
+		"$m/main/macvlan@$CNI_PLUGINS_VERSION" \
 		"$m/ipam/host-local@$CNI_PLUGINS_VERSION" "$m/meta/portmap@$CNI_PLUGINS_VERSION"
 	touch "$out/.done"
 }
