@@ -315,6 +315,7 @@ func run() error {
 	}
 	writePrepared(os.Stdout, preps, results, o.adds)
 	writeReleased(os.Stdout, results, o.adds)
+	writeBudget(os.Stdout, results, o.adds, goruntime.NumCPU())
 
 	if o.scale > 0 && slices.Contains(o.plugins, "berth-ipam") {
 		fmt.Printf("\nberth-ipam with existing claims (other pool addresses; concurrency 16)\n\n")
@@ -448,6 +449,9 @@ type stats struct {
 	// container ID; for DELs, the last release.
 	start     time.Time
 	committed time.Duration
+	// procCPU is the CPU time of each of processes() over the phase and
+	// the wait for its commit.
+	procCPU []time.Duration
 	// lat is every call's latency, sorted: the summary pools them across
 	// repetitions.
 	lat []time.Duration
@@ -467,10 +471,12 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 // return when the phase's last write was committed (stats.committed).
 func measure(ctx context.Context, bin, conf string, n, conc, round int, prefix string, agent *agentProc, afterAdd, afterDel func() (time.Time, error)) (stats, stats, error) {
 	var out [2]stats
+	procs := processes(agent.pid)
 	for i, p := range []struct {
 		cmd   string
 		after func() (time.Time, error)
 	}{{"ADD", afterAdd}, {"DEL", afterDel}} {
+		t0 := procTimes(procs)
 		st, err := phase(ctx, p.cmd, bin, conf, n, conc, round, prefix, agent)
 		if err != nil {
 			return stats{}, stats{}, err
@@ -481,6 +487,10 @@ func measure(ctx context.Context, bin, conf string, n, conc, round int, prefix s
 				return stats{}, stats{}, fmt.Errorf("after the %ss: %w", p.cmd, err)
 			}
 			st.committed = last.Sub(st.start)
+		}
+		st.procCPU = procTimes(procs)
+		for j := range st.procCPU {
+			st.procCPU[j] -= t0[j]
 		}
 		out[i] = st
 	}

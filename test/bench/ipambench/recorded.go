@@ -152,3 +152,34 @@ func writeReleased(w io.Writer, results []result, n int) {
 		fmt.Fprintf(w, "| %s | %d | %.0f | %.0f | %s |\n", r.plugin, r.conc, r.del.rate, rel, vs)
 	}
 }
+
+// writeBudget prints, for each round and phase, the CPU time per call by
+// process, from the phase's first call until its last write was committed
+// (for plugins that commit nothing after answering, the last answer), and
+// the rate those figures allow on cpus CPUs if nothing else ran. At
+// concurrency 1 a round whose CPU per call exceeds cpus times host-local's
+// mean call cannot keep host-local's pace, however its work is scheduled.
+func writeBudget(w io.Writer, results []result, n, cpus int) {
+	fmt.Fprintf(w, "\nCPU time per call by process (each phase until its last write was committed), and the calls/s %d CPUs allow at that cost\n\n", cpus)
+	fmt.Fprintln(w, "| plugin | concurrency | phase | CPU: plugin | CPU: bench | CPU: agent | CPU: kube-apiserver | CPU: etcd | CPU: total | calls/s allowed | calls/s measured |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")
+	per := func(d time.Duration) time.Duration { return d / time.Duration(n) }
+	for _, r := range results {
+		for _, ph := range []struct {
+			name string
+			st   stats
+		}{{"ADD", r.add}, {"DEL", r.del}} {
+			total := per(ph.st.cpu)
+			row := fmt.Sprintf("| %s | %d | %s | %s |", r.plugin, r.conc, ph.name, ms(total))
+			for _, d := range ph.st.procCPU {
+				row += fmt.Sprintf(" %s |", ms(per(d)))
+				total += per(d)
+			}
+			rate := ph.st.rate
+			if ph.st.committed > 0 {
+				rate = float64(n) / ph.st.committed.Seconds()
+			}
+			fmt.Fprintf(w, "%s %s | %.0f | %.0f |\n", row, ms(total), float64(cpus)/total.Seconds(), rate)
+		}
+	}
+}
