@@ -209,6 +209,21 @@ func run() error {
 			return fmt.Errorf("warm-up: %w", err)
 		}
 	}
+	// The warm-up DEL's release is deferred: let it land before the
+	// first round, whose CPU and agent figures it would join.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		s, err := agent.stats(ctx)
+		if err != nil {
+			return err
+		}
+		if s.Release.N > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("warm-up: the agent did not release the warm-up DEL's claim in 30s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 
 	confs := map[string]string{
 		"host-local": fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": "10.129.0.0/16"}]]}}`,
