@@ -120,3 +120,24 @@ func equal(a, b []float64) bool {
 	}
 	return true
 }
+
+func TestWriteBudget(t *testing.T) {
+	ms := time.Millisecond
+	rs := []result{{plugin: "berth", conc: 1,
+		// 10 calls: the plugins used 40 ms; this process, the agent,
+		// kube-apiserver and etcd 10, 20, 30 and 0 ms over the phase.
+		add: stats{rate: 50, cpu: 40 * ms, procCPU: []time.Duration{10 * ms, 20 * ms, 30 * ms, 0}},
+		// Committed after 200 ms: 50/s counted until then, not the 100/s answered.
+		del: stats{rate: 100, committed: 200 * ms, cpu: 30 * ms, procCPU: []time.Duration{0, 0, 50 * ms, 20 * ms}},
+	}}
+	var out bytes.Buffer
+	writeBudget(&out, rs, 10, 2)
+	for _, want := range []string{
+		"| berth | 1 | ADD | 4.0 ms | 1.0 ms | 2.0 ms | 3.0 ms | 0.0 ms | 10.0 ms | 200 | 50 |",
+		"| berth | 1 | DEL | 3.0 ms | 0.0 ms | 0.0 ms | 5.0 ms | 2.0 ms | 10.0 ms | 200 | 50 |",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("budget table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
