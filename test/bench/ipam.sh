@@ -8,7 +8,7 @@
 # range), and the p99 of all its calls pooled over host-local's.
 # berth-ipam-prepared rounds also count ADD/s until every container ID is
 # recorded on its claim (a list, then a watch if needed, after the round),
-# and start their DELs only then. Last, each phase's CPU time per call by
+# and start their DELs only then. Then each phase's CPU time per call by
 # process (until its last write is committed) and the calls/s the machine's
 # CPUs allow at that cost.
 # Diagnostics: -floor N (serial IPClaim writes through a plain client),
