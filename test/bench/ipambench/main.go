@@ -211,18 +211,8 @@ func run() error {
 	}
 	// The warm-up DEL's release is deferred: let it land before the
 	// first round, whose CPU and agent figures it would join.
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		s, err := agent.stats(ctx)
-		if err != nil {
-			return err
-		}
-		if s.Release.N > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("warm-up: the agent did not release the warm-up DEL's claim in 30s")
-		}
-		time.Sleep(10 * time.Millisecond)
+	if _, err := waitReleased(ctx, c, "pod-0"); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
 	}
 
 	confs := map[string]string{
