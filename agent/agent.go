@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
@@ -26,11 +27,13 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
+	"github.com/berth-io/berth/agent/crisandbox"
 	"github.com/berth-io/berth/agent/filelogs"
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/agent/version"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/agentlease"
 	"github.com/berth-io/berth/internal/cachetrim"
 )
 
@@ -70,6 +73,13 @@ type Config struct {
 	// IPAM configures the IPAM server (berth-ipam's socket); nil disables
 	// it. Its Node, Registerer, Recorder and Logger are set by Run.
 	IPAM *ipamserver.Config
+	// CRIEndpoint is the runtime's CRI socket, from which the IPAM server
+	// lists the node's pod sandboxes to sweep its claims (see
+	// ipamserver's gc.go). "" disables the sweep.
+	CRIEndpoint string
+	// Namespace is the agent's namespace, where it renews its lease (see
+	// internal/agentlease) while IPAM runs. Default "berth-system".
+	Namespace string
 	// Logger receives all logs, including those of client-go,
 	// controller-runtime and the NRI stub. Default slog.Default().
 	Logger *slog.Logger
@@ -162,6 +172,17 @@ func Run(ctx context.Context, cfg Config) error {
 		if ipamCfg.Logger == nil {
 			ipamCfg.Logger = log.With("part", "ipam")
 		}
+		if cfg.CRIEndpoint != "" {
+			lister, err := crisandbox.New(crisandbox.Config{Endpoint: cfg.CRIEndpoint})
+			if err != nil {
+				return fmt.Errorf("ipam server: %w", err)
+			}
+			defer func() { _ = lister.Close() }()
+			ipamCfg.Sandboxes = lister
+		}
+		if err := addLeaseRenewer(mgr, cfg); err != nil {
+			return err
+		}
 		srv, err := ipamserver.NewForManager(ctx, mgr, ipamCfg)
 		if err != nil {
 			return fmt.Errorf("ipam server: %w", err)
@@ -188,6 +209,25 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("manager: %w", err)
 	}
 	log.Info("stopped berth-agent")
+	return nil
+}
+
+// addLeaseRenewer adds the runnable that renews the node's agent lease,
+// which tells berth-controller that this agent looks after the node's IP
+// claims.
+func addLeaseRenewer(mgr manager.Manager, cfg Config) error {
+	cs, err := kubernetes.NewForConfig(cfg.RestConfig)
+	if err != nil {
+		return fmt.Errorf("agent lease: %w", err)
+	}
+	r, err := agentlease.New(agentlease.Config{Leases: cs.CoordinationV1(), Namespace: cfg.Namespace, Node: cfg.NodeName,
+		Logger: cfg.Logger.With("part", "lease")})
+	if err != nil {
+		return err
+	}
+	if err := mgr.Add(r); err != nil {
+		return fmt.Errorf("agent lease: %w", err)
+	}
 	return nil
 }
 

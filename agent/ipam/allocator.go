@@ -531,7 +531,7 @@ func (a *Allocator) BindContainer(ctx context.Context, name string, uid types.UI
 // container's DEL came before BindContainer. A claim that records a
 // container by now, or is another pod's, is left alone.
 func (a *Allocator) ReleasePrepared(ctx context.Context, name string, uid types.UID) error {
-	return a.release(ctx, name, func(c *v1alpha1.IPClaim) bool { return c.Spec.ContainerID == "" && c.Spec.Pod.UID == uid })
+	return a.release(ctx, name, preparedFor(uid))
 }
 
 // Release ends the container's hold on its addresses on ifName (all
@@ -647,35 +647,6 @@ func sortClaims(cs []*v1alpha1.IPClaim) {
 		b, _ := netip.ParseAddr(cs[j].Spec.Address)
 		return a.Less(b)
 	})
-}
-
-// GC releases the claims of this node on network whose container is not
-// among the valid ones (CNI GC of that network), except those keep says to
-// keep (ADDs in flight), and returns those it released, as they were. The
-// runtime lists only its attachments to that network: claims of other
-// networks (a pod's second interface), and those that name none (bound
-// by an older berth-ipam) unless network is empty too, are not its to
-// judge.
-func (a *Allocator) GC(ctx context.Context, network string, valid map[string]bool, keep func(containerID string) bool) ([]*v1alpha1.IPClaim, error) {
-	claims, err := a.cfg.Store.ClaimsOfNode(a.cfg.Node)
-	if err != nil {
-		return nil, fmt.Errorf("claims of node %s: %w", a.cfg.Node, err)
-	}
-	var released []*v1alpha1.IPClaim
-	var errs []error
-	for _, c := range claims {
-		id := c.Spec.ContainerID
-		if c.Spec.State != v1alpha1.ClaimBound || id == "" || c.Spec.Network != network || valid[id+"/"+c.Spec.Interface] || keep(id) {
-			continue
-		}
-		done, err := a.releaseIf(ctx, c.Name, heldBy(id))
-		if err != nil {
-			errs = append(errs, err)
-		} else if done {
-			released = append(released, c)
-		}
-	}
-	return released, errors.Join(errs...)
 }
 
 // ReleaseEarly releases a terminating pod's claims before its network is

@@ -18,6 +18,10 @@ type metrics struct {
 	// releasesPending is the number of DELs answered whose claims are not
 	// released yet.
 	releasesPending prometheus.Gauge
+	// gc counts the claims garbage collection looked at, by source and
+	// result; gcRuns the collections, by source and result.
+	gc     *prometheus.CounterVec
+	gcRuns *prometheus.CounterVec
 }
 
 var durationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
@@ -59,6 +63,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "berth_ipam_releases_pending",
 			Help: "DELs answered whose claims are not released in the API server yet (--ipam-defer-release; at most 16 releases at once): a lasting rise means the API server falls behind or refuses the writes. The addresses stay held meanwhile.",
 		}),
+		gc: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_ipam_gc_claims_total",
+			Help: "Claims of the node that the runtime no longer lists, by source (cni: CNI GC; sweep: the agent's sweep against the runtime's sandboxes) and result: released, kept_live (kept: the pod still reports the address), refused (in a collection refused as too large).",
+		}, []string{"source", "result"}),
+		gcRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_ipam_gc_runs_total",
+			Help: "Garbage collections of the node's claims, by source (cni, sweep) and result: ok, refused (it would have released more than --ipam-gc-max-share of the node's held claims at once: nothing released), error (e.g. the runtime's CRI socket or the API server unreachable).",
+		}, []string{"source", "result"}),
 	}
 	var err error
 	for _, h := range []**prometheus.HistogramVec{&m.allocation, &m.release} {
@@ -66,7 +78,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 	}
-	for _, c := range []**prometheus.CounterVec{&m.reservations, &m.reclaimed, &m.prepared} {
+	for _, c := range []**prometheus.CounterVec{&m.reservations, &m.reclaimed, &m.prepared, &m.gc, &m.gcRuns} {
 		if *c, err = promreg.Register(reg, *c); err != nil {
 			return nil, err
 		}
@@ -78,8 +90,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m.reservations.WithLabelValues("hit")
 	m.reservations.WithLabelValues("miss")
-	for _, r := range []string{"ok", "error", "used", "released"} {
+	for _, r := range []string{"ok", "error", "used", "released", "stale"} {
 		m.prepared.WithLabelValues(r)
+	}
+	for _, src := range []string{gcSourceCNI, gcSourceSweep} {
+		for _, r := range []string{"released", "kept_live", "refused"} {
+			m.gc.WithLabelValues(src, r)
+		}
+		for _, r := range []string{"ok", "refused", "error"} {
+			m.gcRuns.WithLabelValues(src, r)
+		}
 	}
 	return m, nil
 }

@@ -11,10 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -111,7 +113,7 @@ func (s *Server) bindLater(pod string, att attachment) {
 				s.keepTrying(e, "cannot record the container on its prepared claim; retrying", func(ctx context.Context) error {
 					err := s.alloc.BindContainer(ctx, name, att.PodUID, containerID, att.Network)
 					if errors.Is(err, ipam.ErrNotPrepared) && !e.canceled.Load() {
-						s.cfg.Logger.Warn("prepared claim changed before its container was recorded", "claim", name, "container_id", containerID, "err", err)
+						s.staleAnswer(pod, att.PodUID, containerID, name, err)
 						return nil
 					}
 					return err
@@ -122,6 +124,23 @@ func (s *Server) bindLater(pod string, att attachment) {
 		s.cfg.Logger.Debug("recorded the container on its prepared claims", "container_id", containerID, "claims", att.Claims,
 			"duration_seconds", time.Since(start).Seconds())
 	})
+}
+
+// staleAnswer reports a prepared answer that turned stale: the ADD answered
+// with a prepared claim that was changed (reserved, freed or taken) before
+// the container was recorded on it, so the pod may run on an address the
+// API no longer gives it. A Warning Event on the pod, a metric and a log.
+func (s *Server) staleAnswer(pod string, uid types.UID, containerID, claim string, err error) {
+	s.metrics.prepared.WithLabelValues("stale").Inc()
+	s.cfg.Logger.Warn("prepared claim changed before its container was recorded", "claim", claim, "container_id", containerID, "pod", pod, "err", err)
+	if s.cfg.Recorder == nil {
+		return
+	}
+	ns, name, _ := strings.Cut(pod, "/")
+	obj := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: uid}}
+	s.cfg.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "PreparedAddressStale", "BindContainer",
+		"the address berth-ipam answered from claim %s was changed by someone else before the container was recorded on it (%v); "+
+			"the pod may share it with another: delete the pod so that it gets a new one", claim, err)
 }
 
 // later runs work in the background, tracked in p under key, once one of

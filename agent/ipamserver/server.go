@@ -105,6 +105,17 @@ type Config struct {
 	MinBackoff time.Duration
 	// MaxBackoff caps the wait between those retries.
 	MaxBackoff time.Duration
+	// Sandboxes lists the runtime's pod sandboxes (CRI); with it the
+	// server sweeps its node's claims every SweepInterval (sweep in gc.go).
+	// Nil: no sweep (CNI GC, when the runtime sends it, still runs).
+	Sandboxes SandboxLister
+	// SweepInterval is how often the node's claims are swept. Default 1m.
+	SweepInterval time.Duration
+	// GCMaxShare is the share of the node's held claims one garbage
+	// collection (CNI GC or a sweep) may release at once (at least
+	// ipam.DefaultGCMinRefuse); more is refused as a truncated list.
+	// Default ipam.DefaultGCMaxShare.
+	GCMaxShare float64
 	// Logger. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -171,6 +182,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MinBackoff < 0 || cfg.MaxBackoff < cfg.MinBackoff {
 		return nil, fmt.Errorf("ipam server: backoff %s to %s: want 0 < min <= max", cfg.MinBackoff, cfg.MaxBackoff)
+	}
+	if cfg.SweepInterval == 0 {
+		cfg.SweepInterval = DefaultSweepInterval
+	}
+	if cfg.SweepInterval < 0 || cfg.GCMaxShare < 0 || cfg.GCMaxShare > 1 {
+		return nil, fmt.Errorf("ipam server: sweep interval %s, GC max share %g: want a positive interval and a share in (0, 1]", cfg.SweepInterval, cfg.GCMaxShare)
 	}
 	if cfg.Registerer == nil {
 		cfg.Registerer = prometheus.NewRegistry()
@@ -259,6 +276,9 @@ func (s *Server) Start(ctx context.Context) error {
 				s.cfg.Logger.Error("preparing addresses stopped", "err", err)
 			}
 		}()
+	}
+	if s.cfg.Sandboxes != nil {
+		go s.runSweeper(ctx)
 	}
 	s.ready.Store(true)
 	s.cfg.Logger.Info("serving IPAM", "socket", s.cfg.SocketPath, "node", s.cfg.Node)
@@ -569,28 +589,6 @@ func (s *Server) check(ctx context.Context, req *protocol.Request) *protocol.Res
 		resp.IPs = append(resp.IPs, protocol.IP{Address: c.Spec.Address, Pool: c.Spec.Pool})
 	}
 	return resp
-}
-
-func (s *Server) gc(ctx context.Context, req *protocol.Request) *protocol.Response {
-	valid := map[string]bool{}
-	for _, a := range req.ValidAttachments {
-		valid[a.ContainerID+"/"+a.IfName] = true
-	}
-	now := time.Now()
-	released, err := s.alloc.GC(ctx, req.Network, valid, func(id string) bool {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		t, ok := s.recent[id]
-		return ok && now.Sub(t) < gcGrace || s.releases.pending(id)
-	})
-	for _, c := range released {
-		s.cfg.Logger.Info("GC released the claim of a container the runtime no longer has", "network", c.Spec.Network, "claim", c.Name, "address", c.Spec.Address,
-			"container_id", c.Spec.ContainerID, "interface", c.Spec.Interface, "pod", c.Spec.Pod.Namespace+"/"+c.Spec.Pod.Name)
-	}
-	if err != nil {
-		return errResponse(protocol.CodeInternal, "berth-ipam GC failed", err)
-	}
-	return &protocol.Response{}
 }
 
 func (s *Server) status(context.Context, *protocol.Request) *protocol.Response {

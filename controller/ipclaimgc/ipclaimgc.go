@@ -5,6 +5,15 @@
 // reservation past its TTL, or of an app that no longer exists, is freed.
 // It decides from the claim's own record (pod UID, node, app), never from
 // pod.status.podIPs.
+//
+// A pod object that is gone does not mean its sandbox is: after a force
+// delete, PodGC of a deleted Node's pods, or on a partitioned node, the
+// old sandbox may still use the address. While the node's berth-agent
+// renews its lease (internal/agentlease), the agent alone releases its
+// node's claims, once the runtime no longer has their sandboxes; the
+// controller acts for a node only when its agent has been silent for
+// AgentGrace, or never wrote a lease (an agent older than the lease, or
+// one without IPAM).
 package ipclaimgc
 
 import (
@@ -15,6 +24,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -29,6 +39,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/agentlease"
 	"github.com/berth-io/berth/internal/claimindex"
 	"github.com/berth-io/berth/internal/promreg"
 )
@@ -39,6 +50,10 @@ const ControllerName = "ipclaim-gc"
 // Defaults of Config.
 const (
 	DefaultNodeGrace = 5 * time.Minute
+	// DefaultAgentGrace is twice kube-controller-manager's default pod
+	// eviction delay (5m): a node that was only NotReady is back, or its
+	// pods moved, before its addresses do.
+	DefaultAgentGrace = 10 * time.Minute
 )
 
 // Condition types and reasons on IPClaims.
@@ -47,6 +62,10 @@ const (
 	ReasonPodGone     = "PodGone"
 	ReasonNodeGone    = "NodeGone"
 	ReasonHeld        = "Held"
+	// ReasonAgentActive: the pod (or node) is gone, and the node's agent,
+	// still renewing its lease, releases the claim once the runtime has no
+	// sandbox of it.
+	ReasonAgentActive = "AgentActive"
 )
 
 // Config configures the Reconciler.
@@ -54,6 +73,15 @@ type Config struct {
 	// NodeGrace is how long a claim's node must have been gone before its
 	// claims are reserved. Default 5m.
 	NodeGrace time.Duration
+	// AgentGrace is how long a node's agent must have been silent (its
+	// lease not renewed) before the controller reserves or frees the
+	// claims of that node's gone pods itself. Default 10m.
+	AgentGrace time.Duration
+	// AgentNamespace holds the agents' leases. Default "berth-system".
+	AgentNamespace string
+	// Leases reads the agents' leases. Default: the manager's API reader
+	// (uncached: read only for claims whose pod or node is gone).
+	Leases client.Reader
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 }
@@ -63,6 +91,7 @@ type Config struct {
 // +kubebuilder:rbac:groups=berth.io,resources=ippools,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=pods;nodes,verbs=get;list;watch
 // +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;replicasets,verbs=get;list;watch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get
 
 // Reconciler collects IPClaim garbage.
 type Reconciler struct {
@@ -79,6 +108,12 @@ func New(c client.Client, cfg Config) (*Reconciler, error) {
 	if cfg.NodeGrace == 0 {
 		cfg.NodeGrace = DefaultNodeGrace
 	}
+	if cfg.AgentGrace == 0 {
+		cfg.AgentGrace = DefaultAgentGrace
+	}
+	if cfg.AgentNamespace == "" {
+		cfg.AgentNamespace = agentlease.DefaultNamespace
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -94,6 +129,9 @@ const indexPodUID = "spec.pod.uid"
 // creation or status changes nothing the GC decides on (its claims name
 // its UID), and every pod of the cluster sends them.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.cfg.Leases == nil {
+		r.cfg.Leases = mgr.GetAPIReader()
+	}
 	err := claimindex.Register(context.Background(), mgr.GetFieldIndexer(), map[string]func(*v1alpha1.IPClaim) string{
 		indexPodUID: func(c *v1alpha1.IPClaim) string { return string(c.Spec.Pod.UID) },
 	})
@@ -161,9 +199,50 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	}
 }
 
-// orphaned returns why the claim's holder is gone ("" if it is not), or
-// when to look again.
+// orphaned returns why the claim's holder is gone and the controller
+// must act ("" if it is not, or the node's agent acts), or when to look
+// again.
 func (r *Reconciler) orphaned(ctx context.Context, c *v1alpha1.IPClaim, now time.Time) (string, time.Duration, error) {
+	why, requeue, err := r.holderGone(ctx, c, now)
+	if err != nil || why == "" || c.Spec.Node == "" {
+		return why, requeue, err
+	}
+	left, renewed, err := r.agentActive(ctx, c.Spec.Node, now)
+	if err != nil || left <= 0 {
+		return why, 0, err
+	}
+	if meta.FindStatusCondition(c.Status.Conditions, ConditionOrphaned) == nil {
+		meta.SetStatusCondition(&c.Status.Conditions, metav1.Condition{Type: ConditionOrphaned, Status: metav1.ConditionFalse,
+			Reason: ReasonAgentActive, ObservedGeneration: c.Generation, LastTransitionTime: metav1.NewTime(now),
+			Message: fmt.Sprintf("pod %s/%s (uid %s) is gone (%s), but its sandbox may still use the address: node %s's agent (lease renewed %s) releases it once the runtime has no sandbox of it; the controller acts only after the agent has been silent for %s",
+				c.Spec.Pod.Namespace, c.Spec.Pod.Name, c.Spec.Pod.UID, why, c.Spec.Node, renewed.UTC().Format(time.RFC3339), r.cfg.AgentGrace)})
+		c.Status.ObservedGeneration = c.Generation
+		if err := r.write(ctx, c, true); err != nil {
+			return "", 0, err
+		}
+	}
+	return "", left, nil
+}
+
+// agentActive returns how long the node's agent stays active by its lease
+// (<= 0: silent past the grace period, or no lease at all) and when it
+// last renewed it.
+func (r *Reconciler) agentActive(ctx context.Context, node string, now time.Time) (time.Duration, time.Time, error) {
+	var l coordinationv1.Lease
+	err := r.cfg.Leases.Get(ctx, client.ObjectKey{Namespace: r.cfg.AgentNamespace, Name: agentlease.Name(node)}, &l)
+	if apierrors.IsNotFound(err) {
+		return 0, time.Time{}, nil
+	}
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("agent lease of node %s: %w", node, err)
+	}
+	renewed := agentlease.LastRenewed(&l)
+	return renewed.Add(r.cfg.AgentGrace).Sub(now), renewed, nil
+}
+
+// holderGone returns why the claim's holder is gone ("" if it is not), or
+// when to look again.
+func (r *Reconciler) holderGone(ctx context.Context, c *v1alpha1.IPClaim, now time.Time) (string, time.Duration, error) {
 	var pod corev1.Pod
 	err := r.Get(ctx, client.ObjectKey{Namespace: c.Spec.Pod.Namespace, Name: c.Spec.Pod.Name}, &pod)
 	switch {
@@ -174,9 +253,10 @@ func (r *Reconciler) orphaned(ctx context.Context, c *v1alpha1.IPClaim, now time
 	case pod.UID != c.Spec.Pod.UID:
 		return ReasonPodGone, 0, nil // a new pod of the same name
 	}
-	if cond := meta.FindStatusCondition(c.Status.Conditions, ConditionOrphaned); cond != nil && cond.Status == metav1.ConditionTrue {
-		// Orphaned by an earlier holder, then taken by this live pod (its
-		// app took its reservation back, or another app reclaimed it).
+	if cond := meta.FindStatusCondition(c.Status.Conditions, ConditionOrphaned); cond != nil && (cond.Status == metav1.ConditionTrue || cond.Reason == ReasonAgentActive) {
+		// Orphaned by an earlier holder (or left to its node's agent),
+		// then taken by this live pod (its app took its reservation back,
+		// or another app reclaimed it).
 		meta.RemoveStatusCondition(&c.Status.Conditions, ConditionOrphaned)
 		c.Status.ObservedGeneration = c.Generation
 		if err := r.write(ctx, c, true); err != nil {

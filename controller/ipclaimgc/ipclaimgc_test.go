@@ -14,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/controller/ipclaimgc"
+	"github.com/berth-io/berth/internal/agentlease"
 	"github.com/berth-io/berth/internal/cachetrim"
 	"github.com/berth-io/berth/test/envtest"
 	"github.com/berth-io/berth/test/poll"
@@ -35,7 +38,7 @@ import (
 
 func init() { ctrllog.SetLogger(logr.Discard()) }
 
-func start(t *testing.T) client.Client {
+func start(t *testing.T, gcCfg ipclaimgc.Config) (client.Client, *rest.Config) {
 	t.Helper()
 	cfg := envtest.Start(t, envtest.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "deploy", "base", "crds")}})
 	s := runtime.NewScheme()
@@ -52,7 +55,7 @@ func start(t *testing.T) client.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := ipclaimgc.New(mgr.GetClient(), ipclaimgc.Config{NodeGrace: 2 * time.Second})
+	r, err := ipclaimgc.New(mgr.GetClient(), gcCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +67,7 @@ func start(t *testing.T) client.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c
+	return c, cfg
 }
 
 func create(t *testing.T, c client.Client, obj client.Object) {
@@ -94,7 +97,7 @@ func get(t *testing.T, c client.Client, name string) (*v1alpha1.IPClaim, bool) {
 }
 
 func TestReconciler_Reconcile(t *testing.T) {
-	c := start(t)
+	c, _ := start(t, ipclaimgc.Config{NodeGrace: 2 * time.Second})
 	ctx := context.Background()
 	create(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.5.0.0/24",
 		ReservationTTL: &metav1.Duration{Duration: time.Hour}}})
@@ -231,4 +234,79 @@ func gcCounts(t *testing.T) map[string]float64 {
 		t.Fatalf("berth_ipclaim_gc_total has series %v, want reserved/{PodGone,NodeGone} and freed/{PodGone,NodeGone,Expired,AppGone}", out)
 	}
 	return out
+}
+
+// TestReconciler_agentActive: the claims of pods whose objects are gone
+// (a force delete, PodGC of a deleted Node's pods) stay with their node
+// while its agent renews its lease: the old sandbox may still use the
+// address, and the agent releases it once the runtime has no sandbox of
+// it. Once the agent has been silent for AgentGrace, the controller acts.
+func TestReconciler_agentActive(t *testing.T) {
+	const grace = 3 * time.Second
+	c, cfg := start(t, ipclaimgc.Config{NodeGrace: time.Second, AgentGrace: grace})
+	ctx := context.Background()
+	create(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.6.0.0/24"}})
+	create(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: agentlease.DefaultNamespace}})
+	create(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}})
+	create(t, c, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}})
+	sel := &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}
+	create(t, c, &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "db"}, Spec: appsv1.StatefulSetSpec{Selector: sel,
+		Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: sel.MatchLabels}, Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: "x"}}}}}})
+	db := &v1alpha1.App{Kind: v1alpha1.AppStatefulSet, Namespace: "ns", Name: "db", Ordinal: ptr.To(int32(0))}
+
+	// n1's agent renews its lease, as berth-agent does.
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewer, err := agentlease.New(agentlease.Config{Leases: cs.CoordinationV1(), Node: "n1", Interval: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopRenewing := runnable.Start(t, time.Minute, renewer.Start)
+	poll.Until(t, 10*time.Second, "n1's agent lease", func() bool {
+		_, err := cs.CoordinationV1().Leases(agentlease.DefaultNamespace).Get(ctx, agentlease.Name("n1"), metav1.GetOptions{})
+		return err == nil
+	})
+
+	// db-0 was force-deleted on n1: its object is gone, its sandbox may
+	// not be.
+	create(t, c, claim("p-10-6-0-1", "10.6.0.1", v1alpha1.ClaimBound, v1alpha1.PodRef{Namespace: "ns", Name: "db-0", UID: "uid-forced"}, "n1", db))
+	// A claim on a node whose agent never wrote a lease (an older agent):
+	// the controller acts at once, as before.
+	create(t, c, claim("p-10-6-0-2", "10.6.0.2", v1alpha1.ClaimBound, v1alpha1.PodRef{Namespace: "ns", Name: "db-1", UID: "uid-old-agent"}, "n2", db))
+
+	poll.Until(t, 20*time.Second, "the claim of a pod gone from a node whose agent is active to be left to the agent", func() bool {
+		cl, ok := get(t, c, "p-10-6-0-1")
+		if !ok {
+			return false
+		}
+		cond := meta.FindStatusCondition(cl.Status.Conditions, ipclaimgc.ConditionOrphaned)
+		return cl.Spec.State == v1alpha1.ClaimBound && cond != nil && cond.Reason == ipclaimgc.ReasonAgentActive && cond.Status == metav1.ConditionFalse
+	})
+	poll.Until(t, 20*time.Second, "the claim on a node without an agent lease to be reserved", func() bool {
+		cl, ok := get(t, c, "p-10-6-0-2")
+		return ok && cl.Spec.State == v1alpha1.ClaimReserved
+	})
+	// Twice the grace period while the agent renews: still the old
+	// sandbox's.
+	deadline := time.Now().Add(2 * grace)
+	for time.Now().Before(deadline) {
+		if cl, ok := get(t, c, "p-10-6-0-1"); !ok || cl.Spec.State != v1alpha1.ClaimBound {
+			t.Fatalf("the claim of db-0, whose node's agent is active, was released by the controller: %+v", cl)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// The agent falls silent (its node died): after the grace period the
+	// controller reserves the address for db-0's successor.
+	stopRenewing()
+	poll.Until(t, 4*grace, "the claim to be reserved once the agent has been silent past the grace period", func() bool {
+		cl, ok := get(t, c, "p-10-6-0-1")
+		if !ok {
+			return false
+		}
+		cond := meta.FindStatusCondition(cl.Status.Conditions, ipclaimgc.ConditionOrphaned)
+		return cl.Spec.State == v1alpha1.ClaimReserved && cond != nil && cond.Reason == ipclaimgc.ReasonPodGone && cond.Status == metav1.ConditionTrue
+	})
 }

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,14 +12,18 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/berth-io/berth/agent"
+	"github.com/berth-io/berth/agent/crisandbox"
 	"github.com/berth-io/berth/agent/filelogs"
+	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/agent/version"
+	"github.com/berth-io/berth/internal/agentlease"
 	"github.com/berth-io/berth/internal/restconfig"
 )
 
@@ -81,6 +86,8 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		ipamPrep    bool
 		ipamDefer   bool
 		ipamConfDir string
+		ipamSweep   time.Duration
+		ipamGCShare float64
 		fileLogs    filelogs.Config
 	)
 	fs := flag.NewFlagSet("berth-agent", flag.ContinueOnError)
@@ -113,6 +120,14 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		"answer a DEL once it is recorded in /run/berth/ipam-del-queue and release its addresses in the API server right after; false: answer once they are released")
 	fs.StringVar(&ipamConfDir, "ipam-cni-conf-dir", "",
 		`the runtime's CNI configuration directory as mounted in the agent (read only), e.g. /host/etc/cni/net.d: --ipam-prepare takes the pools of its default network from there until the first ADD; "" waits for that ADD`)
+	fs.StringVar(&o.agent.CRIEndpoint, "cri-endpoint", crisandbox.DefaultEndpoint,
+		`the runtime's CRI socket (CRI-O: unix:///var/run/crio/crio.sock): the IPAM server lists the node's pod sandboxes there and releases the claims of those gone; "" disables that sweep`)
+	fs.DurationVar(&ipamSweep, "ipam-sweep-interval", ipamserver.DefaultSweepInterval,
+		"time between sweeps of the node's IP claims against the runtime's pod sandboxes (--cri-endpoint)")
+	fs.Float64Var(&ipamGCShare, "ipam-gc-max-share", ipam.DefaultGCMaxShare,
+		fmt.Sprintf("share of the node's held IP claims that one garbage collection (CNI GC or a sweep) may release at once (at least %d): a larger one is refused as a truncated list, with an Event on the Node", ipam.DefaultGCMinRefuse))
+	fs.StringVar(&o.agent.Namespace, "namespace", cmp.Or(getenv("POD_NAMESPACE"), agentlease.DefaultNamespace),
+		"the agent's namespace, where it renews its lease berth-agent-<node> (env POD_NAMESPACE)")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "",
 		"kubeconfig file; default: env KUBECONFIG, then in-cluster, then ~/.kube/config")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
@@ -138,8 +153,14 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		if ipamConfDir != "" && !filepath.IsAbs(ipamConfDir) {
 			return o, fmt.Errorf("--ipam-cni-conf-dir %q: want an absolute path", ipamConfDir)
 		}
+		if ipamSweep <= 0 {
+			return o, fmt.Errorf("--ipam-sweep-interval %s: want > 0", ipamSweep)
+		}
+		if ipamGCShare <= 0 || ipamGCShare > 1 {
+			return o, fmt.Errorf("--ipam-gc-max-share %g: want a share in (0, 1]", ipamGCShare)
+		}
 		o.agent.IPAM = &ipamserver.Config{SocketPath: ipamSocket, EarlyRelease: ipamEarly, Prepare: ipamPrep, CNIConfDir: ipamConfDir,
-			DeferRelease: ipamDefer}
+			DeferRelease: ipamDefer, SweepInterval: ipamSweep, GCMaxShare: ipamGCShare}
 	}
 	if fileLogs.Root != "" {
 		if !filepath.IsAbs(fileLogs.Root) || filepath.Clean(fileLogs.Root) != fileLogs.Root {

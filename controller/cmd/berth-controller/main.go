@@ -35,6 +35,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.LeaderElectionNamespace, "leader-election-namespace", "berth-system", "namespace of the leader election lease")
 	fs.DurationVar(&cfg.IPClaimGC.NodeGrace, "node-grace", ipclaimgc.DefaultNodeGrace,
 		"how long a node must be gone before the addresses its pods held are reserved for their apps")
+	fs.DurationVar(&cfg.IPClaimGC.AgentGrace, "agent-grace", ipclaimgc.DefaultAgentGrace,
+		"how long a node's berth-agent must have been silent (its lease berth-agent-<node> not renewed) before the controller reserves or frees the addresses of that node's gone pods itself; while it renews, the agent releases them once their sandboxes are gone")
+	fs.StringVar(&cfg.IPClaimGC.AgentNamespace, "agent-namespace", "berth-system", "namespace of the agents' leases")
 	fs.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file; default: env KUBECONFIG, then in-cluster")
 	fs.BoolVar(&showVer, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -53,6 +56,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if cfg.IPClaimGC.NodeGrace <= 0 {
 		fmt.Fprintf(stderr, "berth-controller: --node-grace %s: want a positive duration\n", cfg.IPClaimGC.NodeGrace)
+		return 2
+	}
+	if cfg.IPClaimGC.AgentGrace <= 0 {
+		fmt.Fprintf(stderr, "berth-controller: --agent-grace %s: want a positive duration\n", cfg.IPClaimGC.AgentGrace)
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))

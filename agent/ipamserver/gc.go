@@ -1,0 +1,150 @@
+package ipamserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/berth-io/berth/agent/crisandbox"
+	"github.com/berth-io/berth/agent/ipam"
+	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/cni/ipam/protocol"
+)
+
+// DefaultSweepInterval is how often the agent compares its node's claims
+// with the runtime's sandboxes.
+const DefaultSweepInterval = time.Minute
+
+// Sources of a garbage collection, the label of its metrics.
+const (
+	gcSourceCNI   = "cni"   // CNI GC, sent by the runtime for one network
+	gcSourceSweep = "sweep" // the agent's own sweep against the runtime's sandboxes
+)
+
+// SandboxLister lists the runtime's pod sandboxes (crisandbox.Lister).
+type SandboxLister interface {
+	List(ctx context.Context) ([]crisandbox.Sandbox, error)
+}
+
+// gc serves CNI GC: the claims of the request's network whose attachment
+// is not in the runtime's list are released (see collect).
+func (s *Server) gc(ctx context.Context, req *protocol.Request) *protocol.Response {
+	valid := map[string]bool{}
+	for _, a := range req.ValidAttachments {
+		valid[a.ContainerID+"/"+a.IfName] = true
+	}
+	err := s.collect(ctx, gcSourceCNI, ipam.GCRequest{Network: req.Network,
+		Valid: func(c *v1alpha1.IPClaim) bool { return valid[c.Spec.ContainerID+"/"+c.Spec.Interface] }})
+	if err != nil {
+		return errResponse(protocol.CodeInternal, "berth-ipam GC failed", err)
+	}
+	return &protocol.Response{}
+}
+
+// sweep releases the node's held claims whose pod has no sandbox in the
+// runtime any more: its network is gone, whatever happened to its DEL
+// (a force-deleted pod whose sandbox ended later, a node rebooted, a
+// runtime that sends no CNI GC). A claim whose sandbox still exists is
+// kept, even when its pod object is gone: its address may still answer
+// on the network. A prepared claim (no container yet) is kept while its
+// pod exists or any sandbox of the pod does.
+func (s *Server) sweep(ctx context.Context) error {
+	boxes, err := s.cfg.Sandboxes.List(ctx)
+	if err != nil {
+		s.metrics.gcRuns.WithLabelValues(gcSourceSweep, "error").Inc()
+		return err
+	}
+	ids, uids := map[string]bool{}, map[types.UID]bool{}
+	for _, b := range boxes {
+		ids[b.ID], uids[b.PodUID] = true, true
+	}
+	return s.collect(ctx, gcSourceSweep, ipam.GCRequest{AllNetworks: true, Valid: func(c *v1alpha1.IPClaim) bool {
+		if c.Spec.ContainerID != "" {
+			return ids[c.Spec.ContainerID]
+		}
+		if uids[c.Spec.Pod.UID] {
+			return true
+		}
+		p, err := s.cfg.Store.Pod(c.Spec.Pod.Namespace, c.Spec.Pod.Name)
+		return err == nil && p.UID == c.Spec.Pod.UID && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
+	}})
+}
+
+// collect runs one garbage collection: claims of ADDs in flight (or
+// younger than gcGrace) and of releases pending are kept; each release,
+// each claim kept because its pod reports the address, and a refusal are
+// logged and counted; a refusal is also a Warning Event on the Node.
+func (s *Server) collect(ctx context.Context, source string, req ipam.GCRequest) error {
+	now := time.Now()
+	req.Keep = func(id string) bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		t, ok := s.recent[id]
+		return ok && now.Sub(t) < gcGrace || s.releases.pending(id)
+	}
+	req.MaxShare = s.cfg.GCMaxShare
+	res, err := s.alloc.GC(ctx, req)
+	log := s.cfg.Logger.With("source", source)
+	for _, c := range res.Released {
+		log.Info("GC released the claim of a container the runtime no longer has", "network", c.Spec.Network, "claim", c.Name, "address", c.Spec.Address,
+			"container_id", c.Spec.ContainerID, "interface", c.Spec.Interface, "pod", c.Spec.Pod.Namespace+"/"+c.Spec.Pod.Name, "pod_uid", c.Spec.Pod.UID)
+	}
+	for _, c := range res.KeptLive {
+		log.Info("GC kept a claim the runtime does not list: its pod still reports the address", "claim", c.Name, "address", c.Spec.Address,
+			"container_id", c.Spec.ContainerID, "pod", c.Spec.Pod.Namespace+"/"+c.Spec.Pod.Name)
+	}
+	s.metrics.gc.WithLabelValues(source, "released").Add(float64(len(res.Released)))
+	s.metrics.gc.WithLabelValues(source, "kept_live").Add(float64(len(res.KeptLive)))
+	var refused *ipam.GCRefusedError
+	switch {
+	case err == nil:
+		s.metrics.gcRuns.WithLabelValues(source, "ok").Inc()
+	case errors.As(err, &refused):
+		s.metrics.gc.WithLabelValues(source, "refused").Add(float64(refused.Would))
+		s.metrics.gcRuns.WithLabelValues(source, "refused").Inc()
+		s.nodeEvent(corev1.EventTypeWarning, "IPClaimGCRefused", "GC", "%s garbage collection of node %s's IP claims refused: %v. "+
+			"If the pods are really gone, raise --ipam-gc-max-share or release the claims by hand (kubectl delete ipclaim)", source, s.cfg.Node, err)
+	default:
+		s.metrics.gcRuns.WithLabelValues(source, "error").Inc()
+	}
+	if err != nil {
+		return fmt.Errorf("%s gc: %w", source, err)
+	}
+	return nil
+}
+
+// nodeEvent records an Event on the agent's Node (kubelet's convention:
+// the Node's name as its UID), if the server has a recorder.
+func (s *Server) nodeEvent(eventType, reason, action, note string, args ...any) {
+	if s.cfg.Recorder == nil || s.cfg.Node == "" {
+		return
+	}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: s.cfg.Node, UID: types.UID(s.cfg.Node)}}
+	s.cfg.Recorder.Eventf(node, nil, eventType, reason, action, note, args...)
+}
+
+// runSweeper sweeps every SweepInterval until ctx is done; a failed sweep
+// is logged and tried again at the next tick.
+func (s *Server) runSweeper(ctx context.Context) {
+	t := time.NewTicker(s.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		sctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		err := s.sweep(sctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			s.cfg.Logger.Warn("cannot sweep the node's IP claims against the runtime's sandboxes; trying again", "err", err,
+				"retry_in_seconds", s.cfg.SweepInterval.Seconds())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
