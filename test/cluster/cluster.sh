@@ -5,6 +5,8 @@
 #   cluster.sh down                stop what up started, undo its host changes
 #   cluster.sh status              one line per component
 #   cluster.sh restart-containerd  stop containerd and start it again (e2e)
+#   cluster.sh stop-kubelet        stop kubelet; pods keep running (e2e faults)
+#   cluster.sh start-kubelet       start kubelet again (e2e faults)
 #
 # Everything up changes on the host is recorded under $STATE/host first, and
 # down puts it back: processes (by PID), mounts, netns, links, routes,
@@ -571,6 +573,20 @@ cmd_restart_containerd() {
 	log "containerd restarted"
 }
 
+# The fault suite holds a pod's sandbox by stopping kubelet: containers
+# run on, nothing on the node acts on the API's changes until it is back.
+cmd_stop_kubelet() {
+	running kubelet || die "kubelet is not running"
+	stop kubelet
+	log "kubelet stopped"
+}
+
+cmd_start_kubelet() {
+	running kubelet && { log "kubelet is running"; return 0; }
+	start_kubelet
+	log "kubelet started"
+}
+
 # One up or down at a time on this host.
 lock() {
 	mkdir -p "$OUT"
@@ -583,5 +599,7 @@ up) lock; cmd_up ;;
 down) lock; cmd_down ;;
 status) cmd_status ;;
 restart-containerd) cmd_restart_containerd ;;
-*) echo "usage: $0 up|down|status|restart-containerd" >&2; exit 2 ;;
+stop-kubelet) cmd_stop_kubelet ;;
+start-kubelet) cmd_start_kubelet ;;
+*) echo "usage: $0 up|down|status|restart-containerd|stop-kubelet|start-kubelet" >&2; exit 2 ;;
 esac

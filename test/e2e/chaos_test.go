@@ -1,0 +1,113 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
+
+	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/controller/ipclaimgc"
+)
+
+// TestChaos_ForceDeleteWhileSandboxRuns: db-0 of a StatefulSet is
+// force-deleted while its sandbox still runs (kubelet is stopped, so
+// nothing on the node tears it down). Its address stays Bound to the old
+// pod while the sandbox may answer on it: berth-controller sees the pod
+// object gone but leaves the claim to the node's agent, which renews its
+// lease. Once kubelet is back and tears the old sandbox down, the agent
+// releases the address and db-0's successor, which waited, gets it.
+func TestChaos_ForceDeleteWhileSandboxRuns(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	ns := namespace(t, "e2e-chaos-force")
+	a := appSpec{name: "db", replicas: 1, grace: 1}
+	sts := &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: a.name},
+		Spec: appsv1.StatefulSetSpec{
+			Replicas: &a.replicas, ServiceName: a.name,
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": a.name}},
+			Template: a.template(),
+		},
+	}
+	if _, err := client.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create statefulset: %v", err)
+	}
+	old := readyPods(ctx, t, ns, a.name, 1, nil)[0]
+	addr := old.Status.PodIP
+
+	// Hold the sandbox: kubelet stops (at most about a minute, well
+	// inside the node's 40 s lease grace plus kube-controller-manager's
+	// reaction, so the node does not go NotReady and evict).
+	if out, err := run(ctx, clusterSh, "stop-kubelet"); err != nil {
+		t.Fatalf("stop kubelet: %v\n%s", err, out)
+	}
+	kubeletBack := false
+	startKubelet := func() {
+		if kubeletBack {
+			return
+		}
+		kubeletBack = true
+		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer scancel()
+		if out, err := run(sctx, clusterSh, "start-kubelet"); err != nil {
+			t.Fatalf("start kubelet: %v\n%s", err, out)
+		}
+	}
+	t.Cleanup(startKubelet)
+	if err := client.CoreV1().Pods(ns).Delete(ctx, old.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil {
+		t.Fatalf("force delete %s: %v", old.Name, err)
+	}
+
+	// The controller sees the pod object gone and leaves the claim to the
+	// node's agent (condition Orphaned=False, reason AgentActive): the
+	// address is still the old sandbox's.
+	var claim v1alpha1.IPClaim
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		claims, err := claimsOf(ctx, ns)
+		if err != nil {
+			return false, nil
+		}
+		for _, c := range claims {
+			if c.Spec.Pod.UID == old.UID {
+				claim = c
+				cond := meta.FindStatusCondition(c.Status.Conditions, ipclaimgc.ConditionOrphaned)
+				return cond != nil && cond.Reason == ipclaimgc.ReasonAgentActive, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("the claim of force-deleted %s (%s) was not left to the node's agent: %+v", old.Name, addr, claim)
+	}
+	if claim.Spec.State != v1alpha1.ClaimBound || claim.Spec.Address != addr {
+		t.Fatalf("the claim of force-deleted %s is %s (%s) while its sandbox runs, want Bound (%s)", old.Name, claim.Spec.State, claim.Spec.Address, addr)
+	}
+	// No other pod holds the address meanwhile.
+	claims, err := claimsOf(ctx, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range claims {
+		if c.Spec.Address == addr && c.Spec.Pod.UID != old.UID {
+			t.Fatalf("%s is claimed by %s (%s) while force-deleted %s's sandbox still runs", addr, c.Spec.Pod.Name, c.Spec.Pod.UID, old.Name)
+		}
+	}
+
+	// kubelet tears the old sandbox down; its DEL (or the agent's sweep)
+	// releases the address for db-0's successor.
+	startKubelet()
+	next := readyPods(ctx, t, ns, a.name, 1, uids([]corev1.Pod{old}))[0]
+	if next.Status.PodIP != addr {
+		t.Errorf("db-0's successor has %s, want its ordinal's %s", next.Status.PodIP, addr)
+	}
+	checkClaims(ctx, t, ns, []corev1.Pod{next})
+}
