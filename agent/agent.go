@@ -35,6 +35,7 @@ import (
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/internal/agentlease"
 	"github.com/berth-io/berth/internal/cachetrim"
+	"github.com/berth-io/berth/internal/parts"
 )
 
 // Defaults for Config.
@@ -135,6 +136,11 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("manager: %w", err)
 	}
 
+	partMetrics, err := parts.NewMetrics(ctrlmetrics.Registry, ipamserver.PartsMetricsPrefix)
+	if err != nil {
+		return err
+	}
+
 	nriCfg := cfg.NRI
 	nriCfg.Registerer = ctrlmetrics.Registry
 	if nriCfg.Logger == nil {
@@ -153,7 +159,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if fileLogs, err = filelogs.New(flCfg); err != nil {
 			return fmt.Errorf("file logs: %w", err)
 		}
-		if err := mgr.Add(fileLogs); err != nil { // retention
+		if err := addPart(mgr, partMetrics, parts.Config{Name: "filelogs-retention", Run: fileLogs.Start, Logger: log}); err != nil {
 			return fmt.Errorf("file logs: %w", err)
 		}
 	}
@@ -180,7 +186,7 @@ func Run(ctx context.Context, cfg Config) error {
 			defer func() { _ = lister.Close() }()
 			ipamCfg.Sandboxes = lister
 		}
-		if err := addLeaseRenewer(mgr, cfg); err != nil {
+		if err := addLeaseRenewer(mgr, partMetrics, cfg); err != nil {
 			return err
 		}
 		srv, err := ipamserver.NewForManager(ctx, mgr, ipamCfg)
@@ -192,6 +198,15 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		if err := mgr.AddReadyzCheck("ipam", srv.Check); err != nil {
 			return fmt.Errorf("readyz: %w", err)
+		}
+		ps, err := srv.Parts()
+		if err != nil {
+			return fmt.Errorf("ipam server: %w", err)
+		}
+		for _, p := range ps {
+			if err := addRunnablePart(mgr, p); err != nil {
+				return err
+			}
 		}
 	}
 
@@ -212,10 +227,30 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
+// addPart adds a part (internal/parts) to mgr, with its readyz check.
+func addPart(mgr manager.Manager, m *parts.Metrics, cfg parts.Config) error {
+	cfg.Metrics = m
+	p, err := parts.New(cfg)
+	if err != nil {
+		return err
+	}
+	return addRunnablePart(mgr, p)
+}
+
+func addRunnablePart(mgr manager.Manager, p *parts.Part) error {
+	if err := mgr.Add(p); err != nil {
+		return fmt.Errorf("%s: %w", p.Name(), err)
+	}
+	if err := mgr.AddReadyzCheck(p.Name(), p.Check); err != nil {
+		return fmt.Errorf("readyz: %w", err)
+	}
+	return nil
+}
+
 // addLeaseRenewer adds the runnable that renews the node's agent lease,
 // which tells berth-controller that this agent looks after the node's IP
 // claims.
-func addLeaseRenewer(mgr manager.Manager, cfg Config) error {
+func addLeaseRenewer(mgr manager.Manager, m *parts.Metrics, cfg Config) error {
 	cs, err := kubernetes.NewForConfig(cfg.RestConfig)
 	if err != nil {
 		return fmt.Errorf("agent lease: %w", err)
@@ -225,10 +260,7 @@ func addLeaseRenewer(mgr manager.Manager, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if err := mgr.Add(r); err != nil {
-		return fmt.Errorf("agent lease: %w", err)
-	}
-	return nil
+	return addPart(mgr, m, parts.Config{Name: "agent-lease", Run: r.Start, Logger: cfg.Logger})
 }
 
 // nodeEvents records the NRI connection's changes as Events on the Node,

@@ -287,7 +287,7 @@ func (a *Allocator) held(req Request, pool *Pool, c *v1alpha1.IPClaim) error {
 	who := c.Spec.Pod.Namespace + "/" + c.Spec.Pod.Name
 	state := "is terminating"
 	if p, err := a.cfg.Store.Pod(c.Spec.Pod.Namespace, c.Spec.Pod.Name); err != nil || p.UID != c.Spec.Pod.UID {
-		state = "is deleted but its network was not torn down yet (CNI DEL pending; berth-controller reserves the address once its node is gone)"
+		state = "is deleted but its network was not torn down yet (CNI DEL pending; the agent of its node releases the address once the runtime has no sandbox of it, or berth-controller once that agent has been silent past its grace period)"
 	} else if p.DeletionTimestamp == nil {
 		state = "is running"
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/parts"
 	"github.com/berth-io/berth/cni/ipam/protocol"
 )
 
@@ -143,6 +144,8 @@ type earlyReleaser struct {
 	// waitBinds, if set, waits until the pod's prepared claims record
 	// their container (ReleaseEarly skips claims that record none).
 	waitBinds func(context.Context, types.UID) error
+	// parts counts a panic recovered in work (nil: not counted).
+	parts *parts.Metrics
 }
 
 // wantsEarly reports whether pod is terminating on node and asked for
@@ -197,20 +200,31 @@ func (r *earlyReleaser) run(ctx context.Context, c cache.Cache) error {
 			r.queue.Add(podRef{UID: p.UID, Namespace: p.Namespace, Name: p.Name})
 		}
 	}
-	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+	reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc: on, UpdateFunc: func(_, n any) { on(n) },
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
+	defer func() { _ = inf.RemoveEventHandler(reg) }() // a run after a panic adds its own
 	go func() { <-ctx.Done(); r.queue.ShutDown() }()
 	for {
 		pod, quit := r.queue.Get()
 		if quit {
 			return nil
 		}
-		r.work(ctx, pod)
+		if err := r.workRecovering(ctx, pod); err != nil {
+			r.queue.AddRateLimited(pod)
+		}
 		r.queue.Done(pod)
 	}
+}
+
+// workRecovering is work, with a panic recovered, counted and returned.
+func (r *earlyReleaser) workRecovering(ctx context.Context, pod podRef) (err error) {
+	defer r.parts.Recover(PartEarlyRelease, r.log, &err)
+	r.work(ctx, pod)
+	return nil
 }
 
 // work processes one pod from the queue: it logs and records an Event of

@@ -149,6 +149,7 @@ func (s *Server) later(p *pendingWork, e *pendingEntry, key string, work func())
 	done := p.start(e, key)
 	go func() {
 		defer done()
+		defer s.parts.Recover(PartServer, s.cfg.Logger, nil)
 		select {
 		case p.sem <- struct{}{}:
 			defer func() { <-p.sem }()
@@ -325,7 +326,7 @@ func (s *Server) runPreparer(ctx context.Context) error {
 			p.queue.Add(types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name})
 		}
 	}
-	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+	reg, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
 		AddFunc: on, UpdateFunc: func(_, n any) { on(n) },
 		DeleteFunc: func(obj any) {
 			if d, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
@@ -337,9 +338,11 @@ func (s *Server) runPreparer(ctx context.Context) error {
 				p.mu.Unlock()
 			}
 		},
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
+	defer func() { _ = inf.RemoveEventHandler(reg) }() // a run after a panic adds its own
 	go func() { <-ctx.Done(); p.queue.ShutDown() }()
 	var wg sync.WaitGroup
 	for range s.cfg.PrepareWorkers {
@@ -349,7 +352,7 @@ func (s *Server) runPreparer(ctx context.Context) error {
 				if quit {
 					return
 				}
-				if err := p.prepare(ctx, key); err != nil && p.queue.NumRequeues(key) < prepareRetries {
+				if err := p.prepareRecovering(ctx, key); err != nil && p.queue.NumRequeues(key) < prepareRetries {
 					p.queue.AddRateLimited(key)
 				} else {
 					p.queue.Forget(key)
@@ -360,6 +363,13 @@ func (s *Server) runPreparer(ctx context.Context) error {
 	}
 	wg.Wait()
 	return nil
+}
+
+// prepareRecovering is prepare, with a panic recovered, counted and
+// returned.
+func (p *preparer) prepareRecovering(ctx context.Context, key types.NamespacedName) (err error) {
+	defer p.s.parts.Recover(PartPreparer, p.s.cfg.Logger, &err)
+	return p.prepare(ctx, key)
 }
 
 func (p *preparer) isDone(uid types.UID) bool {

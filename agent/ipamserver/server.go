@@ -21,17 +21,15 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/events"
-	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 
 	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
+	"github.com/berth-io/berth/internal/parts"
 )
 
 // Defaults for Config.
@@ -140,6 +138,11 @@ type Server struct {
 		last string // the last error reading CNIConfDir, logged
 	}
 
+	// serving is closed once the socket is served: the parts (parts.go)
+	// start then.
+	serving chan struct{}
+	parts   *parts.Metrics
+
 	mu       sync.Mutex
 	recent   map[string]time.Time // container ID -> ADD start
 	notReady error                // why the socket is not served yet, when a step failed
@@ -203,7 +206,11 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipam server: %w", err)
 	}
-	return &Server{cfg: cfg, alloc: alloc, metrics: m, recent: map[string]time.Time{}, bg: context.Background(),
+	pm, err := parts.NewMetrics(cfg.Registerer, PartsMetricsPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("ipam server: %w", err)
+	}
+	return &Server{cfg: cfg, alloc: alloc, metrics: m, parts: pm, serving: make(chan struct{}), recent: map[string]time.Time{}, bg: context.Background(),
 		binds:    newPendingWork(bindWorkers, m.recordsPending, "the prepared claims do not record their container yet"),
 		releases: newPendingWork(releaseWorkers, m.releasesPending, "the claims are not released yet from an earlier DEL"),
 	}, nil
@@ -253,34 +260,11 @@ func (s *Server) Start(ctx context.Context) error {
 	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
-	if s.cfg.EarlyRelease {
-		r := &earlyReleaser{alloc: s.alloc, node: s.cfg.Node, dir: s.cfg.AttachmentDir, log: s.cfg.Logger, unplug: Unplug,
-			waitBinds: func(ctx context.Context, uid types.UID) error { return s.waitPending(ctx, "", uid, "") },
-			queue:     workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[podRef]())}
-		if rec := s.cfg.Recorder; rec != nil {
-			r.event = func(p podRef, eventType, reason, note string) {
-				obj := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, UID: p.UID}}
-				rec.Eventf(obj, nil, eventType, reason, "EarlyRelease", "%s", note)
-			}
-		}
-		go func() {
-			if err := r.run(ctx, s.cfg.PodCache); err != nil {
-				s.cfg.Logger.Error("early release stopped", "err", err)
-			}
-		}()
-	}
 	if s.cfg.Prepare {
 		s.loadPools()
-		go func() {
-			if err := s.runPreparer(ctx); err != nil {
-				s.cfg.Logger.Error("preparing addresses stopped", "err", err)
-			}
-		}()
-	}
-	if s.cfg.Sandboxes != nil {
-		go s.runSweeper(ctx)
 	}
 	s.ready.Store(true)
+	close(s.serving)
 	s.cfg.Logger.Info("serving IPAM", "socket", s.cfg.SocketPath, "node", s.cfg.Node)
 	select {
 	case <-ctx.Done():

@@ -74,6 +74,15 @@ func start(t *testing.T, cfg ipamserver.Config) *harness {
 		t.Fatal(err)
 	}
 	stop := runnable.Start(t, time.Minute, srv.Start)
+	ps, err := srv.Parts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		stopPart := runnable.Start(t, time.Minute, p.Start)
+		prev := stop
+		stop = func() { stopPart(); prev() }
+	}
 	// A connection per call, as berth-ipam makes. (A keep-alive pool may
 	// dial a spare connection that never sends a request, and the server's
 	// Shutdown waits 5s for such a one.)

@@ -62,7 +62,7 @@ func TestServer_sweep(t *testing.T) {
 	h := serve(t, func(c *ipamserver.Config) { cfg = *c })
 	add := func(pod, container string) {
 		p := h.pod(pod, nil)
-		req := protocol.Request{ContainerID: container, IfName: "eth0", PodNamespace: "ns", PodName: pod, PodUID: string(p.UID), Network: "berth"}
+		req := protocol.Request{ContainerID: container, IfName: "eth0", Netns: "/var/run/netns/" + pod, PodNamespace: "ns", PodName: pod, PodUID: string(p.UID), Network: "berth"}
 		if r := h.call(protocol.CommandAdd, req); r.Error != nil {
 			t.Fatalf("ADD %s: %+v", pod, r.Error)
 		}
@@ -124,10 +124,12 @@ func TestServer_sweep_refusesEmptyList_fakeRuntime(t *testing.T) {
 	h := serve(t, func(c *ipamserver.Config) { cfg = *c })
 	for _, pod := range []string{"a", "b", "c", "d", "e", "f"} {
 		p := h.pod(pod, nil)
-		req := protocol.Request{ContainerID: "c-" + pod, IfName: "eth0", PodNamespace: "ns", PodName: pod, PodUID: string(p.UID), Network: "berth"}
+		req := protocol.Request{ContainerID: "c-" + pod, IfName: "eth0", Netns: "/var/run/netns/" + pod, PodNamespace: "ns", PodName: pod, PodUID: string(p.UID), Network: "berth"}
 		if r := h.call(protocol.CommandAdd, req); r.Error != nil {
 			t.Fatalf("ADD %s: %+v", pod, r.Error)
 		}
+	}
+	for _, pod := range []string{"a", "b", "c", "d", "e", "f"} {
 		h.store.RemovePod("ns", pod) // no pod check saves them
 	}
 	cfg.Sandboxes, cfg.SweepInterval = fakeRuntime{}, 100*time.Millisecond

@@ -163,6 +163,13 @@ func startAgent(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme, s
 			fmt.Fprintln(os.Stderr, "ipam server:", err)
 		}
 	}()
+	ps, err := srv.Parts() // the preparer
+	if err != nil {
+		return err
+	}
+	for _, p := range ps {
+		go func() { _ = p.Start(ctx) }()
+	}
 	for start := time.Now(); srv.Check(nil) != nil; time.Sleep(10 * time.Millisecond) {
 		if time.Since(start) > time.Minute {
 			return errors.New("ipam server not ready")
