@@ -85,9 +85,9 @@ func TestAllocator_GC(t *testing.T) {
 		req:     ipam.GCRequest{Network: "berth", Valid: none},
 		refused: true,
 	}, {
-		name:     "half of a busy node's claims at once is allowed",
-		claims:   manyClaims(10),
-		req:      ipam.GCRequest{Network: "berth", Valid: func(c *v1alpha1.IPClaim) bool {
+		name:   "half of a busy node's claims at once is allowed",
+		claims: manyClaims(10),
+		req: ipam.GCRequest{Network: "berth", Valid: func(c *v1alpha1.IPClaim) bool {
 			return slices.Contains([]string{"p-n6", "p-n7", "p-n8", "p-n9", "p-n10"}, c.Name)
 		}},
 		released: []string{"p-n1", "p-n2", "p-n3", "p-n4", "p-n5"},

@@ -22,8 +22,8 @@ import (
 
 	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
-	"github.com/berth-io/berth/internal/parts"
 	"github.com/berth-io/berth/cni/ipam/protocol"
+	"github.com/berth-io/berth/internal/parts"
 )
 
 // DefaultAttachmentDir records, per container and interface, the netns an
