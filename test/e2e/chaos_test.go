@@ -4,6 +4,8 @@ package e2e
 
 import (
 	"context"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -110,4 +112,40 @@ func TestChaos_ForceDeleteWhileSandboxRuns(t *testing.T) {
 		t.Errorf("db-0's successor has %s, want its ordinal's %s", next.Status.PodIP, addr)
 	}
 	checkClaims(ctx, t, ns, []corev1.Pod{next})
+}
+
+// TestChaos_GCEmptyList: the real berth-ipam on the node receives a CNI
+// GC of the cluster's network listing no attachment at all (a runtime
+// that lost its state, or a truncated list) while a Deployment's pods
+// run: every running pod keeps its claim (their pods report the
+// addresses, and the list would take more than half of the node's claims).
+func TestChaos_GCEmptyList(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	ns := namespace(t, "e2e-chaos-gc")
+	a := appSpec{name: "busy", replicas: 6, grace: 1}
+	createDeployment(ctx, t, ns, a)
+	pods := readyPods(ctx, t, ns, a.name, int(a.replicas), nil)
+	checkClaims(ctx, t, ns, pods)
+
+	conf := `{"cniVersion": "1.1.0", "name": "` + clusterNetwork + `", "type": "bridge",
+		"ipam": {"type": "berth-ipam", "pools": ["` + podPool + `"]}, "cni.dev/valid-attachments": []}`
+	cmd := exec.CommandContext(ctx, "/opt/cni/bin/berth-ipam")
+	cmd.Env = []string{"CNI_COMMAND=GC", "CNI_PATH=/opt/cni/bin"}
+	cmd.Stdin = strings.NewReader(conf)
+	out, err := cmd.CombinedOutput()
+	t.Logf("berth-ipam GC with an empty list: %v %s", err, out)
+
+	// Whether refused (an error) or not, nothing of the running pods is
+	// released: their claims are as before, Bound to them.
+	checkClaims(ctx, t, ns, pods)
+	claims, err := claimsOf(ctx, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range claims {
+		if c.Spec.State != v1alpha1.ClaimBound {
+			t.Errorf("claim %s (%s) of a running pod is %s after GC with an empty list", c.Name, c.Spec.Address, c.Spec.State)
+		}
+	}
 }
