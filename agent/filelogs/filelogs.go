@@ -262,6 +262,10 @@ func (m *Manager) prepare(plan *filelogs.Plan, user *api.User) error {
 		return err
 	}
 	defer podDir.close()
+	// Made by an older Berth, or by hand: private before it is used.
+	if err := m.secure(podDir); err != nil {
+		return err
+	}
 	// The pod is running: whatever said it was gone is stale.
 	if err := podDir.unlink(filelogs.GoneFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err

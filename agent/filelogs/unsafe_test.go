@@ -198,12 +198,15 @@ func TestManager_Pass_overLimitKeepsRecentFiles(t *testing.T) {
 
 // TestManager_Pass_private: the root and the pod directories are root's
 // with mode 0750 at most, whoever made them and however: New fixes the
-// root, each pass the pod directories. Needs root.
+// root, CreateContainer its pod's directory, each pass every pod
+// directory. Needs root.
 func TestManager_Pass_private(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "logs")
 	podDir := filepath.Join(root, testPodDir)
+	otherDir := filepath.Join(root, goneDir)
 	mkdir(t, podDir)
-	for _, p := range []string{root, podDir} {
+	mkdir(t, otherDir)
+	for _, p := range []string{root, podDir, otherDir} {
 		if err := os.Chmod(p, 0o777|fs.ModeSticky|fs.ModeSetgid); err != nil {
 			t.Fatal(err)
 		}
@@ -227,10 +230,14 @@ func TestManager_Pass_private(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkPrivate(root)
+	if _, err := m.CreateContainer(testPod(), testContainer("app", "KUBERNETES_FILELOGS=/app/logs")); err != nil {
+		t.Fatal(err)
+	}
+	checkPrivate(podDir)
 	if st := m.Pass(context.Background()); st.Errors != 0 {
 		t.Fatalf("pass: %d errors, first %v", st.Errors, st.FirstError)
 	}
-	checkPrivate(podDir)
+	checkPrivate(otherDir)
 }
 
 // plantSocket binds a unix socket and moves it to p (too long a path to
