@@ -3,6 +3,7 @@ package filelogs
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -292,4 +293,103 @@ func ignoringEINTR(fn func() error) error {
 			return err
 		}
 	}
+}
+
+// privateMode is the most a directory above the per-container directories
+// (the root and the pod directories) may allow: the owner (root)
+// everything, its group reading, nobody else anything, as kubelet keeps
+// its pod directories. A host user who is neither root nor in the group
+// cannot reach what containers write, nor anything they plant there.
+const privateMode = 0o750
+
+// secure makes d owned by root and takes away every permission beyond
+// privateMode (others' access, group write, set-ID and sticky bits); its
+// group stays, so an operator may give a collector's group read access.
+// It returns what d had before when it changed something.
+func (d *dir) secure() (was unix.Stat_t, changed bool, err error) {
+	st, err := d.stat()
+	if err != nil {
+		return st, false, err
+	}
+	if st.Uid != 0 {
+		if err := unix.Fchown(d.fd, 0, -1); err != nil {
+			return st, false, fmt.Errorf("chown %s to root: %w", d.path, err)
+		}
+		changed = true
+	}
+	if mode := st.Mode & 0o7777; mode&^privateMode != 0 {
+		if err := unix.Fchmod(d.fd, mode&privateMode); err != nil {
+			return st, changed, fmt.Errorf("chmod %s: %w", d.path, err)
+		}
+		changed = true
+	}
+	return st, changed, nil
+}
+
+// chmod sets d's permission bits.
+func (d *dir) chmod(mode uint32) error {
+	if err := unix.Fchmod(d.fd, mode); err != nil {
+		return fmt.Errorf("chmod %s: %w", d.path, err)
+	}
+	return nil
+}
+
+// withFile calls fn with the path of a magic link (/proc/self/fd/N) to the
+// regular file name, after checking, on an O_PATH descriptor that opened
+// nothing and followed nothing, that name is still the regular file with
+// inode ino. A path system call on that link (chmod, truncate) acts on
+// that very inode: a name swapped meanwhile for a symlink, a FIFO or a
+// device is never followed or opened. fn's error is returned as it is.
+func (d *dir) withFile(name string, ino uint64, fn func(proc string) error) error {
+	var fd int
+	err := ignoringEINTR(func() (err error) {
+		fd, err = unix.Openat(d.fd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("open %s: %w", d.join(name), err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", d.join(name), err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Ino != ino {
+		return fmt.Errorf("%s: %w", d.join(name), errReplaced)
+	}
+	return fn("/proc/self/fd/" + strconv.Itoa(fd))
+}
+
+// errReplaced is returned when an entry changed between two looks at it.
+var errReplaced = errors.New("replaced while retention looked at it")
+
+// chmodFile sets the permission bits of the regular file name (inode ino).
+func (d *dir) chmodFile(name string, ino uint64, mode uint32) error {
+	return d.withFile(name, ino, func(proc string) error {
+		if err := unix.Chmod(proc, mode); err != nil {
+			return fmt.Errorf("chmod %s: %w", d.join(name), err)
+		}
+		return nil
+	})
+}
+
+// truncateFile empties the regular file name (inode ino), which frees its
+// blocks even while a process holds it open.
+func (d *dir) truncateFile(name string, ino uint64) error {
+	return d.withFile(name, ino, func(proc string) error {
+		if err := unix.Truncate(proc, 0); err != nil {
+			return fmt.Errorf("truncate %s: %w", d.join(name), err)
+		}
+		return nil
+	})
+}
+
+// setMtime sets the mtime of the entry name, not following a symlink; its
+// atime stays.
+func (d *dir) setMtime(name string, t time.Time) error {
+	ts := []unix.Timespec{{Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(t.UnixNano())}
+	if err := unix.UtimesNanoAt(d.fd, name, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("set the mtime of %s: %w", d.join(name), err)
+	}
+	return nil
 }

@@ -37,15 +37,23 @@ const (
 	DefaultRoot      = "/logs"
 	DefaultRetention = 48 * time.Hour
 	DefaultInterval  = 10 * time.Minute
+	// DefaultSizeLimit is the default size limit of one container's file
+	// logs, all its log directories together: 1Gi.
+	DefaultSizeLimit int64 = 1 << 30
+	// DefaultMaxSizeLimit is the default of the largest limit a pod may
+	// ask for with filelogs.AnnotationSizeLimit: 10Gi.
+	DefaultMaxSizeLimit int64 = 10 << 30
 )
 
-// Modes of the directories Berth makes. A log directory (the one mounted
-// into the container) is owned by the container's user when the runtime
-// says who that is (NRI Container.User) and then has mode 0755; otherwise
-// it is root's with mode 0777, as kubelet makes an emptyDir, so that a
-// container running as any user can write to it.
+// Modes of the directories Berth makes. The root and the pod directories
+// are root's with mode 0750 (privateMode; retention keeps them so). A log
+// directory (the one mounted into the container) is owned by the
+// container's user when the runtime says who that is (NRI Container.User)
+// and then has mode 0755; otherwise it is root's with mode 0777, as kubelet
+// makes an emptyDir, so that a container running as any user can write to
+// it.
 const (
-	podDirMode       = 0o755
+	podDirMode       = privateMode
 	containerDirMode = 0o755
 	logDirModeOwned  = 0o755
 	logDirModeShared = 0o777
@@ -53,9 +61,11 @@ const (
 
 // Reasons of the Events the manager records on pods.
 const (
-	ReasonRejected   = "FileLogsRejected"   // a bad KUBERNETES_FILELOGS value failed CreateContainer
-	ReasonFailed     = "FileLogsFailed"     // the host directories could not be made; CreateContainer failed
-	ReasonNotMounted = "FileLogsNotMounted" // found running without its mounts at a (re)connect
+	ReasonRejected   = "FileLogsRejected"    // a bad KUBERNETES_FILELOGS value or size-limit annotation failed CreateContainer
+	ReasonFailed     = "FileLogsFailed"      // the host directories could not be made; CreateContainer failed
+	ReasonNotMounted = "FileLogsNotMounted"  // found running without its mounts at a (re)connect
+	ReasonUnsafe     = "FileLogsUnsafeFiles" // retention removed or defused what a container planted
+	ReasonOverLimit  = "FileLogsOverLimit"   // retention found a container over its size limit
 )
 
 // Name is the hook's name, in errors and logs ("hook filelogs: ...").
@@ -75,6 +85,16 @@ type Config struct {
 	// Interval is the time between retention passes. Default
 	// DefaultInterval.
 	Interval time.Duration
+	// SizeLimit is the size limit of one container's file logs, all its
+	// log directories together, in bytes, unless its pod asks for another
+	// with filelogs.AnnotationSizeLimit. A pass that finds a container
+	// over it removes its oldest files until it is under. Default
+	// DefaultSizeLimit.
+	SizeLimit int64
+	// MaxSizeLimit is the largest size limit a pod may ask for, in bytes;
+	// at least SizeLimit. Default DefaultMaxSizeLimit, or SizeLimit if
+	// that is larger.
+	MaxSizeLimit int64
 	// Logger receives the manager's logs. Default slog.Default().
 	Logger *slog.Logger
 	// Registerer gets the metrics. Nil means they are not exported.
@@ -132,27 +152,61 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Interval < 0 {
 		return nil, fmt.Errorf("retention interval %s: want > 0", cfg.Interval)
 	}
+	if cfg.SizeLimit == 0 {
+		cfg.SizeLimit = DefaultSizeLimit
+	}
+	if cfg.SizeLimit < 0 {
+		return nil, fmt.Errorf("size limit %d: want > 0", cfg.SizeLimit)
+	}
+	if cfg.MaxSizeLimit == 0 {
+		cfg.MaxSizeLimit = max(DefaultMaxSizeLimit, cfg.SizeLimit)
+	}
+	if cfg.MaxSizeLimit < cfg.SizeLimit {
+		return nil, fmt.Errorf("maximum size limit %d: want at least the size limit, %d", cfg.MaxSizeLimit, cfg.SizeLimit)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if err := os.MkdirAll(cfg.Root, podDirMode); err != nil {
+	if err := os.MkdirAll(cfg.Root, privateMode); err != nil {
 		return nil, fmt.Errorf("root: %w", err)
 	}
-	m, err := newMetrics(cfg.Registerer)
+	mets, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{
+	m := &Manager{
 		cfg:       cfg,
 		log:       cfg.Logger.With("component", Name),
-		metrics:   m,
+		metrics:   mets,
 		live:      map[string]map[string]struct{}{},
 		reported:  map[string]map[string]struct{}{},
 		podSeries: map[[3]string]struct{}{},
-	}, nil
+	}
+	// Made private now, not only at the first pass: an existing root made
+	// by hand or by an older Berth may be open to every host user.
+	root, err := openRoot(cfg.Root)
+	if err != nil {
+		return nil, fmt.Errorf("root: %w", err)
+	}
+	defer root.close()
+	if err := m.secure(root); err != nil {
+		return nil, fmt.Errorf("root: %w", err)
+	}
+	return m, nil
+}
+
+// secure makes d, the root or a pod directory, root's with at most
+// privateMode, and logs what it changed.
+func (m *Manager) secure(d *dir) error {
+	was, changed, err := d.secure()
+	if changed {
+		m.log.Info("made a file-logs directory private to root", "dir", d.path,
+			"mode_was", fmt.Sprintf("%#o", was.Mode&0o7777), "uid_was", was.Uid)
+	}
+	return err
 }
 
 // Name implements nriplugin.Hook.
@@ -173,6 +227,15 @@ func (m *Manager) CreateContainer(pod *api.PodSandbox, ctr *api.Container) (*api
 	}
 	if plan == nil {
 		return nil, nil
+	}
+	limit, set, err := filelogs.SizeLimit(pod.GetAnnotations(), m.cfg.MaxSizeLimit)
+	if err != nil {
+		m.metrics.containers.WithLabelValues(resultRejected).Inc()
+		m.reportOnce(pod, ctr.GetName(), ReasonRejected, err)
+		return nil, err
+	}
+	if set {
+		plan.Metadata.SizeLimit = limit
 	}
 	if err := m.prepare(plan, ctr.GetUser()); err != nil {
 		value, _ := filelogs.Lookup(ctr.GetEnv())
@@ -199,6 +262,10 @@ func (m *Manager) prepare(plan *filelogs.Plan, user *api.User) error {
 		return err
 	}
 	defer podDir.close()
+	// Made by an older Berth, or by hand: private before it is used.
+	if err := m.secure(podDir); err != nil {
+		return err
+	}
 	// The pod is running: whatever said it was gone is stale.
 	if err := podDir.unlink(filelogs.GoneFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -392,11 +459,16 @@ func (m *Manager) reportOnce(pod *api.PodSandbox, container, reason string, err 
 // event records a Warning Event on pod, which NRI identifies by namespace,
 // name and UID: no API lookup is needed.
 func (m *Manager) event(pod *api.PodSandbox, reason, action, note string) {
+	m.podEvent(pod.GetNamespace(), pod.GetName(), pod.GetUid(), reason, action, note)
+}
+
+// podEvent records a Warning Event on the pod namespace/name with uid.
+func (m *Manager) podEvent(namespace, name, uid, reason, action, note string) {
 	if m.cfg.Recorder == nil {
 		return
 	}
 	obj := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
-		Namespace: pod.GetNamespace(), Name: pod.GetName(), UID: types.UID(pod.GetUid()),
+		Namespace: namespace, Name: name, UID: types.UID(uid),
 	}}
 	m.cfg.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, reason, action, "%s", truncate(note, maxNoteLen))
 }

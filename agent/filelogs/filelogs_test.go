@@ -84,6 +84,9 @@ func TestNew(t *testing.T) {
 		{name: "negative retention", cfg: Config{Root: "/tmp", Retention: -time.Hour}, wantErr: "retention -1h0m0s: want > 0"},
 		{name: "negative interval", cfg: Config{Root: "/tmp", Interval: -time.Second},
 			wantErr: "retention interval -1s: want > 0"},
+		{name: "negative size limit", cfg: Config{Root: "/tmp", SizeLimit: -1}, wantErr: "size limit -1: want > 0"},
+		{name: "maximum below the default", cfg: Config{Root: "/tmp", SizeLimit: 2 << 30, MaxSizeLimit: 1 << 30},
+			wantErr: "maximum size limit 1073741824: want at least the size limit, 2147483648"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -98,8 +101,16 @@ func TestNew(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	if m.cfg.Retention != DefaultRetention || m.cfg.Interval != DefaultInterval {
-		t.Errorf("defaults: retention %s, interval %s", m.cfg.Retention, m.cfg.Interval)
+	if m.cfg.Retention != DefaultRetention || m.cfg.Interval != DefaultInterval ||
+		m.cfg.SizeLimit != DefaultSizeLimit || m.cfg.MaxSizeLimit != DefaultMaxSizeLimit {
+		t.Errorf("defaults: retention %s, interval %s, size limit %d, maximum %d", m.cfg.Retention, m.cfg.Interval,
+			m.cfg.SizeLimit, m.cfg.MaxSizeLimit)
+	}
+	// A default above DefaultMaxSizeLimit raises the maximum with it.
+	if m, err := New(Config{Root: root, SizeLimit: 20 << 30}); err != nil {
+		t.Errorf("New with a 20Gi default: %v", err)
+	} else if m.cfg.MaxSizeLimit != 20<<30 {
+		t.Errorf("New with a 20Gi default: maximum %d, want 20Gi", m.cfg.MaxSizeLimit)
 	}
 	if st, err := os.Stat(root); err != nil || !st.IsDir() {
 		t.Errorf("root not made: %v", err)
@@ -127,7 +138,8 @@ func TestManager_CreateContainer(t *testing.T) {
 		t.Errorf("mounts = %q\nwant %q", got, want)
 	}
 	for p, mode := range map[string]fs.FileMode{
-		filepath.Join(e.root, testPodDir): 0o755,
+		filepath.Join(e.root, testPodDir): 0o750,
+		e.root:                            0o750,
 		ctrDir:                            0o755,
 		ctrDir + "/app-logs":              0o777,
 		ctrDir + "/app-audit":             0o777,
@@ -207,6 +219,7 @@ func TestManager_CreateContainer_errors(t *testing.T) {
 	tests := []struct {
 		name      string
 		plant     func(t *testing.T, root, outside string) // before CreateContainer
+		ann       map[string]string                        // the pod's annotations
 		env       string
 		wantErr   string
 		wantEvent string
@@ -220,6 +233,18 @@ func TestManager_CreateContainer_errors(t *testing.T) {
 			name: "collision", env: "KUBERNETES_FILELOGS=/etc",
 			wantErr:   `KUBERNETES_FILELOGS="/etc": path "/etc" would hide the container's mount at "/etc/hosts"`,
 			wantEvent: `Warning FileLogsRejected CreateContainer shop/web-0 container "app": KUBERNETES_FILELOGS="/etc": path "/etc" would hide the container's mount at "/etc/hosts"`,
+		},
+		{
+			name: "size limit above the maximum", env: "KUBERNETES_FILELOGS=/app/logs",
+			ann:       map[string]string{filelogs.AnnotationSizeLimit: "11Gi"},
+			wantErr:   `annotation berth.io/filelogs-size-limit="11Gi": above this node's maximum of 10Gi (berth-agent --filelogs-max-size-limit): want at most 10Gi`,
+			wantEvent: `Warning FileLogsRejected CreateContainer shop/web-0 container "app": annotation berth.io/filelogs-size-limit="11Gi": above this node's maximum of 10Gi (berth-agent --filelogs-max-size-limit): want at most 10Gi`,
+		},
+		{
+			name: "size limit not a quantity", env: "KUBERNETES_FILELOGS=/app/logs",
+			ann:       map[string]string{filelogs.AnnotationSizeLimit: "1GB"},
+			wantErr:   `annotation berth.io/filelogs-size-limit="1GB": not a Kubernetes quantity: want bytes with an optional suffix, e.g. "500Mi" or "2Gi"`,
+			wantEvent: `Warning FileLogsRejected CreateContainer shop/web-0 container "app": annotation berth.io/filelogs-size-limit="1GB": not a Kubernetes quantity: want bytes with an optional suffix, e.g. "500Mi" or "2Gi"`,
 		},
 		{
 			name: "pod directory is a symlink",
@@ -260,9 +285,11 @@ func TestManager_CreateContainer_errors(t *testing.T) {
 				tt.plant(t, e.root, outside)
 			}
 			ctr := testContainer("app", tt.env)
+			pod := testPod()
+			pod.Annotations = tt.ann
 			// kubelet retries: one log line and one Event however often.
 			for range 3 {
-				adj, err := e.m.CreateContainer(testPod(), ctr)
+				adj, err := e.m.CreateContainer(pod, ctr)
 				if got := strings.ReplaceAll(errString(err), e.root, "ROOT"); got != tt.wantErr {
 					t.Fatalf("err = %q\nwant %q", got, tt.wantErr)
 				}

@@ -14,6 +14,22 @@ const (
 	resultFailed   = "failed"   // the host directories could not be made; creation failed
 )
 
+// Kinds of unsafe entries, the kind label of
+// berth_agent_filelogs_unsafe_entries_total: the first five are removed,
+// the others defused.
+const (
+	kindSymlink     = "symlink"
+	kindHardlink    = "hardlink"     // a regular file with more than one link
+	kindDevice      = "device"       // a character or block device node
+	kindFIFO        = "fifo"         // a named pipe
+	kindSocket      = "socket"       // a unix socket
+	kindSetID       = "setid"        // a set-user-ID or set-group-ID bit, stripped
+	kindFutureMtime = "future_mtime" // an mtime in the future, set to now
+)
+
+// unsafeKinds lists the kinds in the order Events name them.
+var unsafeKinds = []string{kindSymlink, kindHardlink, kindDevice, kindFIFO, kindSocket, kindSetID, kindFutureMtime}
+
 type metrics struct {
 	containers   *prometheus.CounterVec
 	unmounted    prometheus.Gauge
@@ -24,6 +40,9 @@ type metrics struct {
 	errors       prometheus.Counter
 	passSeconds  prometheus.Gauge
 	lastPass     prometheus.Gauge
+	unsafe       *prometheus.CounterVec
+	overLimit    *prometheus.CounterVec
+	overLimitB   *prometheus.CounterVec
 }
 
 // newMetrics makes the metrics and registers them with reg, if any; when
@@ -67,8 +86,21 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "berth_agent_filelogs_retention_last_pass_timestamp_seconds",
 			Help: "When the last retention pass ended, Unix time.",
 		}),
+		unsafe: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_agent_filelogs_unsafe_entries_total",
+			Help: "Entries below log directories that retention removed whatever their age (kind symlink, hardlink, device, fifo, socket) or defused (setid: set-user-ID or set-group-ID bit stripped; future_mtime: mtime in the future set to now).",
+		}, []string{"kind"}),
+		overLimit: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_agent_filelogs_over_limit_total",
+			Help: "Retention passes that found a container's log directories over its size limit.",
+		}, []string{"namespace", "pod", "uid", "container"}),
+		overLimitB: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_agent_filelogs_over_limit_removed_bytes_total",
+			Help: "Disk space freed from a container's log directories (its oldest files) because they were over its size limit.",
+		}, []string{"namespace", "pod", "uid", "container"}),
 	}
 	if reg == nil {
+		m.initKinds()
 		return m, nil
 	}
 	var err error
@@ -77,6 +109,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if m.podBytes, err = promreg.Register(reg, m.podBytes); err != nil {
 		return nil, err
+	}
+	for _, c := range []**prometheus.CounterVec{&m.unsafe, &m.overLimit, &m.overLimitB} {
+		if *c, err = promreg.Register(reg, *c); err != nil {
+			return nil, err
+		}
 	}
 	for _, g := range []*prometheus.Gauge{&m.unmounted, &m.passSeconds, &m.lastPass} {
 		if *g, err = promreg.Register(reg, *g); err != nil {
@@ -88,5 +125,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 	}
+	m.initKinds()
 	return m, nil
+}
+
+// initKinds exports every kind of unsafe entry, at 0 until one is met.
+func (m *metrics) initKinds() {
+	for _, k := range unsafeKinds {
+		m.unsafe.WithLabelValues(k)
+	}
 }

@@ -4,7 +4,8 @@
 //
 // Parse checks the variable's value, NewPlan lays out the host directories
 // of one container and builds the NRI mounts, CheckRunning tells which of
-// them a running container lacks. Nothing here does I/O: the agent
+// them a running container lacks, SizeLimit reads the size limit a pod asks
+// for (AnnotationSizeLimit). Nothing here does I/O: the agent
 // (agent/filelogs) creates the directories, writes the metadata file and
 // removes old files. See README.md for the layout and the rules.
 package filelogs

@@ -37,6 +37,10 @@ type Metadata struct {
 	Container string            `json:"container"`
 	Paths     []Dir             `json:"paths"`
 	Labels    map[string]string `json:"labels"`
+	// SizeLimit is the size limit the pod asks for with
+	// AnnotationSizeLimit, in bytes; 0 (left out) when it asks for none
+	// and the node's default applies.
+	SizeLimit int64 `json:"sizeLimitBytes,omitempty"`
 }
 
 // Plan is the host side of one container's file logs: where its

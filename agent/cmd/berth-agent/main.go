@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/resource"
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/berth-io/berth/agent"
@@ -89,6 +90,8 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		ipamSweep   time.Duration
 		ipamGCShare float64
 		fileLogs    filelogs.Config
+		sizeLimit   = quantityFlag{q: *resource.NewQuantity(filelogs.DefaultSizeLimit, resource.BinarySI)}
+		maxLimit    = quantityFlag{q: *resource.NewQuantity(filelogs.DefaultMaxSizeLimit, resource.BinarySI)}
 	)
 	fs := flag.NewFlagSet("berth-agent", flag.ContinueOnError)
 	fs.SetOutput(output)
@@ -112,6 +115,10 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		"how long file logs are kept: older files, and directories of pods gone this long, are removed")
 	fs.DurationVar(&fileLogs.Interval, "filelogs-retention-interval", filelogs.DefaultInterval,
 		"time between retention passes over --filelogs-root")
+	fs.Var(&sizeLimit, "filelogs-size-limit",
+		"size limit of one container's file logs (all its log directories together), a Kubernetes quantity; a pass that finds a container over it removes its oldest files; a pod may ask for another with the annotation berth.io/filelogs-size-limit")
+	fs.Var(&maxLimit, "filelogs-max-size-limit",
+		"the largest size limit a pod may ask for with berth.io/filelogs-size-limit, a Kubernetes quantity, at least --filelogs-size-limit")
 	fs.BoolVar(&ipamEarly, "ipam-early-release", false,
 		"release the addresses of terminating pods annotated berth.io/ip-release: early before their teardown (needs CAP_NET_ADMIN, CAP_SYS_ADMIN and /var/run/netns)")
 	fs.BoolVar(&ipamPrep, "ipam-prepare", true,
@@ -172,6 +179,17 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		if fileLogs.Interval <= 0 {
 			return o, fmt.Errorf("--filelogs-retention-interval %s: want > 0", fileLogs.Interval)
 		}
+		var err error
+		if fileLogs.SizeLimit, err = sizeLimit.bytes("--filelogs-size-limit"); err != nil {
+			return o, err
+		}
+		if fileLogs.MaxSizeLimit, err = maxLimit.bytes("--filelogs-max-size-limit"); err != nil {
+			return o, err
+		}
+		if fileLogs.MaxSizeLimit < fileLogs.SizeLimit {
+			return o, fmt.Errorf("--filelogs-max-size-limit %s: want at least --filelogs-size-limit, %s",
+				maxLimit.String(), sizeLimit.String())
+		}
 		o.agent.FileLogs = &fileLogs
 	}
 	if err := o.logLevel.UnmarshalText([]byte(level)); err != nil || strings.ContainsAny(level, "+-") {
@@ -189,4 +207,27 @@ func newLogger(w io.Writer, level slog.Level, format string) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, hopts))
 	}
 	return slog.New(slog.NewTextHandler(w, hopts))
+}
+
+// quantityFlag is a flag whose value is a Kubernetes quantity.
+type quantityFlag struct{ q resource.Quantity }
+
+func (f *quantityFlag) String() string { return f.q.String() }
+
+func (f *quantityFlag) Set(s string) error {
+	q, err := resource.ParseQuantity(s)
+	if err != nil {
+		return errors.New(`want a Kubernetes quantity, e.g. "500Mi" or "2Gi"`)
+	}
+	f.q = q
+	return nil
+}
+
+// bytes returns the quantity as a whole number of bytes above 0.
+func (f *quantityFlag) bytes(name string) (int64, error) {
+	n := f.q.Value()
+	if f.q.Sign() <= 0 || f.q.Cmp(*resource.NewQuantity(n, resource.BinarySI)) != 0 {
+		return 0, fmt.Errorf("%s %s: want a whole number of bytes above 0", name, f.q.String())
+	}
+	return n, nil
 }

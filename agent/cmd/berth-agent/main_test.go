@@ -99,17 +99,20 @@ func TestParseFlags(t *testing.T) {
 			name: "file logs by default",
 			check: func(t *testing.T, o options) {
 				fl := o.agent.FileLogs
-				if fl == nil || fl.Root != "/logs" || fl.Retention != 48*time.Hour || fl.Interval != 10*time.Minute {
-					t.Errorf("file logs = %+v, want /logs, 48h, 10m", fl)
+				if fl == nil || fl.Root != "/logs" || fl.Retention != 48*time.Hour || fl.Interval != 10*time.Minute ||
+					fl.SizeLimit != 1<<30 || fl.MaxSizeLimit != 10<<30 {
+					t.Errorf("file logs = %+v, want /logs, 48h, 10m, 1Gi, 10Gi", fl)
 				}
 			},
 		},
 		{
 			name: "file logs set",
-			args: []string{"--filelogs-root=/var/log/berth", "--filelogs-retention=30s", "--filelogs-retention-interval=5s"},
+			args: []string{"--filelogs-root=/var/log/berth", "--filelogs-retention=30s", "--filelogs-retention-interval=5s",
+				"--filelogs-size-limit=500Mi", "--filelogs-max-size-limit=2G"},
 			check: func(t *testing.T, o options) {
 				fl := o.agent.FileLogs
-				if fl == nil || fl.Root != "/var/log/berth" || fl.Retention != 30*time.Second || fl.Interval != 5*time.Second {
+				if fl == nil || fl.Root != "/var/log/berth" || fl.Retention != 30*time.Second || fl.Interval != 5*time.Second ||
+					fl.SizeLimit != 500<<20 || fl.MaxSizeLimit != 2e9 {
 					t.Errorf("file logs = %+v", fl)
 				}
 			},
@@ -128,6 +131,14 @@ func TestParseFlags(t *testing.T) {
 		{name: "zero retention", args: []string{"--filelogs-retention=0s"}, wantErr: "--filelogs-retention 0s: want > 0"},
 		{name: "negative interval", args: []string{"--filelogs-retention-interval=-1m"},
 			wantErr: "--filelogs-retention-interval -1m0s: want > 0"},
+		{name: "size limit not a quantity", args: []string{"--filelogs-size-limit=1GB"},
+			wantErr: `invalid value "1GB" for flag -filelogs-size-limit: want a Kubernetes quantity, e.g. "500Mi" or "2Gi"`},
+		{name: "zero size limit", args: []string{"--filelogs-size-limit=0"},
+			wantErr: "--filelogs-size-limit 0: want a whole number of bytes above 0"},
+		{name: "fractional maximum", args: []string{"--filelogs-max-size-limit=100m"},
+			wantErr: "--filelogs-max-size-limit 100m: want a whole number of bytes above 0"},
+		{name: "maximum below the limit", args: []string{"--filelogs-size-limit=2Gi", "--filelogs-max-size-limit=1Gi"},
+			wantErr: "--filelogs-max-size-limit 1Gi: want at least --filelogs-size-limit, 2Gi"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
