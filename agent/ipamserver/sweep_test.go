@@ -4,10 +4,15 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-io/berth/agent/crisandbox"
@@ -110,11 +115,25 @@ func TestServer_sweep(t *testing.T) {
 	}
 }
 
-// fakeRuntime is a stand-in for the runtime's CRI that lists no
-// sandboxes at all, as one that lost its state would.
-type fakeRuntime struct{}
+// fakeRuntime is a stand-in for the runtime's CRI: it lists the
+// sandboxes the test gives it (none at first, as a runtime that lost its
+// state would).
+type fakeRuntime struct {
+	mu    sync.Mutex
+	boxes []crisandbox.Sandbox
+}
 
-func (fakeRuntime) List(context.Context) ([]crisandbox.Sandbox, error) { return nil, nil }
+func (f *fakeRuntime) List(context.Context) ([]crisandbox.Sandbox, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.boxes), nil
+}
+
+func (f *fakeRuntime) set(boxes ...crisandbox.Sandbox) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.boxes = boxes
+}
 
 // TestServer_sweep_refusesEmptyList_fakeRuntime: a runtime that suddenly
 // lists nothing on a busy node releases nothing: the sweep is refused
@@ -132,7 +151,7 @@ func TestServer_sweep_refusesEmptyList_fakeRuntime(t *testing.T) {
 	for _, pod := range []string{"a", "b", "c", "d", "e", "f"} {
 		h.store.RemovePod("ns", pod) // no pod check saves them
 	}
-	cfg.Sandboxes, cfg.SweepInterval = fakeRuntime{}, 100*time.Millisecond
+	cfg.Sandboxes, cfg.SweepInterval = &fakeRuntime{}, 100*time.Millisecond
 	h = ageAttachments(t, h, cfg)
 	poll.Until(t, 10*time.Second, "two refused sweeps", func() bool {
 		return counter(t, h.reg, "berth_ipam_gc_runs_total", "result", "refused") >= 2
@@ -141,5 +160,98 @@ func TestServer_sweep_refusesEmptyList_fakeRuntime(t *testing.T) {
 		if c.Spec.State != v1alpha1.ClaimBound {
 			t.Errorf("claim %s is %s after refused sweeps, want Bound", c.Name, c.Spec.State)
 		}
+	}
+}
+
+// TestServer_sweep_reboot_fakeRuntime: a node reboots. /run is empty (no
+// attachment record, no queued DEL) and the runtime lists no sandbox. The
+// pods that kubelet starts again keep their addresses (their objects
+// still report them: the sweep keeps those claims, and each new sandbox's
+// ADD takes its pod's claim over); a pod deleted meanwhile loses its
+// claim to the sweep. Afterwards every address is unique and no claim is
+// bound to a container the runtime does not have.
+func TestServer_sweep_reboot_fakeRuntime(t *testing.T) {
+	rt := &fakeRuntime{}
+	var cfg ipamserver.Config
+	h := serve(t, func(c *ipamserver.Config) { cfg = *c })
+	pods := []string{"db-0", "db-1", "db-2", "db-3", "db-4", "db-5"}
+	addrs := map[string]string{}
+	add := func(pod, container string) {
+		t.Helper()
+		p := h.pod(pod, nil)
+		req := protocol.Request{ContainerID: container, IfName: "eth0", Netns: "/var/run/netns/" + container, PodNamespace: "ns", PodName: pod,
+			PodUID: string(p.UID), Network: "berth"}
+		r := h.call(protocol.CommandAdd, req)
+		if r.Error != nil || len(r.IPs) != 1 {
+			t.Fatalf("ADD %s (%s): %+v", pod, container, r)
+		}
+		ip := strings.Split(r.IPs[0].Address, "/")[0]
+		if was, ok := addrs[pod]; ok && was != ip {
+			t.Errorf("%s had %s before the reboot, %s after", pod, was, ip)
+		}
+		addrs[pod] = ip
+		p.Status.Phase, p.Status.PodIPs = corev1.PodRunning, []corev1.PodIP{{IP: ip}} // kubelet reports it
+		h.store.SetPod(p)
+	}
+	var before []crisandbox.Sandbox
+	for _, pod := range pods {
+		add(pod, "old-"+pod)
+		before = append(before, crisandbox.Sandbox{ID: "old-" + pod, PodUID: types.UID("uid-" + pod), Ready: true})
+	}
+	rt.set(before...)
+
+	// The reboot: /run is gone, the runtime has nothing; db-5 is deleted
+	// while the node is down.
+	h.stop()
+	for _, dir := range []string{cfg.AttachmentDir, cfg.QueueDir} {
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rt.set()
+	h.store.RemovePod("ns", "db-5")
+	cfg.Sandboxes, cfg.SweepInterval, cfg.Registerer = rt, 50*time.Millisecond, prometheus.NewRegistry()
+	h2 := start(t, cfg)
+	h2.store = h.store
+	h = h2
+	// The ADDs are older than GC's grace: their records are gone with /run.
+	poll.Until(t, 10*time.Second, "the sweep to release deleted db-5's claim", func() bool {
+		for _, c := range h.store.Claims() {
+			if c.Spec.Pod.Name == "db-5" {
+				return c.Spec.State == v1alpha1.ClaimReserved
+			}
+		}
+		return false
+	})
+	if got := counter(t, h.reg, "berth_ipam_gc_claims_total", "result", "kept_live"); got < 5 {
+		t.Errorf("berth_ipam_gc_claims_total{result=kept_live} = %v, want the 5 pods whose objects report their addresses", got)
+	}
+
+	// kubelet starts the pods again: new sandboxes, new ADDs.
+	var after []crisandbox.Sandbox
+	for _, pod := range pods[:5] {
+		add(pod, "new-"+pod)
+		after = append(after, crisandbox.Sandbox{ID: "new-" + pod, PodUID: types.UID("uid-" + pod), Ready: true})
+	}
+	rt.set(after...)
+	sweeps := counter(t, h.reg, "berth_ipam_gc_runs_total", "result", "ok")
+	poll.Until(t, 10*time.Second, "two more sweeps", func() bool {
+		return counter(t, h.reg, "berth_ipam_gc_runs_total", "result", "ok") >= sweeps+2
+	})
+	seen := map[string]string{}
+	for _, c := range h.store.Claims() {
+		if c.Spec.State != v1alpha1.ClaimBound {
+			continue
+		}
+		if !slices.ContainsFunc(after, func(b crisandbox.Sandbox) bool { return b.ID == c.Spec.ContainerID }) {
+			t.Errorf("claim %s (%s) is bound to container %q, which the runtime does not have", c.Name, c.Spec.Address, c.Spec.ContainerID)
+		}
+		if other, dup := seen[c.Spec.Address]; dup {
+			t.Errorf("%s is bound to %s and %s", c.Spec.Address, other, c.Spec.Pod.Name)
+		}
+		seen[c.Spec.Address] = c.Spec.Pod.Name
+	}
+	if len(seen) != 5 {
+		t.Errorf("%d addresses bound after the reboot (%v), want the 5 running pods'", len(seen), seen)
 	}
 }
