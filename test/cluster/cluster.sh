@@ -195,6 +195,17 @@ share_netns_dir() {
 	mount --make-shared /run/netns
 }
 
+# share_containerd_dir: the agent mounts /run/containerd (the CRI socket,
+# for its sweep of the node's IP claims) with HostToContainer propagation,
+# which kubelet allows only on a shared or slave mount, as it is on a
+# systemd host; this host's / is private, so make /run/containerd a shared
+# mount point of its own. down unmounts it with containerd's mounts below.
+share_containerd_dir() {
+	mkdir -p /run/containerd
+	mountpoint -q /run/containerd || mount --rbind /run/containerd /run/containerd
+	mount --make-shared /run/containerd
+}
+
 # kill_pods: kills every process in a kubepods cgroup (used once kubelet is
 # stopped, so nothing restarts them).
 kill_pods() {
@@ -382,6 +393,7 @@ start_etcd() {
 
 start_containerd() {
 	restart_if_changed containerd "$STATE/containerd.toml"
+	share_containerd_dir
 	start containerd env PATH="$CONTAINERD_BIN:$RUNC_BIN:$PATH" \
 		"$CONTAINERD_BIN/containerd" --config "$STATE/containerd.toml"
 	wait_for 60 "containerd" $CTR version

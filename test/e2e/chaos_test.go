@@ -4,7 +4,9 @@ package e2e
 
 import (
 	"context"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -128,13 +130,45 @@ func TestChaos_GCEmptyList(t *testing.T) {
 	pods := readyPods(ctx, t, ns, a.name, int(a.replicas), nil)
 	checkClaims(ctx, t, ns, pods)
 
+	// GC keeps off ADDs of the last two minutes, also across agent
+	// restarts (from the attachment records' times): make these an hour
+	// old and restart the agent, so that only the pods' own state can
+	// save their claims.
+	records, err := filepath.Glob("/run/berth/ipam-attachments/*.json")
+	if err != nil || len(records) < int(a.replicas) {
+		t.Fatalf("attachment records: %v, %v", records, err)
+	}
+	for _, f := range records {
+		if err := os.Chtimes(f, time.Now().Add(-time.Hour), time.Now().Add(-time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	agent := agentPod(ctx, t)
+	expectAgentRestart(t, agent)
+	killContainer(t, agent, "berth-agent")
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := client.CoreV1().Pods(berthNamespace).Get(ctx, agent.Name, metav1.GetOptions{})
+		return err == nil && podReady(p) && p.Status.ContainerStatuses[0].RestartCount > agent.Status.ContainerStatuses[0].RestartCount, nil
+	})
+	if err != nil {
+		t.Fatalf("the agent did not come back Ready:\n%s", describe(berthNamespace, "pod/"+agent.Name))
+	}
+
+	agent = agentPod(ctx, t)
+	const keptLive = `berth_ipam_gc_claims_total{result="kept_live",source="cni"}`
+
 	conf := `{"cniVersion": "1.1.0", "name": "` + clusterNetwork + `", "type": "bridge",
 		"ipam": {"type": "berth-ipam", "pools": ["` + podPool + `"]}, "cni.dev/valid-attachments": []}`
 	cmd := exec.CommandContext(ctx, "/opt/cni/bin/berth-ipam")
 	cmd.Env = []string{"CNI_COMMAND=GC", "CNI_PATH=/opt/cni/bin"}
 	cmd.Stdin = strings.NewReader(conf)
-	out, err := cmd.CombinedOutput()
-	t.Logf("berth-ipam GC with an empty list: %v %s", err, out)
+	out, gcErr := cmd.CombinedOutput()
+	t.Logf("berth-ipam GC with an empty list: %v %s", gcErr, out)
+	// The GC looked at the pods' claims (none was within its grace) and
+	// kept them because the pods report their addresses.
+	if kept := metricValue(t, agentMetrics(ctx, t, agent), keptLive); kept < float64(a.replicas) {
+		t.Errorf("%s = %v after the GC, want at least %d (the Deployment's pods)", keptLive, kept, a.replicas)
+	}
 
 	// Whether refused (an error) or not, nothing of the running pods is
 	// released: their claims are as before, Bound to them.
