@@ -97,7 +97,7 @@ func TestReconciler_Reconcile(t *testing.T) {
 	c := start(t)
 	ctx := context.Background()
 	create(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.5.0.0/24",
-		ReservationTTL: &metav1.Duration{Duration: time.Hour}}})
+		ReservationTTL: "1h"}})
 	create(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}})
 	create(t, c, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "alive"}})
 	live := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "live"}, Spec: corev1.PodSpec{NodeName: "alive",

@@ -4,12 +4,22 @@
 package envtest
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/yaml"
 
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
@@ -68,4 +78,48 @@ func ServerVersion(cfg *rest.Config) string {
 		return "?"
 	}
 	return v.GitVersion
+}
+
+// Apply creates every object of the (multi-document) YAML manifests files
+// as they are, e.g. a ValidatingAdmissionPolicy of deploy/base, and fails
+// the test on an error. kinds, when given, limits it to objects of those
+// kinds.
+func Apply(t testing.TB, cfg *rest.Config, files []string, kinds ...string) {
+	t.Helper()
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, file := range files {
+		if err := apply(ctx, c, file, kinds); err != nil {
+			t.Fatalf("apply %s: %v", file, err)
+		}
+	}
+}
+
+func apply(ctx context.Context, c client.Client, file string, kinds []string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	d := yaml.NewYAMLOrJSONDecoder(f, 4096)
+	for {
+		var u unstructured.Unstructured
+		err := d.Decode(&u.Object)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if len(u.Object) == 0 || (len(kinds) > 0 && !slices.Contains(kinds, u.GetKind())) {
+			continue
+		}
+		if err := c.Create(ctx, &u); err != nil {
+			return fmt.Errorf("%s %s: %w", u.GetKind(), u.GetName(), err)
+		}
+	}
 }
