@@ -148,12 +148,12 @@ func TestValidatingAdmissionPolicy_ippoolOverlap(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	if err := c.Create(ctx, ippool("pods", "10.10.0.0/24")); err != nil {
+	if err := c.Create(ctx, ippool("web", "10.10.0.0/24")); err != nil {
 		t.Fatal(err)
 	}
 	envtest.Apply(t, cfg, []string{filepath.Join(admissionDir, "ippool-overlap.yaml")})
 	probe := ippool("probe", "10.10.0.128/25")
-	waitEffective(t, "overlap those of IPPool pods", func() error { return c.Create(ctx, probe.DeepCopy()) },
+	waitEffective(t, "overlap those of IPPool web", func() error { return c.Create(ctx, probe.DeepCopy()) },
 		func() { _ = c.Delete(ctx, probe) })
 
 	for _, step := range []struct {
@@ -162,11 +162,11 @@ func TestValidatingAdmissionPolicy_ippoolOverlap(t *testing.T) {
 		want string // "" admitted
 	}{
 		{name: "inside another's cidr", pool: ippool("inside", "10.10.0.64/26"),
-			want: "the addresses of IPPool inside overlap those of IPPool pods (cidr 10.10.0.0/24): one address could go to two pods; make the pools disjoint with cidr or includeRanges (excludeRanges do not count)"},
-		{name: "around another's cidr", pool: ippool("around", "10.10.0.0/16"), want: "overlap those of IPPool pods"},
-		{name: "same cidr", pool: ippool("same", "10.10.0.0/24"), want: "overlap those of IPPool pods"},
-		{name: "a range in another's cidr", pool: ippool("range-in", "10.10.0.0/23", ranges("10.10.1.0/25", "10.10.0.250-10.10.1.3")), want: "overlap those of IPPool pods"},
-		{name: "a range around another's cidr", pool: ippool("range-around", "10.0.0.0/8", ranges("10.9.255.0-10.10.3.0")), want: "overlap those of IPPool pods"},
+			want: "the addresses of IPPool inside overlap those of IPPool web (cidr 10.10.0.0/24): one address could go to two pods; make the pools disjoint (cidr, includeRanges, excludeRanges)"},
+		{name: "around another's cidr", pool: ippool("around", "10.10.0.0/16"), want: "overlap those of IPPool web"},
+		{name: "same cidr", pool: ippool("same", "10.10.0.0/24"), want: "overlap those of IPPool web"},
+		{name: "a range in another's cidr", pool: ippool("range-in", "10.10.0.0/23", ranges("10.10.1.0/25", "10.10.0.250-10.10.1.3")), want: "overlap those of IPPool web"},
+		{name: "a range around another's cidr", pool: ippool("range-around", "10.0.0.0/8", ranges("10.9.255.0-10.10.3.0")), want: "overlap those of IPPool web"},
 		{name: "next to it", pool: ippool("next", "10.10.1.0/24")},
 		// One subnet, split by includeRanges.
 		{name: "first half", pool: ippool("a", "10.11.0.0/24", ranges("10.11.0.10-10.11.0.20"))},
@@ -177,10 +177,29 @@ func TestValidatingAdmissionPolicy_ippoolOverlap(t *testing.T) {
 		{name: "a range over a cidr range", pool: ippool("c3", "10.11.0.0/24", ranges("10.11.0.100-10.11.0.200")), want: "overlap those of IPPool b"},
 		{name: "an address in a range", pool: ippool("c4", "10.11.0.0/24", ranges("10.11.0.30")), want: "overlap those of IPPool b"},
 		{name: "the subnet's rest", pool: ippool("c5", "10.11.0.0/24", ranges("10.11.0.0/29", "10.11.0.31-10.11.0.127", "10.11.0.192/26"))},
+		// Exclusions count: a pool of the subnet that the other's
+		// excludeRanges (or gateway) leave out, as the local cluster's pool
+		// "pods" leaves 10.244.0.240/28 to test pools.
+		{name: "a subnet with a hole", pool: ippool("holed", "10.12.0.0/24", func(s *v1alpha1.IPPoolSpec) {
+			s.Gateway, s.ExcludeRanges = "10.12.0.1", []string{"10.12.0.240/28", "10.12.0.2-10.12.0.9"}
+		})},
+		{name: "in the hole", pool: ippool("hole", "10.12.0.0/24", ranges("10.12.0.240/30"))},
+		{name: "in the hole and the gateway", pool: ippool("hole-gw", "10.12.0.0/24", ranges("10.12.0.1-10.12.0.9", "10.12.0.244/30"))},
+		{name: "in the hole and one more", pool: ippool("hole-more", "10.12.0.0/24", ranges("10.12.0.248-10.12.0.255", "10.12.0.10-10.12.0.11")),
+			want: "overlap those of IPPool holed (cidr 10.12.0.0/24, excludeRanges 10.12.0.240/28, 10.12.0.2-10.12.0.9)"},
+		{name: "over the hole's edge", pool: ippool("hole-edge", "10.12.0.0/24", ranges("10.12.0.236-10.12.0.239")), want: "overlap those of IPPool holed"},
+		{name: "carved by its own exclusion", pool: ippool("carved", "10.12.0.0/24", func(s *v1alpha1.IPPoolSpec) {
+			s.IncludeRanges, s.ExcludeRanges = []string{"10.12.0.0/28"}, []string{"10.12.0.0/28"}
+		})},
 		// IPv6, and the families never overlap.
 		{name: "ipv6", pool: ippool("v6", "fd00:10::/64", ranges("fd00:10::100-fd00:10::1ff"))},
 		{name: "ipv6 overlapping", pool: ippool("v6b", "fd00:10::/119"), want: "overlap those of IPPool v6"},
 		{name: "ipv6 disjoint", pool: ippool("v6c", "fd00:10::/64", ranges("fd00:10::200-fd00:10::2ff", "fd00:10::ff"))},
+		{name: "ipv6 subnet with holes", pool: ippool("v6d", "fd00:11::/64", func(s *v1alpha1.IPPoolSpec) {
+			s.Gateway, s.ExcludeRanges = "fd00:11::1", []string{"fd00:11::ff00/120", "fd00:11::2-fd00:11::ff"}
+		})},
+		{name: "ipv6 in the holes", pool: ippool("v6e", "fd00:11::/64", ranges("fd00:11::1-fd00:11::ff", "fd00:11::ff80/121"))},
+		{name: "ipv6 past the holes", pool: ippool("v6f", "fd00:11::/64", ranges("fd00:11::100-fd00:11::101")), want: "overlap those of IPPool v6d"},
 	} {
 		t.Run(step.name, func(t *testing.T) {
 			err := c.Create(ctx, step.pool)
@@ -194,6 +213,15 @@ func TestValidatingAdmissionPolicy_ippoolOverlap(t *testing.T) {
 				t.Fatalf("err = %v\nwant Invalid with %q", err, step.want)
 			}
 		})
+	}
+
+	// The local cluster's pools, and the pool test/e2e makes beside them
+	// (in the addresses "pods" excludes).
+	envtest.Apply(t, cfg, []string{filepath.Join("..", "..", "deploy", "local", "ippool.yaml")})
+	e2e := ippool("e2e", "10.244.0.0/24", ranges("10.244.0.240/30"))
+	e2e.Spec.Gateway = "10.244.0.1"
+	if err := c.Create(ctx, e2e); err != nil {
+		t.Errorf("the pool of test/e2e beside deploy/local's: %v", err)
 	}
 
 	// An update into overlap is rejected; one that stays clear of the
