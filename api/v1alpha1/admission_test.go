@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -395,5 +397,63 @@ func TestValidatingAdmissionPolicy_agentClaims(t *testing.T) {
 	var se *apierrors.StatusError
 	if err := admin.Get(ctx, client.ObjectKey{Name: "bound-b"}, &v1alpha1.IPClaim{}); !errors.As(err, &se) || !apierrors.IsNotFound(err) {
 		t.Errorf("bound-b after the admin's delete: %v, want not found", err)
+	}
+}
+
+// TestValidatingAdmissionPolicy_agentClaims_boundToken: the node comes
+// from the token itself. A token bound to a pod on node-a (what kubelet
+// mounts into the agent's pod) lets berth-agent write node-a's claims and
+// not node-b's; a token bound to nothing (a token Secret) writes none.
+func TestValidatingAdmissionPolicy_agentClaims_boundToken(t *testing.T) {
+	cfg := envtest.Start(t, envtest.Options{CRDDirectoryPaths: []string{crdDir}})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	if err := corev1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	if err := authenticationv1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	envtest.Apply(t, cfg, []string{filepath.Join("..", "..", "deploy", "base", "rbac.yaml")}, "ClusterRole", "ClusterRoleBinding")
+	envtest.Apply(t, cfg, []string{filepath.Join(admissionDir, "agent-claims.yaml")})
+
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "berth-system", Name: "berth-agent"}}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "berth-system", Name: "berth-agent-x"},
+		Spec: corev1.PodSpec{NodeName: "node-a", ServiceAccountName: "berth-agent", Containers: []corev1.Container{{Name: "agent", Image: "berth"}}}}
+	for _, obj := range []client.Object{
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "berth-system"}},
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"}}, sa, pod,
+	} {
+		if err := admin.Create(ctx, obj); err != nil {
+			t.Fatalf("create %T: %v", obj, err)
+		}
+	}
+	tokenClient := func(bound *authenticationv1.BoundObjectReference) client.Client {
+		t.Helper()
+		tr := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{BoundObjectRef: bound}}
+		if err := admin.SubResource("token").Create(ctx, sa, tr); err != nil {
+			t.Fatalf("token request: %v", err)
+		}
+		return newClient(t, &rest.Config{Host: cfg.Host, BearerToken: tr.Status.Token, TLSClientConfig: rest.TLSClientConfig{CAData: cfg.CAData}})
+	}
+	agentA := tokenClient(&authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID})
+	unbound := tokenClient(nil)
+
+	probe := claim("probe", "node-b", v1alpha1.ClaimBound)
+	waitEffective(t, "berth-agent on node node-a may write only IPClaims of its node; this one would be of node node-b",
+		func() error { return agentA.Create(ctx, probe.DeepCopy()) }, func() { _ = admin.Delete(ctx, probe) })
+	if err := agentA.Create(ctx, claim("own", "node-a", v1alpha1.ClaimBound)); err != nil {
+		t.Errorf("the agent of node-a creates a claim of node-a: %v", err)
+	}
+	if err := unbound.Create(ctx, claim("unbound", "node-a", v1alpha1.ClaimBound)); err == nil || !strings.Contains(err.Error(), "credentials name no node") {
+		t.Errorf("an unbound token creates a claim: err = %v, want denied for naming no node", err)
 	}
 }
