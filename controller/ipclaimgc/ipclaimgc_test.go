@@ -35,9 +35,17 @@ import (
 
 func init() { ctrllog.SetLogger(logr.Discard()) }
 
+var crdDir = filepath.Join("..", "..", "deploy", "base", "crds")
+
 func start(t *testing.T) client.Client {
 	t.Helper()
-	cfg := envtest.Start(t, envtest.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "deploy", "base", "crds")}})
+	return startWith(t, crdDir)
+}
+
+// startWith is start with the CRDs of dir.
+func startWith(t *testing.T, dir string) client.Client {
+	t.Helper()
+	cfg := envtest.Start(t, envtest.Options{CRDDirectoryPaths: []string{dir}})
 	s := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(s); err != nil {
 		t.Fatal(err)
@@ -231,4 +239,27 @@ func gcCounts(t *testing.T) map[string]float64 {
 		t.Fatalf("berth_ipclaim_gc_total has series %v, want reserved/{PodGone,NodeGone} and freed/{PodGone,NodeGone,Expired,AppGone}", out)
 	}
 	return out
+}
+
+// TestReconciler_Reconcile_badReservationTTL: a pool whose reservationTTL
+// does not parse (stored before the CRD checked it) still has its pods'
+// addresses reserved for their app, for the default 24h.
+func TestReconciler_Reconcile_badReservationTTL(t *testing.T) {
+	c := startWith(t, envtest.CRDsWithoutRules(t, crdDir, "IPPool", "spec", "reservationTTL"))
+	create(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.5.0.0/24", ReservationTTL: "1d"}})
+	create(t, c, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "alive"}})
+	web := &v1alpha1.App{Kind: v1alpha1.AppGroup, Namespace: "ns", Name: "web"}
+	create(t, c, claim("p-10-5-0-9", "10.5.0.9", v1alpha1.ClaimBound, v1alpha1.PodRef{Namespace: "ns", Name: "vanished", UID: "uid-vanished"}, "alive", web))
+	start := time.Now()
+	var got *v1alpha1.IPClaim
+	poll.Until(t, 20*time.Second, "the claim of a vanished pod reserved", func() bool {
+		got, _ = get(t, c, "p-10-5-0-9")
+		return got != nil && got.Spec.State == v1alpha1.ClaimReserved
+	})
+	if got.Spec.ReservedUntil == nil {
+		t.Fatal("reserved without reservedUntil")
+	}
+	if until := got.Spec.ReservedUntil.Time; until.Before(start.Add(v1alpha1.DefaultReservationTTL-time.Minute)) || until.After(time.Now().Add(v1alpha1.DefaultReservationTTL+time.Minute)) {
+		t.Errorf("reservedUntil %s, want about %s from now", until, v1alpha1.DefaultReservationTTL)
+	}
 }

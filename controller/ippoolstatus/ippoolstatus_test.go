@@ -334,50 +334,11 @@ func TestReconciler_Reconcile_storedBadReservationTTL(t *testing.T) {
 	ctx := context.Background()
 	// The CRD of deploy/base without the rule on reservationTTL, as it was
 	// before the rule existed.
+	dir := envtest.CRDsWithoutRules(t, crdDir, "IPPool", "spec", "reservationTTL")
 	strict, err := os.ReadFile(filepath.Join(crdDir, "berth.io_ippools.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var crd map[string]any
-	if err := yaml.Unmarshal(strict, &crd); err != nil {
-		t.Fatal(err)
-	}
-	versions, _, err := unstructured.NestedSlice(crd, "spec", "versions")
-	if err != nil || len(versions) != 1 {
-		t.Fatalf("the CRD's versions: %d, %v; want one", len(versions), err)
-	}
-	v, _ := versions[0].(map[string]any)
-	field, found, err := unstructured.NestedMap(v, "schema", "openAPIV3Schema", "properties", "spec", "properties", "reservationTTL")
-	if !found || err != nil {
-		t.Fatalf("reservationTTL in the CRD: %v %v", found, err)
-	}
-	if _, ok := field["x-kubernetes-validations"]; !ok {
-		t.Fatal("the CRD has no rule on reservationTTL")
-	}
-	delete(field, "x-kubernetes-validations")
-	if err := unstructured.SetNestedMap(v, field, "schema", "openAPIV3Schema", "properties", "spec", "properties", "reservationTTL"); err != nil {
-		t.Fatal(err)
-	}
-	versions[0] = v
-	if err := unstructured.SetNestedSlice(crd, versions, "spec", "versions"); err != nil {
-		t.Fatal(err)
-	}
-	lax, err := yaml.Marshal(crd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "berth.io_ippools.yaml"), lax, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	claims, err := os.ReadFile(filepath.Join(crdDir, "berth.io_ipclaims.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "berth.io_ipclaims.yaml"), claims, 0o600); err != nil {
-		t.Fatal(err)
-	}
-
 	c := startWith(t, dir, func(cfg *rest.Config) {
 		// Written as YAML would be, whatever the Go type of the field.
 		raw, err := client.New(cfg, client.Options{})

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	sigsyaml "sigs.k8s.io/yaml"
 )
 
 // AssetsEnv names the directory holding etcd, kube-apiserver and kubectl, as
@@ -122,4 +123,60 @@ func apply(ctx context.Context, c client.Client, file string, kinds []string) er
 			return fmt.Errorf("%s %s: %w", u.GetKind(), u.GetName(), err)
 		}
 	}
+}
+
+// CRDsWithoutRules copies the CRD manifests of dir into a new directory and
+// returns it, with the x-kubernetes-validations (CEL rules) of the property
+// at path (e.g. "spec", "reservationTTL") removed from the CRD of kind:
+// the CRD as it was before the rules existed, to store objects that the
+// current CRD refuses. The test fails when that property has no rules.
+func CRDsWithoutRules(t testing.TB, dir, kind string, path ...string) string {
+	t.Helper()
+	out := t.TempDir()
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("CRDs in %s: %v (%d files)", dir, err, len(files))
+	}
+	found := false
+	for _, file := range files {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var crd map[string]any
+		if err := sigsyaml.Unmarshal(b, &crd); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if k, _, _ := unstructured.NestedString(crd, "spec", "names", "kind"); k == kind {
+			versions, _, _ := unstructured.NestedSlice(crd, "spec", "versions")
+			for i, v := range versions {
+				schema := []string{"schema", "openAPIV3Schema"}
+				for _, p := range path {
+					schema = append(schema, "properties", p)
+				}
+				prop, ok, _ := unstructured.NestedMap(v.(map[string]any), schema...)
+				if !ok || prop["x-kubernetes-validations"] == nil {
+					continue
+				}
+				delete(prop, "x-kubernetes-validations")
+				if err := unstructured.SetNestedMap(v.(map[string]any), prop, schema...); err != nil {
+					t.Fatal(err)
+				}
+				versions[i], found = v, true
+			}
+			if err := unstructured.SetNestedSlice(crd, versions, "spec", "versions"); err != nil {
+				t.Fatal(err)
+			}
+			if b, err = sigsyaml.Marshal(crd); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(out, filepath.Base(file)), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !found {
+		t.Fatalf("%s: no rules on %v of %s to remove", dir, path, kind)
+	}
+	return out
 }
