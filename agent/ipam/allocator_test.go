@@ -340,6 +340,8 @@ func TestAllocator_Allocate_errors(t *testing.T) {
 		{name: "pool overlapping an older pool", pools: []*v1alpha1.IPPool{pool("a", "10.0.0.0/24"), pool("b", "10.0.0.128/25")}, ann: map[string]string{v1alpha1.AnnotationPool: "b"},
 			kind: ipam.ErrBadPool, want: "pod ns/x, pool b: its addresses overlap those of the older pool a (10.0.0.129 among them), which keeps them: " +
 				"the same address could go to two pods; make the pools disjoint (cidr, includeRanges, excludeRanges)"},
+		{name: "pool with a bad reservationTTL", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24", func(p *v1alpha1.IPPool) { p.Spec.ReservationTTL = "7d" })},
+			kind: ipam.ErrBadPool, want: `pod ns/x, pool p: reservationTTL "7d": time: unknown unit "d" in duration "7d" (want a positive duration such as 24h, 90m or 1h30m; 7 days is 168h)`},
 		{name: "malformed group", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24")}, ann: map[string]string{v1alpha1.AnnotationGroup: "Bad_Group"},
 			kind: ipam.ErrBadAnnotation, want: `pod ns/x: malformed annotation: berth.io/ip-group: "Bad_Group": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`},
 	} {
@@ -476,7 +478,7 @@ func TestAllocator_Allocate_pools(t *testing.T) {
 		}
 	})
 	t.Run("reservation records the TTL", func(t *testing.T) {
-		e := newEnv(t, pool("p", "10.0.0.0/24", func(p *v1alpha1.IPPool) { p.Spec.ReservationTTL = &metav1.Duration{Duration: time.Hour} }))
+		e := newEnv(t, pool("p", "10.0.0.0/24", func(p *v1alpha1.IPPool) { p.Spec.ReservationTTL = "1h" }))
 		p := e.pod("web-5d8f-a", "ReplicaSet", "web-5d8f", nil)
 		e.mustAdd(p)
 		e.del(p)
@@ -507,6 +509,12 @@ func TestParsePool(t *testing.T) {
 		{name: "range backwards", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ExcludeRanges: []string{"10.0.0.9-10.0.0.1"}}, err: `excludeRanges: "10.0.0.9-10.0.0.1": the range ends before it starts`},
 		{name: "nothing left", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/30", ExcludeRanges: []string{"10.0.0.0/30"}}, err: "no address left to hand out after ranges and gateway"},
 		{name: "route of the other family", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Routes: []v1alpha1.Route{{Destination: "::/0"}}}, err: "route ::/0: not of the pool's IP family"},
+		// Stored before the API server checked reservationTTL: the pool is
+		// invalid, nothing else fails.
+		{name: "reservationTTL in days", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReservationTTL: "1d"},
+			err: `reservationTTL "1d": time: unknown unit "d" in duration "1d" (want a positive duration such as 24h, 90m or 1h30m; 7 days is 168h)`},
+		{name: "reservationTTL zero", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReservationTTL: "0s"}, err: `reservationTTL "0s": want a positive duration`},
+		{name: "reservationTTL negative", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReservationTTL: "-1h"}, err: `reservationTTL "-1h": want a positive duration`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, err := ipam.ParsePool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: tc.spec})

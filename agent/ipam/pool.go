@@ -48,7 +48,7 @@ func ParsePool(p *v1alpha1.IPPool) (*Pool, error) {
 	if pfx.Addr().Zone() != "" {
 		return nil, fmt.Errorf("cidr %q: zones are not allowed", p.Spec.CIDR)
 	}
-	pool := &Pool{Name: p.Name, Prefix: pfx, Retain: true, TTL: v1alpha1.DefaultReservationTTL, Reclaim: true}
+	pool := &Pool{Name: p.Name, Prefix: pfx, Retain: true, Reclaim: true}
 	pfx = pfx.Masked()
 	if p.Spec.Retain != nil {
 		pool.Retain = *p.Spec.Retain
@@ -56,11 +56,8 @@ func ParsePool(p *v1alpha1.IPPool) (*Pool, error) {
 	if p.Spec.ReclaimReservations != nil {
 		pool.Reclaim = *p.Spec.ReclaimReservations
 	}
-	if p.Spec.ReservationTTL != nil {
-		if p.Spec.ReservationTTL.Duration <= 0 {
-			return nil, fmt.Errorf("reservationTTL %s: want a positive duration", p.Spec.ReservationTTL.Duration)
-		}
-		pool.TTL = p.Spec.ReservationTTL.Duration
+	if pool.TTL, err = p.Spec.ParseReservationTTL(); err != nil {
+		return nil, err
 	}
 	if p.Spec.Gateway != "" {
 		gw, err := netip.ParseAddr(p.Spec.Gateway)

@@ -53,7 +53,7 @@ func TestCRDs(t *testing.T) {
 	if pool.Spec.Retain == nil || !*pool.Spec.Retain {
 		t.Errorf("retain default = %v, want true", pool.Spec.Retain)
 	}
-	if pool.Spec.ReservationTTL == nil || pool.Spec.ReservationTTL.Duration != v1alpha1.DefaultReservationTTL {
+	if ttl, err := pool.Spec.ParseReservationTTL(); pool.Spec.ReservationTTL != "24h" || err != nil || ttl != v1alpha1.DefaultReservationTTL {
 		t.Errorf("reservationTTL default = %v, want %v", pool.Spec.ReservationTTL, v1alpha1.DefaultReservationTTL)
 	}
 	if pool.Spec.ReclaimReservations == nil || !*pool.Spec.ReclaimReservations {

@@ -227,11 +227,6 @@ func (in *IPPoolSpec) DeepCopyInto(out *IPPoolSpec) {
 		*out = new(bool)
 		**out = **in
 	}
-	if in.ReservationTTL != nil {
-		in, out := &in.ReservationTTL, &out.ReservationTTL
-		*out = new(v1.Duration)
-		**out = **in
-	}
 	if in.ReclaimReservations != nil {
 		in, out := &in.ReclaimReservations, &out.ReclaimReservations
 		*out = new(bool)

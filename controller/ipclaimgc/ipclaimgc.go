@@ -305,9 +305,12 @@ func (r *Reconciler) reserve(ctx context.Context, c *v1alpha1.IPClaim, why strin
 	if err != nil {
 		return err
 	}
-	ttl := v1alpha1.DefaultReservationTTL
-	if pool.Spec.ReservationTTL != nil {
-		ttl = pool.Spec.ReservationTTL.Duration
+	ttl, err := pool.Spec.ParseReservationTTL()
+	if err != nil {
+		// A value stored before the API server checked it: the pool is
+		// Ready=False (InvalidSpec, by ippoolstatus) and hands out nothing;
+		// its address is still kept for the app, for the default time.
+		ttl = v1alpha1.DefaultReservationTTL
 	}
 	c.Spec.State = v1alpha1.ClaimReserved
 	c.Spec.ContainerID = ""

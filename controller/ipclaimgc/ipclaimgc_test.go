@@ -38,9 +38,17 @@ import (
 
 func init() { ctrllog.SetLogger(logr.Discard()) }
 
+var crdDir = filepath.Join("..", "..", "deploy", "base", "crds")
+
 func start(t *testing.T, gcCfg ipclaimgc.Config) (client.Client, *rest.Config) {
 	t.Helper()
-	cfg := envtest.Start(t, envtest.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "deploy", "base", "crds")}})
+	return startWith(t, crdDir, gcCfg)
+}
+
+// startWith is start with the CRDs of dir.
+func startWith(t *testing.T, dir string, gcCfg ipclaimgc.Config) (client.Client, *rest.Config) {
+	t.Helper()
+	cfg := envtest.Start(t, envtest.Options{CRDDirectoryPaths: []string{dir}})
 	s := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(s); err != nil {
 		t.Fatal(err)
@@ -100,7 +108,7 @@ func TestReconciler_Reconcile(t *testing.T) {
 	c, _ := start(t, ipclaimgc.Config{NodeGrace: 2 * time.Second})
 	ctx := context.Background()
 	create(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.5.0.0/24",
-		ReservationTTL: &metav1.Duration{Duration: time.Hour}}})
+		ReservationTTL: "1h"}})
 	create(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}})
 	create(t, c, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "alive"}})
 	live := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "live"}, Spec: corev1.PodSpec{NodeName: "alive",
@@ -309,4 +317,27 @@ func TestReconciler_agentActive(t *testing.T) {
 		cond := meta.FindStatusCondition(cl.Status.Conditions, ipclaimgc.ConditionOrphaned)
 		return cl.Spec.State == v1alpha1.ClaimReserved && cond != nil && cond.Reason == ipclaimgc.ReasonPodGone && cond.Status == metav1.ConditionTrue
 	})
+}
+
+// TestReconciler_Reconcile_badReservationTTL: a pool whose reservationTTL
+// does not parse (stored before the CRD checked it) still has its pods'
+// addresses reserved for their app, for the default 24h.
+func TestReconciler_Reconcile_badReservationTTL(t *testing.T) {
+	c, _ := startWith(t, envtest.CRDsWithoutRules(t, crdDir, "IPPool", "spec", "reservationTTL"), ipclaimgc.Config{})
+	create(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.5.0.0/24", ReservationTTL: "1d"}})
+	create(t, c, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "alive"}})
+	web := &v1alpha1.App{Kind: v1alpha1.AppGroup, Namespace: "ns", Name: "web"}
+	create(t, c, claim("p-10-5-0-9", "10.5.0.9", v1alpha1.ClaimBound, v1alpha1.PodRef{Namespace: "ns", Name: "vanished", UID: "uid-vanished"}, "alive", web))
+	start := time.Now()
+	var got *v1alpha1.IPClaim
+	poll.Until(t, 20*time.Second, "the claim of a vanished pod reserved", func() bool {
+		got, _ = get(t, c, "p-10-5-0-9")
+		return got != nil && got.Spec.State == v1alpha1.ClaimReserved
+	})
+	if got.Spec.ReservedUntil == nil {
+		t.Fatal("reserved without reservedUntil")
+	}
+	if until := got.Spec.ReservedUntil.Time; until.Before(start.Add(v1alpha1.DefaultReservationTTL-time.Minute)) || until.After(time.Now().Add(v1alpha1.DefaultReservationTTL+time.Minute)) {
+		t.Errorf("reservedUntil %s, want about %s from now", until, v1alpha1.DefaultReservationTTL)
+	}
 }

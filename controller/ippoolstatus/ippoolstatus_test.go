@@ -3,6 +3,7 @@ package ippoolstatus_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,8 +17,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -25,6 +29,7 @@ import (
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/yaml"
 
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/controller/ippoolstatus"
@@ -36,8 +41,19 @@ import (
 // start runs the reconciler against a real kube-apiserver and returns a
 // client of it.
 func start(t *testing.T) client.WithWatch {
+	return startWith(t, crdDir, nil)
+}
+
+var crdDir = filepath.Join("..", "..", "deploy", "base", "crds")
+
+// startWith is start with the CRDs of dir, running before (if not nil)
+// before the reconciler starts.
+func startWith(t *testing.T, dir string, before func(cfg *rest.Config)) client.WithWatch {
 	ctrllog.SetLogger(logr.Discard())
-	cfg := envtest.Start(t, envtest.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "deploy", "base", "crds")}})
+	cfg := envtest.Start(t, envtest.Options{CRDDirectoryPaths: []string{dir}})
+	if before != nil {
+		before(cfg)
+	}
 	s := runtime.NewScheme()
 	_ = clientgoscheme.AddToScheme(s)
 	_ = v1alpha1.AddToScheme(s)
@@ -307,5 +323,67 @@ func waitPool(ctx context.Context, t *testing.T, c client.Client, name string, o
 			t.Fatalf("pool %s: status %+v", name, p.Status)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestReconciler_Reconcile_storedBadReservationTTL: a pool whose
+// reservationTTL was stored before the API server checked it ("1d", as
+// IPPools admitted by older CRDs may hold) lists like any other, and the
+// pool is Ready=False with reason InvalidSpec saying what to write.
+func TestReconciler_Reconcile_storedBadReservationTTL(t *testing.T) {
+	ctx := context.Background()
+	// The CRD of deploy/base without the rule on reservationTTL, as it was
+	// before the rule existed.
+	dir := envtest.CRDsWithoutRules(t, crdDir, "IPPool", "spec", "reservationTTL")
+	strict, err := os.ReadFile(filepath.Join(crdDir, "berth.io_ippools.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startWith(t, dir, func(cfg *rest.Config) {
+		// Written as YAML would be, whatever the Go type of the field.
+		raw, err := client.New(cfg, client.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "berth.io/v1alpha1", "kind": "IPPool", "metadata": map[string]any{"name": "days"},
+			"spec": map[string]any{"cidr": "10.7.0.0/24", "reservationTTL": "1d"},
+		}}
+		if err := raw.Create(ctx, bad); err != nil {
+			t.Fatalf("store a pool with reservationTTL 1d under the lax CRD: %v", err)
+		}
+		// Now the CRD of deploy/base: the stored pool stays as it is.
+		var cur unstructured.Unstructured
+		cur.SetGroupVersionKind(schema.GroupVersionKind{Group: "apiextensions.k8s.io", Version: "v1", Kind: "CustomResourceDefinition"})
+		if err := raw.Get(ctx, client.ObjectKey{Name: "ippools.berth.io"}, &cur); err != nil {
+			t.Fatal(err)
+		}
+		var want map[string]any
+		if err := yaml.Unmarshal(strict, &want); err != nil {
+			t.Fatal(err)
+		}
+		cur.Object["spec"] = want["spec"]
+		if err := raw.Update(ctx, &cur); err != nil {
+			t.Fatalf("install the strict CRD: %v", err)
+		}
+	})
+	// Every informer lists pools with the typed client: the list must
+	// decode.
+	var list v1alpha1.IPPoolList
+	if err := c.List(ctx, &list); err != nil {
+		t.Fatalf("list pools with one stored with reservationTTL 1d: %v", err)
+	}
+	if len(list.Items) != 1 || list.Items[0].Spec.ReservationTTL != "1d" {
+		t.Fatalf("pools listed: %+v", list.Items)
+	}
+	want := `reservationTTL "1d": time: unknown unit "d" in duration "1d" (want a positive duration such as 24h, 90m or 1h30m; 7 days is 168h)`
+	waitPool(ctx, t, c, "days", func(p *v1alpha1.IPPool) bool {
+		cond := meta.FindStatusCondition(p.Status.Conditions, ippoolstatus.ConditionReady)
+		return cond != nil && cond.Status == metav1.ConditionFalse && cond.Reason == "InvalidSpec" && cond.Message == want
+	})
+	// The API server now refuses the value: another pool cannot get it.
+	err = c.Create(ctx, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "days2"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.8.0.0/24", ReservationTTL: "1d"}})
+	if !apierrors.IsInvalid(err) {
+		t.Errorf("a new pool with reservationTTL 1d: err = %v, want Invalid", err)
 	}
 }
