@@ -18,6 +18,8 @@ type metrics struct {
 	// releasesPending is the number of DELs answered whose claims are not
 	// released yet.
 	releasesPending prometheus.Gauge
+	// quarantined is the number of DEL records in quarantine.
+	quarantined prometheus.Gauge
 }
 
 var durationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
@@ -59,6 +61,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "berth_ipam_releases_pending",
 			Help: "DELs answered whose claims are not released in the API server yet (--ipam-defer-release; at most 16 releases at once): a lasting rise means the API server falls behind or refuses the writes. The addresses stay held meanwhile.",
 		}),
+		quarantined: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "berth_ipam_del_records_quarantined",
+			Help: "DEL records in the queue directory's quarantine/ (as of the agent's start or its last quarantine): the API server rejected their release for good (RBAC, validation, an admission webhook or policy), or they could not be read. Their addresses stay held until an operator acts (the Event says how).",
+		}),
 	}
 	var err error
 	for _, h := range []**prometheus.HistogramVec{&m.allocation, &m.release} {
@@ -71,7 +77,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 	}
-	for _, g := range []*prometheus.Gauge{&m.recordsPending, &m.releasesPending} {
+	for _, g := range []*prometheus.Gauge{&m.recordsPending, &m.releasesPending, &m.quarantined} {
 		if *g, err = promreg.Register(reg, *g); err != nil {
 			return nil, err
 		}
