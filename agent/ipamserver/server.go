@@ -98,7 +98,8 @@ type Config struct {
 	// QueueDir/quarantine and the DEL stops being retried; its claims
 	// stay held. Default DefaultQuarantineAfter.
 	QuarantineAfter int
-	// Recorder records Events: early release's on the pods, a
+	// Recorder records Events: early release's and those of Berth
+	// annotations the agent does not understand on the pods, a
 	// quarantined DEL's on its pod or the Node. Nil: none.
 	Recorder events.EventRecorder
 	// Registerer receives the metrics. Default: a new registry.
@@ -135,6 +136,9 @@ type Server struct {
 		sync.Mutex
 		last string // the last error reading CNIConfDir, logged
 	}
+
+	warnedMu sync.Mutex
+	warned   map[types.UID]*warnedPod // pods whose annotation Events were recorded
 
 	rejectMu sync.Mutex
 	rejected rejections // DEL records the API server rejected for good, not quarantined yet
@@ -267,6 +271,11 @@ func (s *Server) Start(ctx context.Context) error {
 				s.cfg.Logger.Error("early release stopped", "err", err)
 			}
 		}()
+	}
+	if s.cfg.PodCache != nil && s.cfg.Recorder != nil {
+		if err := s.watchAnnotations(ctx); err != nil {
+			s.cfg.Logger.Warn("cannot watch the node's pods for Berth annotations the agent does not understand; it checks them at ADD only", "err", err)
+		}
 	}
 	if s.cfg.Prepare {
 		s.loadPools()
@@ -408,6 +417,7 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 	if err := s.waitPending(ctx, req.PodNamespace+"/"+req.PodName, types.UID(req.PodUID), req.ContainerID); err != nil {
 		return errResponse(protocol.CodeTryAgainLater, "berth-ipam ADD failed", err)
 	}
+	s.warnAnnotationsAtAdd(req.PodNamespace, req.PodName, types.UID(req.PodUID))
 	areq := ipam.Request{ContainerID: req.ContainerID, IfName: req.IfName,
 		PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: types.UID(req.PodUID), Pools: req.Pools, Network: req.Network}
 	als, err := s.alloc.Allocate(ctx, areq)
