@@ -49,11 +49,10 @@ const ReasonReleaseQuarantined = "IPReleaseQuarantined"
 const maxEventNote = 1024
 
 // rejectedForGood reports whether the API server refused err's write for
-// a reason that trying again does not change: the agent may not (403
-// Forbidden: RBAC, or an admission webhook's denial), or the object or
-// request is refused as it is (422 Invalid: validation or a
-// ValidatingAdmissionPolicy; 400 Bad Request: a webhook's denial without
-// a code; 405, 406, 413, 415). Network errors, timeouts, throttling, 5xx
+// a reason that trying again does not change: 403 Forbidden (RBAC, an
+// admission webhook's or ValidatingAdmissionPolicy's denial), 422 Invalid
+// (validation, a policy's denial with that reason), 400 Bad Request (a
+// webhook's denial without a code), 405, 406, 413, 415. Network errors, timeouts, throttling, 5xx
 // (a webhook that cannot be reached), conflicts and anything that is not
 // an API status are not. A joined error is rejected for good only if each
 // of its errors is.

@@ -113,7 +113,7 @@ func denyReleaseOfBadPods(t *testing.T, ctx context.Context, c client.Client, pr
 	mustCreate(t, c, binding)
 	poll.Until(t, 30*time.Second, "the policy to be enforced", func() bool {
 		err := c.Delete(ctx, probe.DeepCopy(), client.DryRunAll)
-		return apierrors.IsInvalid(err)
+		return apierrors.IsForbidden(err) || apierrors.IsInvalid(err)
 	})
 }
 
@@ -240,7 +240,7 @@ func TestServer_Start_quarantinesRejectedDEL(t *testing.T) {
 		return note != ""
 	})
 	for _, want := range []string{"c-bad", bad.Name, "denies the release", filepath.Join(base.QueueDir, ipamserver.QuarantineDir, "c-bad-eth0.json"),
-		"move the record back into " + base.QueueDir, "kubectl delete ipclaim " + bad.Name} {
+		"back into " + base.QueueDir + " and restart berth-agent on node n1", "kubectl delete ipclaim " + bad.Name} {
 		if !strings.Contains(note, want) {
 			t.Errorf("Event note %q\ndoes not say %q", note, want)
 		}
