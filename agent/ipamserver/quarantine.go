@@ -1,6 +1,7 @@
 package ipamserver
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -126,6 +127,10 @@ func (s *Server) countQuarantined() {
 	s.metrics.quarantined.Set(float64(len(files)))
 }
 
+// errQuarantinedAlready: the record was moved into quarantine by another
+// release of the same DEL (a runtime repeats DEL).
+var errQuarantinedAlready = errors.New("quarantined already")
+
 // moveToQuarantine moves the record at f into the quarantine directory
 // and returns its new path.
 func (s *Server) moveToQuarantine(f string) (string, error) {
@@ -135,6 +140,9 @@ func (s *Server) moveToQuarantine(f string) (string, error) {
 	}
 	to := filepath.Join(dir, filepath.Base(f))
 	if err := os.Rename(f, to); err != nil {
+		if _, serr := os.Lstat(to); errors.Is(err, os.ErrNotExist) && serr == nil {
+			return to, errQuarantinedAlready
+		}
 		return "", fmt.Errorf("quarantine %s: %w", f, err)
 	}
 	s.countQuarantined()
@@ -148,6 +156,9 @@ func (s *Server) moveToQuarantine(f string) (string, error) {
 // held.
 func (s *Server) quarantine(f string, req *protocol.Request, cause error, tries int) error {
 	to, err := s.moveToQuarantine(f)
+	if errors.Is(err, errQuarantinedAlready) {
+		return nil // and said so
+	}
 	if err != nil {
 		return err
 	}
@@ -188,6 +199,9 @@ func (s *Server) quarantine(f string, req *protocol.Request, cause error, tries 
 // stop the queue forever and names no container to release).
 func (s *Server) quarantineMalformed(f string, cause error) {
 	to, err := s.moveToQuarantine(f)
+	if errors.Is(err, errQuarantinedAlready) {
+		return
+	}
 	if err != nil {
 		s.cfg.Logger.Warn("dropping a malformed queued DEL that cannot be quarantined", "file", f, "err", cause, "quarantine_err", err)
 		_ = os.RemoveAll(f)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +23,7 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/ptr"
@@ -28,10 +32,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
 	"github.com/berth-io/berth/internal/cachetrim"
+	"github.com/berth-io/berth/test/lockedbuf"
 	"github.com/berth-io/berth/test/poll"
 	"github.com/berth-io/berth/test/promtest"
 	"github.com/berth-io/berth/test/runnable"
@@ -316,5 +322,95 @@ func TestServer_Start_quarantinesMalformedDEL_inMemoryAPIServer(t *testing.T) {
 		default:
 			t.Fatal("fewer than 3 Events")
 		}
+	}
+}
+
+// forbiddingStore is an API server whose RBAC forbids every write of one
+// claim.
+type forbiddingStore struct {
+	ipam.Store
+	claim  atomic.Pointer[string]
+	denied atomic.Int32
+}
+
+func (f *forbiddingStore) forbidden(name string) error {
+	if p := f.claim.Load(); p == nil || *p != name {
+		return nil
+	}
+	f.denied.Add(1)
+	return fmt.Errorf("update ipclaim %s: %w", name, apierrors.NewForbidden(schema.GroupResource{Group: "berth.io", Resource: "ipclaims"}, name,
+		errors.New(`User "system:serviceaccount:berth-system:berth-agent" cannot update resource "ipclaims"`)))
+}
+
+func (f *forbiddingStore) Update(ctx context.Context, c *v1alpha1.IPClaim) error {
+	if err := f.forbidden(c.Name); err != nil {
+		return err
+	}
+	return f.Store.Update(ctx, c)
+}
+
+func (f *forbiddingStore) Delete(ctx context.Context, c *v1alpha1.IPClaim) error {
+	if err := f.forbidden(c.Name); err != nil {
+		return err
+	}
+	return f.Store.Delete(ctx, c)
+}
+
+// TestServer_deferRelease_quarantineRepeatedDEL_inMemoryAPIServer: the
+// runtime repeats the DEL of a container whose release RBAC forbids (an
+// in-memory API server): both releases stop once the record is
+// quarantined (nothing stays pending), the claim stays Bound, and the
+// Events (a recorder that keeps them in memory) name the claim.
+func TestServer_deferRelease_quarantineRepeatedDEL_inMemoryAPIServer(t *testing.T) {
+	rec := events.NewFakeRecorder(10)
+	dbg := &lockedbuf.Buffer{}
+	defer func() {
+		if t.Failed() {
+			t.Log(dbg.String())
+		}
+	}()
+	fs := &forbiddingStore{}
+	var queue string
+	h := serve(t, func(c *ipamserver.Config) {
+		c.DeferRelease, c.Recorder, queue = true, rec, c.QueueDir
+		c.Logger = slog.New(slog.NewTextHandler(dbg, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		fs.Store = c.Store
+		c.Store = fs
+	})
+	p := h.pod("db-0", nil)
+	if r := h.call(protocol.CommandAdd, protocol.Request{ContainerID: "c1", IfName: "eth0", PodNamespace: "ns", PodName: "db-0", PodUID: string(p.UID)}); r.Error != nil {
+		t.Fatalf("ADD: %+v", r.Error)
+	}
+	claim := h.store.Claims()[0].Name
+	fs.claim.Store(&claim)
+	for range 2 {
+		if r := h.call(protocol.CommandDel, protocol.Request{ContainerID: "c1", IfName: "eth0", PodNamespace: "ns", PodName: "db-0"}); r.Error != nil {
+			t.Fatalf("DEL: %+v", r.Error)
+		}
+	}
+	poll.Until(t, 10*time.Second, "no release pending", func() bool { return gauge(t, h.reg, "berth_ipam_releases_pending") == 0 })
+	if got, want := quarantined(t, queue), []string{"c1-eth0.json"}; !equalStrings(got, want) {
+		t.Errorf("quarantine: %v, want %v", got, want)
+	}
+	if left, _ := filepath.Glob(filepath.Join(queue, "*.json")); len(left) != 0 {
+		t.Errorf("queue: %v, want empty", left)
+	}
+	if c := h.store.Claims(); len(c) != 1 || c[0].Spec.State != v1alpha1.ClaimBound || c[0].Spec.ContainerID != "c1" {
+		t.Errorf("claims: %+v, want c1's still Bound", c)
+	}
+	// Each DEL's release tries QuarantineAfter times, then stops.
+	want := int32(2 * ipamserver.DefaultQuarantineAfter)
+	poll.Until(t, 5*time.Second, "both releases' tries", func() bool { return fs.denied.Load() >= want })
+	time.Sleep(time.Second)
+	if n := fs.denied.Load(); n != want {
+		t.Errorf("%d denied writes a second after the quarantine, want %d: the releases did not stop", n, want)
+	}
+	select {
+	case e := <-rec.Events:
+		if !strings.HasPrefix(e, "Warning "+ipamserver.ReasonReleaseQuarantined+" Quarantined the DEL of container c1") || !strings.Contains(e, claim) {
+			t.Errorf("Event %q", e)
+		}
+	default:
+		t.Error("no Event")
 	}
 }
