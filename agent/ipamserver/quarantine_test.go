@@ -136,7 +136,7 @@ func quarantined(t *testing.T, queue string) []string {
 	return files
 }
 
-// quarantineEvent returns the note of the IPReleaseQuarantined Event on
+// quarantineEvent returns the notes of the IPReleaseQuarantined Events on
 // the object regarding (a pod, or the Node "n1" in default), if any.
 func quarantineEvent(t *testing.T, ctx context.Context, c client.Client, namespace, regarding string) string {
 	t.Helper()
@@ -144,21 +144,23 @@ func quarantineEvent(t *testing.T, ctx context.Context, c client.Client, namespa
 	if err := c.List(ctx, &evs, client.InNamespace(namespace)); err != nil {
 		t.Fatal(err)
 	}
+	var notes []string
 	for _, e := range evs.Items {
 		if e.Regarding.Name == regarding && e.Reason == ipamserver.ReasonReleaseQuarantined && e.Type == corev1.EventTypeWarning {
-			return e.Note
+			notes = append(notes, e.Note)
 		}
 	}
-	return ""
+	return strings.Join(notes, "\n")
 }
 
 // TestServer_Start_quarantinesRejectedDEL: the API server denies, for
-// good, the release of the claim of one DEL queued while the agent was
-// down (an admission policy refuses it), while a second queued DEL is
+// good, the release of the claims of two DELs queued while the agent was
+// down (an admission policy refuses it), while a third queued DEL is
 // fine. The agent still serves its socket: the good DEL ran, the bad
-// record is in quarantine (its claim still Bound), an Event on the pod
-// and the gauge say so, and an ADD works. Then a DEL answered at once
-// (deferred release) whose release is denied likewise is quarantined too.
+// records are in quarantine (their claims still Bound), an Event on the
+// pod (on the Node for the pod that is gone) and the gauge say so, and an
+// ADD works. Then a DEL answered at once (deferred release) whose release
+// is denied likewise is quarantined too.
 func TestServer_Start_quarantinesRejectedDEL(t *testing.T) {
 	cfg, c := startAPI(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -169,7 +171,7 @@ func TestServer_Start_quarantinesRejectedDEL(t *testing.T) {
 	mustCreate(t, c, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns"}})
 	mustCreate(t, c, &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"}})
 	pods := map[string]*corev1.Pod{}
-	for _, name := range []string{"bad", "good", "bad-2", "new"} {
+	for _, name := range []string{"bad", "bad-gone", "good", "bad-2", "new"} {
 		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name},
 			Spec: corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
 		mustCreate(t, c, p)
@@ -203,16 +205,22 @@ func TestServer_Start_quarantinesRejectedDEL(t *testing.T) {
 	first := startOnManager(t, cfg, base)
 	poll.Until(t, 30*time.Second, "the first agent to be ready", func() bool { return first.srv.Check(nil) == nil })
 	add(first, "bad", "c-bad")
+	add(first, "bad-gone", "c-bad-gone")
 	add(first, "good", "c-good")
 	first.stop()
 	bad, good := claimOf("c-bad"), claimOf("c-good")
 	if bad == nil || good == nil {
 		t.Fatalf("claims after the ADDs: bad %v, good %v", bad, good)
 	}
-	// While it is down, berth-ipam queues both containers' DELs; the
-	// release of bad's claim is denied for good.
+	// While it is down, berth-ipam queues the containers' DELs; the
+	// release of bad's and bad-gone's claims is denied for good, and
+	// bad-gone's pod object is gone.
+	if err := c.Delete(ctx, pods["bad-gone"], client.GracePeriodSeconds(0)); err != nil {
+		t.Fatal(err)
+	}
 	for _, r := range []protocol.Request{
 		{ContainerID: "c-bad", IfName: "eth0", PodNamespace: "ns", PodName: "bad", PodUID: string(pods["bad"].UID)},
+		{ContainerID: "c-bad-gone", IfName: "eth0", PodNamespace: "ns", PodName: "bad-gone", PodUID: string(pods["bad-gone"].UID)},
 		{ContainerID: "c-good", IfName: "eth0", PodNamespace: "ns", PodName: "good", PodUID: string(pods["good"].UID)},
 	} {
 		if err := protocol.Enqueue(base.QueueDir, &r); err != nil {
@@ -231,15 +239,19 @@ func TestServer_Start_quarantinesRejectedDEL(t *testing.T) {
 	if got := claimOf("c-bad"); got == nil || got.Spec.State != v1alpha1.ClaimBound {
 		t.Errorf("bad's claim after its DEL was quarantined: %v, want still Bound to c-bad (held, not freed)", got)
 	}
-	if got, want := quarantined(t, base.QueueDir), []string{"c-bad-eth0.json"}; !equalStrings(got, want) {
+	if got, want := quarantined(t, base.QueueDir), []string{"c-bad-eth0.json", "c-bad-gone-eth0.json"}; !equalStrings(got, want) {
 		t.Errorf("quarantine: %v, want %v", got, want)
 	}
 	if left, _ := filepath.Glob(filepath.Join(base.QueueDir, "*.json")); len(left) != 0 {
 		t.Errorf("queue after the start: %v, want empty", left)
 	}
-	if v, _ := promtest.Value(t, a.reg, "berth_ipam_del_records_quarantined", nil); v != 1 {
-		t.Errorf("berth_ipam_del_records_quarantined = %v, want 1", v)
+	if v, _ := promtest.Value(t, a.reg, "berth_ipam_del_records_quarantined", nil); v != 2 {
+		t.Errorf("berth_ipam_del_records_quarantined = %v, want 2", v)
 	}
+	// The pod of c-bad-gone is gone: its Event is on the Node.
+	poll.Until(t, 30*time.Second, "an Event on the Node", func() bool {
+		return strings.Contains(quarantineEvent(t, ctx, c, metav1.NamespaceDefault, "n1"), "c-bad-gone")
+	})
 	var note string
 	poll.Until(t, 30*time.Second, "an Event on pod bad", func() bool {
 		note = quarantineEvent(t, ctx, c, "ns", "bad")
@@ -260,7 +272,7 @@ func TestServer_Start_quarantinesRejectedDEL(t *testing.T) {
 		t.Fatalf("DEL of bad-2: %+v", r.Error)
 	}
 	poll.Until(t, 30*time.Second, "the deferred release's record in quarantine", func() bool {
-		return len(quarantined(t, base.QueueDir)) == 2
+		return len(quarantined(t, base.QueueDir)) == 3
 	})
 	if _, err := os.Stat(protocol.QueueFile(base.QueueDir, &protocol.Request{ContainerID: "c-bad-2", IfName: "eth0"})); !os.IsNotExist(err) {
 		t.Errorf("bad-2's record still queued: %v", err)
@@ -268,8 +280,8 @@ func TestServer_Start_quarantinesRejectedDEL(t *testing.T) {
 	if got := claimOf("c-bad-2"); got == nil || got.Spec.State != v1alpha1.ClaimBound {
 		t.Errorf("bad-2's claim after its DEL was quarantined: %v, want still Bound", got)
 	}
-	if v, _ := promtest.Value(t, a.reg, "berth_ipam_del_records_quarantined", nil); v != 2 {
-		t.Errorf("berth_ipam_del_records_quarantined = %v, want 2", v)
+	if v, _ := promtest.Value(t, a.reg, "berth_ipam_del_records_quarantined", nil); v != 3 {
+		t.Errorf("berth_ipam_del_records_quarantined = %v, want 3", v)
 	}
 	poll.Until(t, 10*time.Second, "no release pending", func() bool {
 		v, _ := promtest.Value(t, a.reg, "berth_ipam_releases_pending", nil)
