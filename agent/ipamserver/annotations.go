@@ -20,8 +20,8 @@ import (
 // (berth.io/ippool, ip-retain, ip-group) fail its ADD, and kubelet shows
 // the message on the pod; the others (berth.io/ip-release) keep their
 // default and are a Warning Event on the pod, recorded once per pod and
-// value (by this run of the agent), whether the agent sees the pod
-// scheduled to its node, annotated later, or at its ADD.
+// value (by this run of the agent), when the agent sees the pod scheduled
+// to its node or annotated later (with a pod cache), else at its ADD.
 
 // ReasonBadAnnotation is the reason of the Warning Event on a pod whose
 // Berth annotation has a value the agent does not understand and whose
@@ -96,9 +96,10 @@ func (s *Server) forgetGonePods() {
 }
 
 // warnAnnotationsAtAdd checks the annotations of the pod of an ADD, as
-// the cache has it.
+// the store has it, unless the pod watch does (it saw the pod scheduled
+// to the node before its ADD): no read on the ADD's path then.
 func (s *Server) warnAnnotationsAtAdd(namespace, name string, uid types.UID) {
-	if s.cfg.Recorder == nil {
+	if s.cfg.Recorder == nil || s.watchingAnnotations.Load() {
 		return
 	}
 	if pod, err := s.cfg.Store.Pod(namespace, name); err == nil && (uid == "" || pod.UID == uid) {
@@ -131,5 +132,8 @@ func (s *Server) watchAnnotations(ctx context.Context) error {
 			}
 		},
 	})
+	if err == nil {
+		s.watchingAnnotations.Store(true)
+	}
 	return err
 }

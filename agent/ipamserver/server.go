@@ -139,6 +139,9 @@ type Server struct {
 
 	warnedMu sync.Mutex
 	warned   map[types.UID]*warnedPod // pods whose annotation Events were recorded
+	// watchingAnnotations: the pod watch checks the annotations, ADD
+	// need not.
+	watchingAnnotations atomic.Bool
 
 	rejectMu sync.Mutex
 	rejected rejections // DEL records the API server rejected for good, not quarantined yet
