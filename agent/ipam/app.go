@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/berth-io/berth/api/v1alpha1"
 )
@@ -22,17 +21,18 @@ import (
 // DaemonSet pods, bare pods) and it has no berth.io/ip-group.
 func AppOf(s Store, pod *corev1.Pod) (*v1alpha1.App, error) {
 	if v, ok := pod.Annotations[v1alpha1.AnnotationRetain]; ok {
-		retain, err := strconv.ParseBool(v)
-		if err != nil || (v != "true" && v != "false") {
-			return nil, fmt.Errorf("%w: %s: %q: want \"true\" or \"false\"", ErrBadAnnotation, v1alpha1.AnnotationRetain, v)
+		retain, err := ParseRetain(v)
+		if err != nil {
+			return nil, err
 		}
 		if !retain {
 			return nil, nil
 		}
 	}
-	if g, ok := pod.Annotations[v1alpha1.AnnotationGroup]; ok {
-		if errs := validation.IsDNS1123Label(g); len(errs) > 0 {
-			return nil, fmt.Errorf("%w: %s: %q: %s", ErrBadAnnotation, v1alpha1.AnnotationGroup, g, strings.Join(errs, "; "))
+	if v, ok := pod.Annotations[v1alpha1.AnnotationGroup]; ok {
+		g, err := ParseGroup(v)
+		if err != nil {
+			return nil, err
 		}
 		return &v1alpha1.App{Kind: v1alpha1.AppGroup, Namespace: pod.Namespace, Name: g}, nil
 	}
@@ -82,13 +82,13 @@ func poolsFor(s Store, pod *corev1.Pod, ns *corev1.Namespace, configured []strin
 	if v, ok := pod.Annotations[v1alpha1.AnnotationPool]; ok {
 		source = "pod annotation " + v1alpha1.AnnotationPool
 		var err error
-		if names, err = splitPools(v); err != nil {
+		if names, err = ParsePools(v); err != nil {
 			return nil, &Error{Kind: ErrBadAnnotation, Reason: fmt.Sprintf("%s: %v", source, err)}
 		}
 	} else if v, ok := ns.Annotations[v1alpha1.AnnotationPool]; ok {
 		source = "namespace annotation " + v1alpha1.AnnotationPool
 		var err error
-		if names, err = splitPools(v); err != nil {
+		if names, err = ParsePools(v); err != nil {
 			return nil, &Error{Kind: ErrBadAnnotation, Reason: fmt.Sprintf("%s: %v", source, err)}
 		}
 	} else if len(configured) > 0 {
@@ -145,21 +145,6 @@ func poolsFor(s Store, pod *corev1.Pod, ns *corev1.Namespace, configured []strin
 	}
 	if len(out) == 0 {
 		return nil, &Error{Kind: ErrNoPool, Reason: fmt.Sprintf("no IPPool admits the pod (of %d pools) and no %s annotation names one", len(all), v1alpha1.AnnotationPool)}
-	}
-	return out, nil
-}
-
-func splitPools(v string) ([]string, error) {
-	var out []string
-	for _, n := range strings.Split(v, ",") {
-		n = strings.TrimSpace(n)
-		if errs := validation.IsDNS1123Subdomain(n); len(errs) > 0 {
-			return nil, fmt.Errorf("%q: pool name %q: %s", v, n, strings.Join(errs, "; "))
-		}
-		out = append(out, n)
-	}
-	if len(out) > 2 {
-		return nil, fmt.Errorf("%q: at most two pools (one IPv4, one IPv6)", v)
 	}
 	return out, nil
 }

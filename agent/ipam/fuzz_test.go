@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
@@ -104,6 +107,49 @@ func FuzzAllocate_annotations(f *testing.F) {
 			if c.Spec.State != v1alpha1.ClaimReserved {
 				t.Fatalf("%v: claim %s is %s after DEL", ann, c.Name, c.Spec.State)
 			}
+		}
+	})
+}
+
+// FuzzParseAnnotations: any value of a Berth annotation parses or fails
+// without panicking; what parses is exactly what the annotation takes, and
+// each error quotes the value.
+func FuzzParseAnnotations(f *testing.F) {
+	for _, v := range []string{"early", "erly", "true", "flase", "pods,pods6", "p,,q", "Bad_Group", "", " pods ", "a,b,c", "\xff"} {
+		f.Add(v)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		quoted := strconv.Quote(v)
+		if retain, err := ipam.ParseRetain(v); err == nil {
+			if strconv.FormatBool(retain) != v {
+				t.Fatalf("ParseRetain(%q) = %v", v, retain)
+			}
+		} else if !errors.Is(err, ipam.ErrBadAnnotation) || !strings.Contains(err.Error(), quoted) {
+			t.Fatalf("ParseRetain(%q): %v", v, err)
+		}
+		if g, err := ipam.ParseGroup(v); err == nil {
+			if g != v || len(validation.IsDNS1123Label(g)) > 0 {
+				t.Fatalf("ParseGroup(%q) = %q", v, g)
+			}
+		} else if !errors.Is(err, ipam.ErrBadAnnotation) || !strings.Contains(err.Error(), quoted) {
+			t.Fatalf("ParseGroup(%q): %v", v, err)
+		}
+		if pools, err := ipam.ParsePools(v); err == nil {
+			if len(pools) == 0 || len(pools) > 2 {
+				t.Fatalf("ParsePools(%q) = %q: want one or two", v, pools)
+			}
+			for _, p := range pools {
+				if len(validation.IsDNS1123Subdomain(p)) > 0 {
+					t.Fatalf("ParsePools(%q) = %q: %q is no pool name", v, pools, p)
+				}
+			}
+		} else if !strings.Contains(err.Error(), quoted) {
+			t.Fatalf("ParsePools(%q): %v", v, err)
+		}
+		if early, err := ipam.ParseRelease(v); (err == nil) != (v == ipam.ReleaseEarly) || early != (v == ipam.ReleaseEarly) {
+			t.Fatalf("ParseRelease(%q) = %v, %v", v, early, err)
+		} else if err != nil && (!errors.Is(err, ipam.ErrBadAnnotation) || !strings.Contains(err.Error(), quoted)) {
+			t.Fatalf("ParseRelease(%q): %v", v, err)
 		}
 	})
 }

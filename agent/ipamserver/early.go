@@ -151,7 +151,15 @@ type earlyReleaser struct {
 // wantsEarly reports whether pod is terminating on node and asked for
 // early release.
 func wantsEarly(pod *corev1.Pod, node string) bool {
-	return pod.Spec.NodeName == node && pod.DeletionTimestamp != nil && pod.Annotations[v1alpha1.AnnotationRelease] == "early"
+	if pod.Spec.NodeName != node || pod.DeletionTimestamp == nil {
+		return false
+	}
+	v, ok := pod.Annotations[v1alpha1.AnnotationRelease]
+	if !ok {
+		return false
+	}
+	early, _ := ipam.ParseRelease(v) // another value: the server records an Event (annotations.go)
+	return early
 }
 
 // process releases one pod's claims early and returns the addresses it

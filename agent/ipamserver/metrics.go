@@ -22,6 +22,8 @@ type metrics struct {
 	// result; gcRuns the collections, by source and result.
 	gc     *prometheus.CounterVec
 	gcRuns *prometheus.CounterVec
+	// quarantined is the number of DEL records in quarantine.
+	quarantined prometheus.Gauge
 }
 
 var durationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
@@ -71,6 +73,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "berth_ipam_gc_runs_total",
 			Help: "Garbage collections of the node's claims, by source (cni, sweep) and result: ok, refused (it would have released more than --ipam-gc-max-share of the node's held claims at once: nothing released), error (e.g. the runtime's CRI socket or the API server unreachable).",
 		}, []string{"source", "result"}),
+		quarantined: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "berth_ipam_del_records_quarantined",
+			Help: "DEL records in the queue directory's quarantine/ (as of the agent's start or its last quarantine): the API server rejected their release for good (RBAC, validation, an admission webhook or policy), or they could not be read. Their addresses stay held until an operator acts (the Event says how).",
+		}),
 	}
 	var err error
 	for _, h := range []**prometheus.HistogramVec{&m.allocation, &m.release} {
@@ -83,7 +89,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 	}
-	for _, g := range []*prometheus.Gauge{&m.recordsPending, &m.releasesPending} {
+	for _, g := range []*prometheus.Gauge{&m.recordsPending, &m.releasesPending, &m.quarantined} {
 		if *g, err = promreg.Register(reg, *g); err != nil {
 			return nil, err
 		}

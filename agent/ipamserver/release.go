@@ -3,6 +3,7 @@ package ipamserver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"time"
 
@@ -19,7 +20,9 @@ import (
 // wait for the release; CNI GC leaves its claims alone. A record the
 // agent did not get to (it stopped, or the API server stayed
 // unreachable) runs when the agent starts again, before it serves the
-// socket (drainQueue).
+// socket (drainQueue). A release the API server rejects for good
+// (rejectedForGood) is tried QuarantineAfter times; then its record moves
+// to quarantine (quarantine.go) and the claims stay held.
 
 // release is a DEL's work: the prepared claims whose recording bound had
 // pending (canceled by the DEL), and the container's claims on its
@@ -58,13 +61,27 @@ func (s *Server) releaseLater(req *protocol.Request, bound *pendingEntry, start 
 		e.pod, e.uid = p.Namespace+"/"+p.Name, p.UID
 	}
 	s.later(&s.releases, e, req.ContainerID+"/"+req.IfName, func() {
+		var rejected int
+		quarantined := false
 		ok := s.keepTrying(e, "cannot release the claims of an answered DEL; retrying", func(ctx context.Context) error {
 			err := s.release(ctx, req, bound)
 			s.observeRelease(start, err)
-			return err
+			if err == nil || !rejectedForGood(err) {
+				return err
+			}
+			if rejected++; rejected < s.cfg.QuarantineAfter {
+				return err
+			}
+			// Rejected for good: stop retrying, keep the record (and the
+			// claims held) for the operator.
+			if qerr := s.quarantine(protocol.QueueFile(s.cfg.QueueDir, req), req, err, rejected); qerr != nil {
+				return fmt.Errorf("%w; %w", err, qerr)
+			}
+			quarantined = true
+			return nil
 		}, "container_id", req.ContainerID, "interface", req.IfName)
-		if !ok {
-			return // the server stops: the next Start runs the record
+		if !ok || quarantined {
+			return // the server stops (the next Start runs the record), or the record is in quarantine
 		}
 		if err := os.Remove(protocol.QueueFile(s.cfg.QueueDir, req)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			s.cfg.Logger.Warn("cannot remove a DEL's record; the next start runs it again, which is harmless", "container_id", req.ContainerID, "err", err)

@@ -90,7 +90,15 @@ type Config struct {
 	// and commits the release right after (see release.go); false: DEL
 	// answers once the release is committed.
 	DeferRelease bool
-	// Recorder records early release's Events on the pods. Nil: none.
+	// QuarantineAfter is how many times the API server must reject a
+	// DEL's release for good (RBAC, validation, an admission webhook or
+	// policy: see rejectedForGood) before its record moves to
+	// QueueDir/quarantine and the DEL stops being retried; its claims
+	// stay held. Default DefaultQuarantineAfter.
+	QuarantineAfter int
+	// Recorder records Events: early release's and those of Berth
+	// annotations the agent does not understand on the pods, a
+	// quarantined DEL's on its pod or the Node. Nil: none.
 	Recorder events.EventRecorder
 	// Registerer receives the metrics. Default: a new registry.
 	Registerer prometheus.Registerer
@@ -143,6 +151,15 @@ type Server struct {
 	serving chan struct{}
 	parts   *parts.Metrics
 
+	warnedMu sync.Mutex
+	warned   map[types.UID]*warnedPod // pods whose annotation Events were recorded
+	// watchingAnnotations: the pod watch checks the annotations, ADD
+	// need not.
+	watchingAnnotations atomic.Bool
+
+	rejectMu sync.Mutex
+	rejected rejections // DEL records the API server rejected for good, not quarantined yet
+
 	mu       sync.Mutex
 	recent   map[string]time.Time // container ID -> ADD start
 	notReady error                // why the socket is not served yet, when a step failed
@@ -173,6 +190,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.PrepareWorkers == 0 {
 		cfg.PrepareWorkers = DefaultPrepareWorkers
+	}
+	if cfg.QuarantineAfter == 0 {
+		cfg.QuarantineAfter = DefaultQuarantineAfter
+	}
+	if cfg.QuarantineAfter < 0 {
+		return nil, fmt.Errorf("ipam server: quarantine after %d rejections: want at least 1", cfg.QuarantineAfter)
 	}
 	if cfg.RequestTimeout == 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
@@ -260,6 +283,11 @@ func (s *Server) Start(ctx context.Context) error {
 	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
+	if s.cfg.PodCache != nil && s.cfg.Recorder != nil {
+		if err := s.watchAnnotations(ctx); err != nil {
+			s.cfg.Logger.Warn("cannot watch the node's pods for Berth annotations the agent does not understand; it checks them at ADD only", "err", err)
+		}
+	}
 	if s.cfg.Prepare {
 		s.loadPools()
 	}
@@ -396,6 +424,7 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 	if err := s.waitPending(ctx, req.PodNamespace+"/"+req.PodName, types.UID(req.PodUID), req.ContainerID); err != nil {
 		return errResponse(protocol.CodeTryAgainLater, "berth-ipam ADD failed", err)
 	}
+	s.warnAnnotationsAtAdd(req.PodNamespace, req.PodName, types.UID(req.PodUID))
 	areq := ipam.Request{ContainerID: req.ContainerID, IfName: req.IfName,
 		PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: types.UID(req.PodUID), Pools: req.Pools, Network: req.Network}
 	als, err := s.alloc.Allocate(ctx, areq)
@@ -583,32 +612,55 @@ func (s *Server) status(context.Context, *protocol.Request) *protocol.Response {
 }
 
 // drainQueue runs the DELs berth-ipam queued while the agent was down, and
-// those the agent answered but did not release before it stopped. A
-// DEL that fails stays queued, and the error ends the drain (Start retries
-// it before serving): the addresses it holds must not look free.
+// those the agent answered but did not release before it stopped. A DEL
+// that fails stays queued: the addresses it holds must not look free. A
+// failure that trying again may fix (the API server unreachable, a
+// timeout, a conflict) ends the drain, and Start retries it before
+// serving. A DEL the API server rejects for good does not stop the others;
+// the drain then fails too (Start retries it), until the record has been
+// rejected QuarantineAfter times and moves to quarantine. A record that
+// cannot be read as a DEL moves there at once.
 func (s *Server) drainQueue(ctx context.Context) error {
+	s.countQuarantined()
 	files, err := filepath.Glob(filepath.Join(s.cfg.QueueDir, "*.json"))
 	if err != nil {
 		return fmt.Errorf("ipam server: queued DELs: %w", err)
 	}
+	var rejected []error
 	for _, f := range files {
 		data, err := os.ReadFile(f)
-		if err != nil {
-			return fmt.Errorf("ipam server: queued DEL %s: %w", f, err)
-		}
-		var req protocol.Request
-		if err := protocol.Decode(data, &req); err != nil || req.ContainerID == "" {
-			s.cfg.Logger.Warn("dropping a malformed queued DEL", "file", f, "err", err)
-			_ = os.Remove(f)
+		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
-		if err := s.release(ctx, &req, nil); err != nil {
-			return fmt.Errorf("ipam server: queued DEL of container %s: %w", req.ContainerID, err)
+		var req protocol.Request
+		if err == nil {
+			if err = protocol.Decode(data, &req); err == nil && req.ContainerID == "" {
+				err = errors.New("no container ID")
+			}
 		}
+		if err != nil {
+			s.quarantineMalformed(f, err)
+			continue
+		}
+		if rerr := s.release(ctx, &req, nil); rerr != nil {
+			err := fmt.Errorf("ipam server: queued DEL of container %s: %w", req.ContainerID, rerr)
+			if !rejectedForGood(rerr) {
+				return err
+			}
+			if !s.rejectedOnce(f) {
+				rejected = append(rejected, err)
+				continue
+			}
+			if qerr := s.quarantine(f, &req, rerr, s.cfg.QuarantineAfter); qerr != nil {
+				return fmt.Errorf("%w; %w", err, qerr)
+			}
+			continue
+		}
+		s.forgetRejections(f)
 		if err := os.Remove(f); err != nil {
 			return fmt.Errorf("ipam server: queued DEL %s: %w", f, err)
 		}
 		s.cfg.Logger.Info("ran a queued DEL (the agent was down, or stopped before it released the claims)", "container_id", req.ContainerID, "interface", req.IfName)
 	}
-	return nil
+	return errors.Join(rejected...)
 }
