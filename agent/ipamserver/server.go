@@ -42,6 +42,9 @@ const (
 	DefaultMaxBackoff     = 30 * time.Second
 	// gcGrace keeps CNI GC off claims whose ADD began this recently.
 	gcGrace = 2 * time.Minute
+	// DefaultConflictQuarantine is how long an address another host
+	// answered for stays out of use (Config.ConflictQuarantine).
+	DefaultConflictQuarantine = time.Hour
 	// heldWait bounds how long an ADD whose app's address is held waits
 	// for the releases of DELs this agent answered before it says so.
 	heldWait = 2 * time.Second
@@ -92,8 +95,13 @@ type Config struct {
 	// and commits the release right after (see release.go); false: DEL
 	// answers once the release is committed.
 	DeferRelease bool
-	// Recorder records early release's Events on the pods. Nil: none.
+	// Recorder records Events on the pods (early release, address
+	// conflicts). Nil: none.
 	Recorder events.EventRecorder
+	// ConflictQuarantine is how long an address berth-netcheck found in
+	// use by another host stays out of use (claim state Conflict) before
+	// berth-controller frees it. Default 1h.
+	ConflictQuarantine time.Duration
 	// Registerer receives the metrics. Default: a new registry.
 	Registerer prometheus.Registerer
 	// RequestTimeout bounds one request. Default 25s.
@@ -165,6 +173,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MinBackoff == 0 {
 		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.ConflictQuarantine == 0 {
+		cfg.ConflictQuarantine = DefaultConflictQuarantine
+	}
+	if cfg.ConflictQuarantine < 0 {
+		return nil, fmt.Errorf("ipam server: conflict quarantine %s: want > 0", cfg.ConflictQuarantine)
 	}
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = DefaultMaxBackoff
@@ -326,7 +340,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	for cmd, h := range map[string]func(context.Context, *protocol.Request) *protocol.Response{
 		protocol.CommandAdd: s.add, protocol.CommandDel: s.del, protocol.CommandCheck: s.check,
-		protocol.CommandGC: s.gc, protocol.CommandStatus: s.status,
+		protocol.CommandGC: s.gc, protocol.CommandStatus: s.status, protocol.CommandConflict: s.conflict,
 	} {
 		mux.HandleFunc("POST /v1/"+cmd, func(w http.ResponseWriter, r *http.Request) {
 			ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
