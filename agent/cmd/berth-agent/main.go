@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 
@@ -81,6 +82,7 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		ipamPrep    bool
 		ipamDefer   bool
 		ipamConfDir string
+		ipamQuar    time.Duration
 		fileLogs    filelogs.Config
 	)
 	fs := flag.NewFlagSet("berth-agent", flag.ContinueOnError)
@@ -113,6 +115,8 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		"answer a DEL once it is recorded in /run/berth/ipam-del-queue and release its addresses in the API server right after; false: answer once they are released")
 	fs.StringVar(&ipamConfDir, "ipam-cni-conf-dir", "",
 		`the runtime's CNI configuration directory as mounted in the agent (read only), e.g. /host/etc/cni/net.d: --ipam-prepare takes the pools of its default network from there until the first ADD; "" waits for that ADD`)
+	fs.DurationVar(&ipamQuar, "ipam-conflict-quarantine", ipamserver.DefaultConflictQuarantine,
+		"how long an address berth-netcheck found in use by another host stays out of use (IPClaim state Conflict) before berth-controller frees it")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "",
 		"kubeconfig file; default: env KUBECONFIG, then in-cluster, then ~/.kube/config")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
@@ -138,8 +142,11 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		if ipamConfDir != "" && !filepath.IsAbs(ipamConfDir) {
 			return o, fmt.Errorf("--ipam-cni-conf-dir %q: want an absolute path", ipamConfDir)
 		}
+		if ipamQuar <= 0 {
+			return o, fmt.Errorf("--ipam-conflict-quarantine %s: want > 0", ipamQuar)
+		}
 		o.agent.IPAM = &ipamserver.Config{SocketPath: ipamSocket, EarlyRelease: ipamEarly, Prepare: ipamPrep, CNIConfDir: ipamConfDir,
-			DeferRelease: ipamDefer}
+			DeferRelease: ipamDefer, ConflictQuarantine: ipamQuar}
 	}
 	if fileLogs.Root != "" {
 		if !filepath.IsAbs(fileLogs.Root) || filepath.Clean(fileLogs.Root) != fileLogs.Root {
