@@ -2,8 +2,10 @@
 // the main plugin, inside the pod's network namespace, and fails ADD unless
 // the pod's addresses are unique on the link (ARP probe, NDP duplicate
 // address detection) and its gateway answers. It passes the previous
-// result through, keeps no state and never talks to the API server. See
-// README.md.
+// result through, keeps no state and never talks to the API server; an
+// address another host answers for is reported to berth-agent (CONFLICT on
+// berth-ipam's socket) before ADD fails, so that the pod's next ADD gets
+// another. See README.md.
 package netcheck
 
 import (
