@@ -3,6 +3,7 @@ package netcheck
 import (
 	"errors"
 	"net/netip"
+	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -213,6 +214,7 @@ func FuzzParseConfig(f *testing.F) {
 		`{"targets": ["10.96.0.10:53", "[fd00::a]:53", "fd00::1"]}`,
 		`{"prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.1.2.3/24"}]}}`,
 		`{"probes": 1e3}`,
+		`{"ipamSocket": "/run/berth/ipam.sock"}`,
 		`null`,
 	} {
 		f.Add([]byte(s))
@@ -232,7 +234,8 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		cfg := c.cfg
 		if cfg.ConflictWindow < minWindow || cfg.ConflictWindow > maxWindow || cfg.Probes < 1 || cfg.Probes > maxProbes ||
-			cfg.Timeout < minWindow || cfg.Timeout > maxWindow || cfg.Tries < 1 || cfg.Tries > maxTries || len(cfg.Targets) > maxTargets {
+			cfg.Timeout < minWindow || cfg.Timeout > maxWindow || cfg.Tries < 1 || cfg.Tries > maxTries || len(cfg.Targets) > maxTargets ||
+			!filepath.IsAbs(cfg.IPAMSocket) {
 			t.Fatalf("config out of limits: %+v", cfg)
 		}
 		for _, tg := range cfg.Targets {
