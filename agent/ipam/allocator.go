@@ -194,8 +194,8 @@ func (a *Allocator) tryAllocate(ctx context.Context, req Request, pod *corev1.Po
 		return Allocation{}, fmt.Errorf("pod %s: claims: %w", req.pod(), err)
 	}
 	for _, c := range mine {
-		if c.Spec.Pool != pool.Name || c.Spec.Interface != req.IfName || c.Spec.State == v1alpha1.ClaimReserved {
-			continue
+		if c.Spec.Pool != pool.Name || c.Spec.Interface != req.IfName || c.Spec.State == v1alpha1.ClaimReserved || c.Spec.State == v1alpha1.ClaimConflict {
+			continue // released, or another host answered for it: not the pod's any more
 		}
 		switch {
 		case req.ContainerID == "":
@@ -230,7 +230,9 @@ func (a *Allocator) tryAllocate(ctx context.Context, req Request, pod *corev1.Po
 		if app.Ordinal != nil {
 			// A StatefulSet pod gets its ordinal's address back, and only it.
 			for _, c := range claims {
-				if c.Spec.App.Ordinal == nil || *c.Spec.App.Ordinal != *app.Ordinal {
+				if c.Spec.App.Ordinal == nil || *c.Spec.App.Ordinal != *app.Ordinal || c.Spec.State == v1alpha1.ClaimConflict {
+					// Another ordinal's, or in conflict: the ordinal then
+					// gets a fresh address, retained for it from then on.
 					continue
 				}
 				if c.Spec.State != v1alpha1.ClaimReserved {
@@ -248,6 +250,8 @@ func (a *Allocator) tryAllocate(ctx context.Context, req Request, pod *corev1.Po
 			var reserved, held []*v1alpha1.IPClaim
 			for _, c := range claims {
 				switch {
+				case c.Spec.State == v1alpha1.ClaimConflict:
+					// Out of use until its quarantine ends.
 				case c.Spec.State == v1alpha1.ClaimReserved:
 					reserved = append(reserved, c)
 				case !a.podLive(c):
@@ -584,8 +588,8 @@ func (a *Allocator) releaseIf(ctx context.Context, name string, holds func(*v1al
 		if err != nil {
 			return false, fmt.Errorf("claim %s: %w", name, err)
 		}
-		if !holds(c) || c.Spec.State == v1alpha1.ClaimReserved {
-			return false, nil // someone else's now, or released already
+		if !holds(c) || c.Spec.State == v1alpha1.ClaimReserved || c.Spec.State == v1alpha1.ClaimConflict {
+			return false, nil // someone else's now, released already, or quarantined
 		}
 		var ttl time.Duration
 		retain := c.Spec.App != nil

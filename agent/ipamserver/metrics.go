@@ -12,6 +12,7 @@ type metrics struct {
 	reservations *prometheus.CounterVec
 	reclaimed    *prometheus.CounterVec
 	prepared     *prometheus.CounterVec
+	conflicts    *prometheus.CounterVec
 	// recordsPending is the number of containers whose prepared claims
 	// do not record them yet.
 	recordsPending prometheus.Gauge
@@ -57,6 +58,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "berth_ipam_prepared_total",
 			Help: "Pods whose addresses the agent allocated when they were scheduled to the node, before the runtime's ADD, by result: ok, error (ADD allocates then), used (an ADD got prepared addresses and made no API write before answering), released (no ADD took them: it asked for other pools, the pod ended without one, or it got its network elsewhere).",
 		}, []string{"result"}),
+		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_ipam_address_conflicts_total",
+			Help: "Addresses taken out of use because another host answered for them on a pod's link (berth-netcheck failed the pod's ADD and told the agent), by pool; each stays in state Conflict for --ipam-conflict-quarantine.",
+		}, []string{"pool"}),
 		recordsPending: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "berth_ipam_prepared_container_records_pending",
 			Help: "Containers whose ADD got prepared addresses and whose claims do not record the container ID yet (one update each after the answer, at most 4 at once): a lasting rise means the API server falls behind or refuses the updates.",
@@ -84,7 +89,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 	}
-	for _, c := range []**prometheus.CounterVec{&m.reservations, &m.reclaimed, &m.prepared, &m.gc, &m.gcRuns} {
+	for _, c := range []**prometheus.CounterVec{&m.reservations, &m.reclaimed, &m.prepared, &m.gc, &m.gcRuns, &m.conflicts} {
 		if *c, err = promreg.Register(reg, *c); err != nil {
 			return nil, err
 		}

@@ -98,20 +98,21 @@ type propPod struct {
 // propModel drives the cluster: pods, their nodes, and which pod's network
 // holds each address (from its ADD's answer until its DEL starts).
 type propModel struct {
-	t        *testing.T
-	store    *ipamtest.Store
-	nodes    []*propNode
-	mu       sync.Mutex
-	pods     map[types.UID]*propPod
-	holder   map[string]types.UID
-	seq      int
-	failures []string
-	fails    atomic.Int32 // writes the store failed
-	added    atomic.Int32
-	restarts atomic.Int32
-	queued   atomic.Int32 // DEL records an agent's restart found
-	gcs      atomic.Int32
-	logs     lockedbuf.Buffer
+	t           *testing.T
+	store       *ipamtest.Store
+	nodes       []*propNode
+	mu          sync.Mutex
+	pods        map[types.UID]*propPod
+	holder      map[string]types.UID
+	seq         int
+	failures    []string
+	fails       atomic.Int32 // writes the store failed
+	added       atomic.Int32
+	restarts    atomic.Int32
+	queued      atomic.Int32 // DEL records an agent's restart found
+	gcs         atomic.Int32
+	quarantined atomic.Int32 // addresses the agents took out of use on a CONFLICT
+	logs        lockedbuf.Buffer
 }
 
 // logsAbout is the agents' log lines that mention any of what.
@@ -237,7 +238,7 @@ var propApps = []struct{ kind, owner string }{{"StatefulSet", "db"}, {"ReplicaSe
 
 func (m *propModel) step(r *rand.Rand, seed uint64) {
 	m.mu.Lock()
-	switch op := r.IntN(14); {
+	switch op := r.IntN(15); {
 	case op < 2: // a new pod
 		m.seq++
 		app := propApps[r.IntN(len(propApps))]
@@ -287,12 +288,19 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 			m.mu.Unlock()
 			return
 		}
+		if len(resp.IPs) > 0 && r.IntN(6) == 0 {
+			m.conflict(p, container, resp.IPs)
+			return
+		}
 		m.added.Add(1)
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		for _, ip := range resp.IPs {
 			addr := strings.Split(ip.Address, "/")[0]
-			if h, ok := m.holder[addr]; ok && h != p.pod.UID {
+			if h, ok := m.holder[addr]; ok && h == stranger {
+				m.failures = append(m.failures, fmt.Sprintf("ADD %s got %s, which a stranger answers for (the agent quarantined it); its claim now: %s; the agents' logs of it:\n%s",
+					p.pod.Name, addr, m.claimsOf([]string{addr}), m.logsAbout("address="+addr+"/", "address="+addr+" ")))
+			} else if ok && h != p.pod.UID {
 				m.failures = append(m.failures, fmt.Sprintf("ADD %s got %s, which the network of %s (%s) still has", p.pod.Name, addr, m.pods[h].pod.Name, m.pods[h].state))
 			}
 			m.holder[addr] = p.pod.UID
@@ -380,11 +388,77 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 		m.mu.Lock()
 		p.busy = false
 		m.mu.Unlock()
+	case op == 13: // a quarantine ends: berth-controller frees the claim, the stranger is gone
+		m.mu.Unlock()
+		m.endQuarantine(r)
 	default: // an agent's cache catches up
 		n := m.nodes[r.IntN(len(m.nodes))]
 		m.mu.Unlock()
 		n.sync()
 	}
+}
+
+// stranger holds, in propModel.holder, an address another host answers
+// for on the pods' link.
+const stranger types.UID = "stranger"
+
+// conflict is berth-netcheck after an ADD that gave container addrs: a
+// stranger on the link answers for the first, so it tells the pod's
+// agent (CONFLICT), the ADD fails, and the runtime runs DEL (berth-ipam's
+// ADD succeeded and recorded the attachment: a runtime that lost the
+// sandbox would leave it to CNI GC after its grace, past this test's
+// end). Once the agent took the report, the stranger holds the address:
+// no pod may get it until its quarantine ends (endQuarantine).
+func (m *propModel) conflict(p *propPod, container string, ips []protocol.IP) {
+	m.mu.Lock()
+	for _, ip := range ips {
+		addr := strings.Split(ip.Address, "/")[0]
+		if h, ok := m.holder[addr]; ok && h != p.pod.UID {
+			m.failures = append(m.failures, fmt.Sprintf("ADD %s got %s, which %s still has", p.pod.Name, addr, h))
+		}
+	}
+	m.mu.Unlock()
+	addr := strings.Split(ips[0].Address, "/")[0]
+	p.node.mu.RLock()
+	resp := p.node.h.call(protocol.CommandConflict, protocol.Request{ContainerID: container, IfName: "eth0", Address: addr, MAC: "02:00:00:00:00:99"})
+	p.node.mu.RUnlock()
+	if e := resp.Error; e != nil && !strings.Contains(e.Details, errUnreachable.Error()) {
+		m.failf("CONFLICT %s of %s: %+v", addr, p.pod.Name, e)
+	}
+	if resp.Error == nil {
+		m.quarantined.Add(1)
+		m.mu.Lock()
+		m.holder[addr] = stranger
+		m.mu.Unlock()
+	} // else berth-netcheck says the agent was not told: the next ADD may meet the stranger again
+	m.del(p, container)
+	m.mu.Lock()
+	p.busy = false
+	m.mu.Unlock()
+}
+
+// endQuarantine frees a claim in state Conflict whose stranger the model
+// knows of (a CONFLICT that failed after it was committed leaves one it
+// does not: that one stays), as berth-controller does when its quarantine
+// ends, and the stranger leaves its address.
+func (m *propModel) endQuarantine(r *rand.Rand) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var quarantined []*v1alpha1.IPClaim
+	for _, c := range m.store.Claims() {
+		if c.Spec.State == v1alpha1.ClaimConflict && m.holder[c.Spec.Address] == stranger {
+			quarantined = append(quarantined, c)
+		}
+	}
+	if len(quarantined) == 0 {
+		return
+	}
+	c := quarantined[r.IntN(len(quarantined))]
+	if err := m.store.View(false).Delete(context.Background(), c); err != nil {
+		m.failures = append(m.failures, fmt.Sprintf("end the quarantine of %s: %v (an agent wrote a Conflict claim)", c.Name, err))
+		return
+	}
+	delete(m.holder, c.Spec.Address)
 }
 
 // preparer is an allocator over n's agent's store, preparing as its
@@ -446,20 +520,24 @@ func (m *propModel) teardown(p *propPod) {
 
 // TestServer_property_inMemoryAPIServer runs random interleavings, through two agents'
 // sockets over one API server (the in-memory store), of pod creation, ADD
-// (a failed one followed by its DEL, or by none: CNI GC cleans up),
-// deletion, DEL (answered before its release; sometimes twice), CHECK, CNI
-// GC, agent restarts and lagging caches, while the API server fails 15% of the
+// (a failed one followed by its DEL, or by none: CNI GC cleans up; one
+// berth-netcheck fails after a stranger answered for its address, which
+// it reports with CONFLICT before the runtime's DEL; such a quarantine
+// ends at random), deletion, DEL (answered before its release; sometimes
+// twice), CHECK, CNI GC, agent restarts and lagging caches, while the API server fails 15% of the
 // claim writes (a third of those after committing them). It checks that no
-// address is given to a pod while another pod's network still has it, that
+// address is given to a pod while another pod's network still has it, nor
+// while a stranger answers for it after the agent took the report, that
 // a running pod's CHECK passes, and that once every pod is gone and the
-// API server is well, every claim left is an app's reservation and every
+// API server is well, every claim left is an app's reservation (or a
+// quarantine not ended) and every
 // queue and attachment directory is empty. The API server is the
 // in-memory store (ipamtest), not a real one: lost answers, write failures
 // and cache lag must come at chosen points, thousands of times a run. A
 // real kube-apiserver runs the same server code in the envtest tests and
 // the e2e.
 func TestServer_property_inMemoryAPIServer(t *testing.T) {
-	var added, fails, restarts, queued, gcs int32
+	var added, fails, restarts, queued, gcs, conflicts int32
 	collecting, answeredPrepared := 0, 0
 	const seeds = 12
 	for seed := range uint64(seeds) {
@@ -536,6 +614,9 @@ func TestServer_property_inMemoryAPIServer(t *testing.T) {
 				t.Error(f)
 			}
 			for _, c := range m.store.Claims() {
+				if c.Spec.State == v1alpha1.ClaimConflict && c.Spec.ContainerID == "" {
+					continue // out of use until berth-controller ends its quarantine
+				}
 				if c.Spec.State != v1alpha1.ClaimReserved || c.Spec.App == nil {
 					t.Errorf("claim %s (%s) left %s, app %v, pod %s, container %q after every pod is gone; the agents' logs of its container:\n%s",
 						c.Name, c.Spec.Address, c.Spec.State, c.Spec.App, c.Spec.Pod.Name, c.Spec.ContainerID, m.logsAbout(c.Spec.ContainerID, "claim="+c.Name+" "))
@@ -553,14 +634,15 @@ func TestServer_property_inMemoryAPIServer(t *testing.T) {
 			restarts += m.restarts.Load()
 			queued += m.queued.Load()
 			gcs += m.gcs.Load()
+			conflicts += m.quarantined.Load()
 			collecting += collected
 			answeredPrepared += fromPrepared
 		})
 	}
-	if added == 0 || answeredPrepared == 0 || fails == 0 || queued == 0 || collecting < seeds {
-		t.Errorf("%d ADDs answered (%d from prepared claims), %d writes failed, %d DEL records left at restarts, %d claims released by GC: each must be above 0, and the last at least %d (a lost sandbox per drain), for the test to mean something",
-			added, answeredPrepared, fails, queued, collecting, seeds)
+	if added == 0 || answeredPrepared == 0 || fails == 0 || queued == 0 || conflicts == 0 || collecting < seeds {
+		t.Errorf("%d ADDs answered (%d from prepared claims), %d writes failed, %d DEL records left at restarts, %d addresses quarantined after a conflict, %d claims released by GC: each must be above 0, and the last at least %d (a lost sandbox per drain), for the test to mean something",
+			added, answeredPrepared, fails, queued, conflicts, collecting, seeds)
 	}
-	t.Logf("%d ADDs answered (%d from prepared claims), %d claim writes failed, %d agent restarts finding %d DEL records to run, %d GCs during the run, %d claims released by GC (%d of them the drains' lost sandboxes)",
-		added, answeredPrepared, fails, restarts, queued, gcs, collecting, seeds)
+	t.Logf("%d ADDs answered (%d from prepared claims), %d claim writes failed, %d agent restarts finding %d DEL records to run, %d GCs during the run, %d addresses quarantined after a conflict, %d claims released by GC (%d of them the drains' lost sandboxes)",
+		added, answeredPrepared, fails, restarts, queued, gcs, conflicts, collecting, seeds)
 }

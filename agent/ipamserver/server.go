@@ -40,6 +40,9 @@ const (
 	DefaultMaxBackoff     = 30 * time.Second
 	// gcGrace keeps CNI GC off claims whose ADD began this recently.
 	gcGrace = 2 * time.Minute
+	// DefaultConflictQuarantine is how long an address another host
+	// answered for stays out of use (Config.ConflictQuarantine).
+	DefaultConflictQuarantine = time.Hour
 	// heldWait bounds how long an ADD whose app's address is held waits
 	// for the releases of DELs this agent answered before it says so.
 	heldWait = 2 * time.Second
@@ -98,8 +101,12 @@ type Config struct {
 	QuarantineAfter int
 	// Recorder records Events: early release's and those of Berth
 	// annotations the agent does not understand on the pods, a
-	// quarantined DEL's on its pod or the Node. Nil: none.
+	// quarantined DEL's on its pod or the Node, address conflicts'. Nil: none.
 	Recorder events.EventRecorder
+	// ConflictQuarantine is how long an address berth-netcheck found in
+	// use by another host stays out of use (claim state Conflict) before
+	// berth-controller frees it. Default 1h.
+	ConflictQuarantine time.Duration
 	// Registerer receives the metrics. Default: a new registry.
 	Registerer prometheus.Registerer
 	// RequestTimeout bounds one request. Default 25s.
@@ -202,6 +209,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MinBackoff == 0 {
 		cfg.MinBackoff = DefaultMinBackoff
+	}
+	if cfg.ConflictQuarantine == 0 {
+		cfg.ConflictQuarantine = DefaultConflictQuarantine
+	}
+	if cfg.ConflictQuarantine < 0 {
+		return nil, fmt.Errorf("ipam server: conflict quarantine %s: want > 0", cfg.ConflictQuarantine)
 	}
 	if cfg.MaxBackoff == 0 {
 		cfg.MaxBackoff = DefaultMaxBackoff
@@ -358,7 +371,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	for cmd, h := range map[string]func(context.Context, *protocol.Request) *protocol.Response{
 		protocol.CommandAdd: s.add, protocol.CommandDel: s.del, protocol.CommandCheck: s.check,
-		protocol.CommandGC: s.gc, protocol.CommandStatus: s.status,
+		protocol.CommandGC: s.gc, protocol.CommandStatus: s.status, protocol.CommandConflict: s.conflict,
 	} {
 		mux.HandleFunc("POST /v1/"+cmd, func(w http.ResponseWriter, r *http.Request) {
 			ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)

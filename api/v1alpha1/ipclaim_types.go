@@ -6,7 +6,7 @@ import (
 )
 
 // ClaimState is where an IPClaim is in its life.
-// +kubebuilder:validation:Enum=Bound;Releasing;Reserved
+// +kubebuilder:validation:Enum=Bound;Releasing;Reserved;Conflict
 type ClaimState string
 
 // Claim states.
@@ -21,6 +21,13 @@ const (
 	// ClaimReserved: no pod holds the address; it waits for a new pod of its
 	// app until ReservedUntil.
 	ClaimReserved ClaimState = "Reserved"
+	// ClaimConflict: another host answered for the address on the pod's
+	// link (berth-netcheck's duplicate-address check failed the pod's
+	// ADD), so the address is out of use until ReservedUntil, when
+	// berth-controller frees it. No pod gets it meanwhile, not even its
+	// App's: the claim keeps Pod, App and Node only as the record of who
+	// met the conflict.
+	ClaimConflict ClaimState = "Conflict"
 )
 
 // AppKind is the kind of workload an address is retained for.
@@ -82,7 +89,8 @@ type IPClaimSpec struct {
 	// retained (the claim is deleted when its pod releases it).
 	// +optional
 	App *App `json:"app,omitempty"`
-	// Pod holds the address (Bound, Releasing) or last held it (Reserved).
+	// Pod holds the address (Bound, Releasing) or last held it (Reserved,
+	// Conflict).
 	// +required
 	Pod PodRef `json:"pod"`
 	// ContainerID is the pod sandbox's ID, as CNI gives it. Empty on a
@@ -107,7 +115,7 @@ type IPClaimSpec struct {
 	// +required
 	State ClaimState `json:"state"`
 	// ReservedUntil is when a Reserved claim is freed unless its app takes
-	// it back.
+	// it back, and when a Conflict claim's quarantine ends and it is freed.
 	// +optional
 	ReservedUntil *metav1.Time `json:"reservedUntil,omitempty"`
 }

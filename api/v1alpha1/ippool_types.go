@@ -157,7 +157,12 @@ type IPPoolStatus struct {
 	// gone (or releasing).
 	// +optional
 	Reserved int64 `json:"reserved"`
-	// Free is Size - Bound - Reserved.
+	// Conflict is the number of addresses out of use because another host
+	// answered for them when a pod got them (claims in state Conflict, see
+	// IPClaim); each returns when its quarantine ends.
+	// +optional
+	Conflict int64 `json:"conflict"`
+	// Free is Size - Bound - Reserved - Conflict.
 	// +optional
 	Free int64 `json:"free"`
 	// Conditions: Ready (the spec is valid and the pool can hand out
@@ -184,6 +189,7 @@ type IPPoolStatus struct {
 // +kubebuilder:printcolumn:name="Bound",type=integer,JSONPath=`.status.bound`
 // +kubebuilder:printcolumn:name="Reserved",type=integer,JSONPath=`.status.reserved`
 // +kubebuilder:printcolumn:name="Free",type=integer,JSONPath=`.status.free`
+// +kubebuilder:printcolumn:name="Conflict",type=integer,JSONPath=`.status.conflict`,priority=1
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

@@ -51,7 +51,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// pluginDir builds berth-ipam once per test binary (TestMain removes it).
+// pluginDir builds berth-ipam (and berth-netcheck, which chains after it)
+// once per test binary (TestMain removes them).
 func pluginDir(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -61,9 +62,9 @@ func pluginDir(t *testing.T) string {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		out, err := exec.CommandContext(ctx, "go", "build", "-o", builtDir, "./cmd/berth-ipam").CombinedOutput()
+		out, err := exec.CommandContext(ctx, "go", "build", "-o", builtDir, "./cmd/berth-ipam", "../netcheck/cmd/berth-netcheck").CombinedOutput()
 		if err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/berth-ipam: %w: %s", err, out)
+			buildErr = fmt.Errorf("go build ./cmd/berth-ipam ../netcheck/cmd/berth-netcheck: %w: %s", err, out)
 		}
 	})
 	if buildErr != nil {

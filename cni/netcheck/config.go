@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/berth-io/berth/cni/ipam/protocol"
 )
 
 // Defaults: cheap on a healthy network, where the owner of a duplicate
@@ -21,6 +24,8 @@ const (
 	DefaultProbes         = 3
 	DefaultTimeout        = 200 * time.Millisecond
 	DefaultTries          = 3
+	// DefaultReportTimeout bounds telling berth-agent of a conflict.
+	DefaultReportTimeout = 3 * time.Second
 )
 
 // Limits of the settings.
@@ -54,6 +59,11 @@ type Config struct {
 	ICMP bool
 	// Targets are extra addresses that must answer. JSON "targets".
 	Targets []Target
+	// IPAMSocket is berth-agent's IPAM socket, where ADD reports an
+	// address another host answered for (CONFLICT) before it fails, so
+	// that the pod's next ADD gets another address. Default
+	// protocol.DefaultSocket. JSON "ipamSocket".
+	IPAMSocket string
 }
 
 // Target is an extra address to check: ARP/NDP (and ICMP echo with ICMP
@@ -83,7 +93,7 @@ type NetConf struct {
 var standardKeys = []string{"args", "capabilities", "cni.dev/valid-attachments", "cniVersion", "name", "prevResult", "runtimeConfig", "type"}
 
 // ownKeys are berth-netcheck's keys, in the order the docs list them.
-var ownKeys = []string{"conflictWindow", "probes", "timeout", "tries", "skipGateway", "icmp", "targets"}
+var ownKeys = []string{"conflictWindow", "probes", "timeout", "tries", "skipGateway", "icmp", "targets", "ipamSocket"}
 
 // ErrConfig marks a configuration error.
 var ErrConfig = errors.New("config")
@@ -145,6 +155,11 @@ func ParseConfig(stdin []byte) (*NetConf, error) {
 			c.ICMP, err = decodeBool(v)
 		case "targets":
 			c.Targets, err = decodeTargets(v)
+		case "ipamSocket":
+			err = json.Unmarshal(v, &c.IPAMSocket)
+			if err != nil {
+				err = fmt.Errorf("want an absolute path, got %s", v)
+			}
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrConfig, k, err)
@@ -252,6 +267,9 @@ func (c Config) withDefaults() Config {
 	if c.Tries == 0 {
 		c.Tries = DefaultTries
 	}
+	if c.IPAMSocket == "" {
+		c.IPAMSocket = protocol.DefaultSocket
+	}
 	return c
 }
 
@@ -272,6 +290,9 @@ func (c Config) validate() error {
 	}
 	if c.Tries < 1 || c.Tries > maxTries {
 		return bad("tries %d: want 1 to %d", c.Tries, maxTries)
+	}
+	if !filepath.IsAbs(c.IPAMSocket) {
+		return bad("ipamSocket %q: want an absolute path", c.IPAMSocket)
 	}
 	if len(c.Targets) > maxTargets {
 		return bad("targets: %d, want at most %d", len(c.Targets), maxTargets)

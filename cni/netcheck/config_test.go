@@ -3,6 +3,7 @@ package netcheck
 import (
 	"errors"
 	"net/netip"
+	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -23,10 +24,11 @@ func TestParseConfig(t *testing.T) {
 			name: "every key",
 			in: `{"cniVersion": "1.1.0", "name": "berth", "type": "berth-netcheck",
 				"conflictWindow": "250ms", "probes": 2, "timeout": "1s", "tries": 5,
-				"skipGateway": true, "icmp": true, "targets": ["10.96.0.10:53", "10.244.0.1", "[fd00::a]:53", "fd00::1"]}`,
+				"skipGateway": true, "icmp": true, "targets": ["10.96.0.10:53", "10.244.0.1", "[fd00::a]:53", "fd00::1"],
+				"ipamSocket": "/var/run/berth/ipam.sock"}`,
 			want: Config{
 				ConflictWindow: 250 * time.Millisecond, Probes: 2, Timeout: time.Second, Tries: 5,
-				SkipGateway: true, ICMP: true,
+				SkipGateway: true, ICMP: true, IPAMSocket: "/var/run/berth/ipam.sock",
 				Targets: []Target{
 					{Addr: netip.MustParseAddr("10.96.0.10"), Port: 53},
 					{Addr: netip.MustParseAddr("10.244.0.1")},
@@ -43,17 +45,17 @@ func TestParseConfig(t *testing.T) {
 		{
 			name:    "unknown key",
 			in:      `{"cniVersion": "1.0.0", "type": "berth-netcheck", "conflictWindw": "1s"}`,
-			wantErr: `config: unknown key "conflictWindw"; berth-netcheck accepts conflictWindow, probes, timeout, tries, skipGateway, icmp, targets and the standard CNI keys`,
+			wantErr: `config: unknown key "conflictWindw"; berth-netcheck accepts conflictWindow, probes, timeout, tries, skipGateway, icmp, targets, ipamSocket and the standard CNI keys`,
 		},
 		{
 			name:    "keys are case sensitive",
 			in:      `{"ConflictWindow": "1s"}`,
-			wantErr: `config: unknown key "ConflictWindow"; berth-netcheck accepts conflictWindow, probes, timeout, tries, skipGateway, icmp, targets and the standard CNI keys`,
+			wantErr: `config: unknown key "ConflictWindow"; berth-netcheck accepts conflictWindow, probes, timeout, tries, skipGateway, icmp, targets, ipamSocket and the standard CNI keys`,
 		},
 		{
 			name:    "ipam is not for a chained check",
 			in:      `{"type": "berth-netcheck", "ipam": {"type": "host-local"}}`,
-			wantErr: `config: unknown key "ipam"; berth-netcheck accepts conflictWindow, probes, timeout, tries, skipGateway, icmp, targets and the standard CNI keys`,
+			wantErr: `config: unknown key "ipam"; berth-netcheck accepts conflictWindow, probes, timeout, tries, skipGateway, icmp, targets, ipamSocket and the standard CNI keys`,
 		},
 		{
 			name:    "not an object",
@@ -121,6 +123,16 @@ func TestParseConfig(t *testing.T) {
 			wantErr: `config: skipGateway: want true or false, got null`,
 		},
 		{
+			name:    "relative ipamSocket",
+			in:      `{"ipamSocket": "ipam.sock"}`,
+			wantErr: `config: ipamSocket "ipam.sock": want an absolute path`,
+		},
+		{
+			name:    "ipamSocket not a string",
+			in:      `{"ipamSocket": true}`,
+			wantErr: `config: ipamSocket: want an absolute path, got true`,
+		},
+		{
 			name:    "targets not a list",
 			in:      `{"targets": "10.96.0.10"}`,
 			wantErr: `config: targets: want a list of strings such as ["10.96.0.10:53"], got "10.96.0.10"`,
@@ -182,7 +194,8 @@ func TestNewChecker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{ConflictWindow: DefaultConflictWindow, Probes: DefaultProbes, Timeout: DefaultTimeout, Tries: DefaultTries}
+	want := Config{ConflictWindow: DefaultConflictWindow, Probes: DefaultProbes, Timeout: DefaultTimeout, Tries: DefaultTries,
+		IPAMSocket: "/run/berth/ipam.sock"}
 	if !reflect.DeepEqual(c.cfg, want) {
 		t.Errorf("defaults = %+v, want %+v", c.cfg, want)
 	}
@@ -201,6 +214,7 @@ func FuzzParseConfig(f *testing.F) {
 		`{"targets": ["10.96.0.10:53", "[fd00::a]:53", "fd00::1"]}`,
 		`{"prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.1.2.3/24"}]}}`,
 		`{"probes": 1e3}`,
+		`{"ipamSocket": "/run/berth/ipam.sock"}`,
 		`null`,
 	} {
 		f.Add([]byte(s))
@@ -220,7 +234,8 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		cfg := c.cfg
 		if cfg.ConflictWindow < minWindow || cfg.ConflictWindow > maxWindow || cfg.Probes < 1 || cfg.Probes > maxProbes ||
-			cfg.Timeout < minWindow || cfg.Timeout > maxWindow || cfg.Tries < 1 || cfg.Tries > maxTries || len(cfg.Targets) > maxTargets {
+			cfg.Timeout < minWindow || cfg.Timeout > maxWindow || cfg.Tries < 1 || cfg.Tries > maxTries || len(cfg.Targets) > maxTargets ||
+			!filepath.IsAbs(cfg.IPAMSocket) {
 			t.Fatalf("config out of limits: %+v", cfg)
 		}
 		for _, tg := range cfg.Targets {

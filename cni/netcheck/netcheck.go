@@ -2,8 +2,10 @@
 // the main plugin, inside the pod's network namespace, and fails ADD unless
 // the pod's addresses are unique on the link (ARP probe, NDP duplicate
 // address detection) and its gateway answers. It passes the previous
-// result through, keeps no state and never talks to the API server. See
-// README.md.
+// result through, keeps no state and never talks to the API server; an
+// address another host answers for is reported to berth-agent (CONFLICT on
+// berth-ipam's socket) before ADD fails, so that the pod's next ADD gets
+// another. See README.md.
 package netcheck
 
 import (
@@ -19,6 +21,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	berthversion "github.com/berth-io/berth/agent/version"
+	"github.com/berth-io/berth/cni/ipam"
+	"github.com/berth-io/berth/cni/ipam/protocol"
 )
 
 // CNI error codes of berth-netcheck (codes 100 and up belong to plugins).
@@ -129,7 +133,31 @@ func check(ctx context.Context, args *skel.CmdArgs, conf *NetConf, prev *current
 	defer netns.Close()
 	req.NetNS = netns
 	req.Announce = announce
-	return cniError(c.Run(ctx, req))
+	err = c.Run(ctx, req)
+	var conflict *ConflictError
+	if announce && errors.As(err, &conflict) {
+		return conflictError(ctx, args, c.cfg, conflict)
+	}
+	return cniError(err)
+}
+
+// conflictError tells berth-agent of an ADD's conflict (CONFLICT over
+// cfg.IPAMSocket, within DefaultReportTimeout), so that the pod's next ADD
+// gets another address, and returns the ADD's error: the conflict, with
+// the report's outcome as its details. An agent that cannot be reached or
+// does not take the report (an older one) changes only those details.
+func conflictError(ctx context.Context, args *skel.CmdArgs, cfg Config, conflict *ConflictError) error {
+	ctx, cancel := context.WithTimeout(ctx, DefaultReportTimeout)
+	defer cancel()
+	req := &protocol.Request{ContainerID: args.ContainerID, IfName: args.IfName, Address: conflict.IP.String()}
+	if conflict.MAC != nil {
+		req.MAC = conflict.MAC.String()
+	}
+	details := "berth-agent took the address out of use: the pod's next ADD gets another address"
+	if err := ipam.ReportConflict(ctx, cfg.IPAMSocket, req); err != nil {
+		details = fmt.Sprintf("berth-agent was not told (%v): the pod's next ADD may get the same address", err)
+	}
+	return types.NewError(CodeAddressInUse, conflict.Error(), details)
 }
 
 // RequestFor picks from prev the addresses and gateways of interface

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -93,9 +94,11 @@ func TestAdd_Errors(t *testing.T) {
 	gw := s.attach("gw", false, gwAddr...)
 	other := s.attach("other", false, "10.1.2.7/24")
 	pod := s.attach("pod", false, dual...)
+	// No agent: TestAdd_reportsConflict has one.
+	noAgent := filepath.Join(t.TempDir(), "no-agent.sock")
 	conf := func(addrs []string, gws ...string) string {
-		return fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "berth", "type": "berth-netcheck", "tries": 2, "prevResult": %s}`,
-			prevResult(pod, addrs, gws...))
+		return fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "berth", "type": "berth-netcheck", "tries": 2, "ipamSocket": %q, "prevResult": %s}`,
+			noAgent, prevResult(pod, addrs, gws...))
 	}
 	gw.delAddr("fd00:1:2::1/64")
 	for _, tc := range []struct {
@@ -124,7 +127,7 @@ func TestAdd_Errors(t *testing.T) {
 		{
 			name: "unknown key", conf: `{"cniVersion": "1.0.0", "name": "berth", "type": "berth-netcheck", "window": "1s"}`,
 			wantCode: types.ErrInvalidNetworkConfig,
-			wantMsg:  `config: unknown key "window"; berth-netcheck accepts conflictWindow, probes, timeout, tries, skipGateway, icmp, targets and the standard CNI keys`,
+			wantMsg:  `config: unknown key "window"; berth-netcheck accepts conflictWindow, probes, timeout, tries, skipGateway, icmp, targets, ipamSocket and the standard CNI keys`,
 		},
 		{
 			name: "no such interface", conf: `{"cniVersion": "1.0.0", "name": "berth", "type": "berth-netcheck", "prevResult":

@@ -2,7 +2,9 @@
 // ends what a node cannot end itself: a claim whose pod object is gone
 // (its node died before CNI DEL ran) or whose node is gone past a grace
 // period moves to Reserved for its app (or is freed if not retained); a
-// reservation past its TTL, or of an app that no longer exists, is freed.
+// reservation past its TTL, or of an app that no longer exists, is freed;
+// an address quarantined after a conflict (state Conflict) is freed when
+// its quarantine ends, and never reserved.
 // It decides from the claim's own record (pod UID, node, app), never from
 // pod.status.podIPs.
 //
@@ -189,8 +191,15 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 			return reconcile.Result{}, r.free(ctx, &c, reasonAppGone)
 		}
 		return reconcile.Result{RequeueAfter: c.Spec.ReservedUntil.Sub(now)}, nil
+	case v1alpha1.ClaimConflict:
+		// 3. Another host answered for the address: out of use until its
+		// quarantine ends, whatever becomes of its pod or app.
+		if c.Spec.ReservedUntil == nil || !now.Before(c.Spec.ReservedUntil.Time) {
+			return reconcile.Result{}, r.free(ctx, &c, reasonQuarantineEnded)
+		}
+		return reconcile.Result{RequeueAfter: c.Spec.ReservedUntil.Sub(now)}, nil
 	default:
-		// 3. A held claim: is its holder gone?
+		// 4. A held claim: is its holder gone?
 		why, requeue, err := r.orphaned(ctx, &c, now)
 		if err != nil || why == "" {
 			return reconcile.Result{RequeueAfter: requeue}, err

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -146,6 +147,18 @@ func TestReconciler_Reconcile(t *testing.T) {
 	kept := claim("p-10-5-0-8", "10.5.0.8", v1alpha1.ClaimReserved, v1alpha1.PodRef{Namespace: "ns", Name: "old", UID: "u8"}, "alive", web)
 	kept.Spec.ReservedUntil = &future
 	create(t, c, kept)
+	// Quarantined after a conflict (berth-netcheck): never reserved, even
+	// with its pod gone; freed when the quarantine ends (soon, past), kept
+	// before (the live pod's, an hour ahead).
+	quarantined := func(name, addr, podName string, uid types.UID, until metav1.Time) {
+		q := claim(name, addr, v1alpha1.ClaimConflict, v1alpha1.PodRef{Namespace: "ns", Name: podName, UID: uid}, "alive", web)
+		q.Spec.ContainerID, q.Spec.ReservedUntil = "", &until
+		create(t, c, q)
+	}
+	soon := metav1.NewTime(time.Now().Add(6 * time.Second))
+	quarantined("p-10-5-0-9", "10.5.0.9", "vanished-9", "uid-c9", soon)
+	quarantined("p-10-5-0-10", "10.5.0.10", "vanished-10", "uid-c10", past)
+	quarantined("p-10-5-0-11", "10.5.0.11", "live", live.UID, future)
 
 	gc0 := gcCounts(t)
 
@@ -167,6 +180,15 @@ func TestReconciler_Reconcile(t *testing.T) {
 	poll.Until(t, 20*time.Second, "expired reservation freed", deleted("p-10-5-0-6"))
 	poll.Until(t, 20*time.Second, "reservation of a deleted app freed", deleted("p-10-5-0-7"))
 	poll.Until(t, 20*time.Second, "claim on a dead node reserved after the grace period", reservedFor("p-10-5-0-5", ipclaimgc.ReasonNodeGone))
+	poll.Until(t, 20*time.Second, "a quarantine that ended freed", deleted("p-10-5-0-10"))
+	if time.Now().Before(soon.Add(-time.Second)) {
+		if cl, ok := get(t, c, "p-10-5-0-9"); !ok || cl.Spec.State != v1alpha1.ClaimConflict {
+			t.Fatalf("a quarantined claim of a vanished pod before its quarantine ended: %+v, want it kept in Conflict", cl)
+		}
+	} else {
+		t.Log("the checks above outlasted the quarantine of p-10-5-0-9: its state during it is not checked")
+	}
+	poll.Until(t, 20*time.Second, "a quarantine freed when it ends", deleted("p-10-5-0-9"))
 
 	// The controller's writes (spec, then status) leave no managedFields,
 	// though the test's create recorded some.
@@ -210,11 +232,15 @@ func TestReconciler_Reconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	poll.Until(t, 20*time.Second, "claim of the deleted live pod reserved", reservedFor("p-10-5-0-1", ipclaimgc.ReasonPodGone))
+	if cl, ok := get(t, c, "p-10-5-0-11"); !ok || cl.Spec.State != v1alpha1.ClaimConflict {
+		t.Errorf("the deleted live pod's quarantined claim: %+v, want it kept in Conflict until its quarantine ends", cl)
+	}
 
 	// berth_ipclaim_gc_total counted each change once, by its reason.
 	gc1 := gcCounts(t)
 	for series, want := range map[string]float64{
 		"reserved/PodGone": 3, "reserved/NodeGone": 1, "freed/PodGone": 1, "freed/NodeGone": 0, "freed/Expired": 1, "freed/AppGone": 1,
+		"freed/QuarantineEnded": 2,
 	} {
 		if got := gc1[series] - gc0[series]; got != want {
 			t.Errorf("berth_ipclaim_gc_total{%s} rose by %v, want %v", series, got, want)
@@ -223,23 +249,23 @@ func TestReconciler_Reconcile(t *testing.T) {
 }
 
 // gcCounts reads berth_ipclaim_gc_total from controller-runtime's
-// registry, by "action/reason": each of its 6 series, and no other.
+// registry, by "action/reason": each of its 7 series, and no other.
 func gcCounts(t *testing.T) map[string]float64 {
 	t.Helper()
-	if n, err := testutil.GatherAndCount(ctrlmetrics.Registry, "berth_ipclaim_gc_total"); err != nil || n != 6 {
-		t.Fatalf("berth_ipclaim_gc_total has %d series (%v), want 6", n, err)
+	if n, err := testutil.GatherAndCount(ctrlmetrics.Registry, "berth_ipclaim_gc_total"); err != nil || n != 7 {
+		t.Fatalf("berth_ipclaim_gc_total has %d series (%v), want 7", n, err)
 	}
 	out := map[string]float64{}
 	for _, action := range []string{"reserved", "freed"} {
-		for _, reason := range []string{ipclaimgc.ReasonPodGone, ipclaimgc.ReasonNodeGone, "Expired", "AppGone"} {
+		for _, reason := range []string{ipclaimgc.ReasonPodGone, ipclaimgc.ReasonNodeGone, "Expired", "AppGone", "QuarantineEnded"} {
 			v, n := promtest.Value(t, ctrlmetrics.Registry, "berth_ipclaim_gc_total", map[string]string{"action": action, "reason": reason})
 			if n == 1 {
 				out[action+"/"+reason] = v
 			}
 		}
 	}
-	if len(out) != 6 {
-		t.Fatalf("berth_ipclaim_gc_total has series %v, want reserved/{PodGone,NodeGone} and freed/{PodGone,NodeGone,Expired,AppGone}", out)
+	if len(out) != 7 {
+		t.Fatalf("berth_ipclaim_gc_total has series %v, want reserved/{PodGone,NodeGone} and freed/{PodGone,NodeGone,Expired,AppGone,QuarantineEnded}", out)
 	}
 	return out
 }

@@ -1,5 +1,5 @@
 // Package ippoolstatus keeps each IPPool's status: its size and how many
-// addresses are bound, reserved and free, and the Ready and Exhausted
+// addresses are bound, reserved, out of use after a conflict and free, and the Ready and Exhausted
 // conditions. It also holds a pool that is being deleted (finalizer
 // v1alpha1.FinalizerPoolInUse) until no pod holds an address of it, so
 // that no other pool hands those addresses out meanwhile.
@@ -188,15 +188,18 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if lerr != nil {
 		return reconcile.Result{}, lerr
 	}
-	st.Bound, st.Reserved = 0, 0
+	st.Bound, st.Reserved, st.Conflict = 0, 0, 0
 	for _, c := range claims {
-		if c.Spec.State == v1alpha1.ClaimReserved {
+		switch c.Spec.State {
+		case v1alpha1.ClaimReserved:
 			st.Reserved++
-		} else {
+		case v1alpha1.ClaimConflict:
+			st.Conflict++
+		default:
 			st.Bound++
 		}
 	}
-	st.Free = max(0, st.Size-st.Bound-st.Reserved)
+	st.Free = max(0, st.Size-st.Bound-st.Reserved-st.Conflict)
 	exhausted := metav1.Condition{Type: ConditionExhausted, Status: metav1.ConditionFalse, Reason: "FreeAddresses",
 		Message: "free addresses remain", ObservedGeneration: p.Generation}
 	if err == nil && st.Free == 0 {
@@ -223,7 +226,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse,
 			Reason: "Deleting", Message: deletingMessage(held), ObservedGeneration: p.Generation})
-		st.Reserved, st.Free = 0, max(0, st.Size-st.Bound)
+		st.Reserved, st.Conflict, st.Free = 0, 0, max(0, st.Size-st.Bound)
 	}
 	// 5. Write it if it changed.
 	if equality.Semantic.DeepEqual(st, &p.Status) {
@@ -233,14 +236,15 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	return reconcile.Result{}, r.Status().Update(ctx, &p)
 }
 
-// release deletes the Reserved claims of a pool being deleted (nobody is
-// to get those addresses back) and returns the claims pods still hold.
+// release deletes the Reserved and Conflict claims of a pool being
+// deleted (nobody is to get those addresses back, and the pool will hand
+// out none) and returns the claims pods still hold.
 // claims are Claims' shallow copies: release only reads them.
 func (r *Reconciler) release(ctx context.Context, claims []v1alpha1.IPClaim) ([]v1alpha1.IPClaim, error) {
 	var held []v1alpha1.IPClaim
 	for i := range claims {
 		c := &claims[i]
-		if c.Spec.State != v1alpha1.ClaimReserved {
+		if c.Spec.State != v1alpha1.ClaimReserved && c.Spec.State != v1alpha1.ClaimConflict {
 			held = append(held, *c)
 			continue
 		}
@@ -248,7 +252,7 @@ func (r *Reconciler) release(ctx context.Context, claims []v1alpha1.IPClaim) ([]
 		// meanwhile wins, and the claim counts as held on the next pass.
 		rv := c.ResourceVersion
 		if err := r.Delete(ctx, c.DeepCopy(), client.Preconditions{ResourceVersion: &rv}); err != nil && !apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("delete reserved claim %s: %w", c.Name, err)
+			return nil, fmt.Errorf("delete %s claim %s: %w", c.Spec.State, c.Name, err)
 		}
 	}
 	return held, nil

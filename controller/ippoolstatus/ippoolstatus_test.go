@@ -98,9 +98,10 @@ func TestReconciler_Reconcile(t *testing.T) {
 
 	// The leader's gauges report that status; a standby replica reports
 	// none.
-	want := `# HELP berth_ippool_addresses Addresses of an IPPool by state: size (all it hands out), bound, reserved, free; its status as last counted (at most 1 s behind its claims).
+	want := `# HELP berth_ippool_addresses Addresses of an IPPool by state: size (all it hands out), bound, reserved, conflict (out of use after another host answered for it), free; its status as last counted (at most 1 s behind its claims).
 # TYPE berth_ippool_addresses gauge
 berth_ippool_addresses{pool="small",state="bound"} 1
+berth_ippool_addresses{pool="small",state="conflict"} 0
 berth_ippool_addresses{pool="small",state="free"} 0
 berth_ippool_addresses{pool="small",state="reserved"} 1
 berth_ippool_addresses{pool="small",state="size"} 2
@@ -137,6 +138,14 @@ berth_ippool_condition{condition="Ready",pool="small"} 1
 	// (created in the same second: the name decides, "small" < "z-late").
 	late := &v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "z-late"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.6.0.0/29"}}
 	if err := c.Create(ctx, late); err != nil {
+		t.Fatal(err)
+	}
+	// An address of it another host answered for (berth-netcheck): out of
+	// use until its quarantine ends.
+	until := metav1.NewTime(time.Now().Add(time.Hour))
+	if err := c.Create(ctx, &v1alpha1.IPClaim{ObjectMeta: metav1.ObjectMeta{Name: "z-late-10.6.0.5"},
+		Spec: v1alpha1.IPClaimSpec{Pool: "z-late", Address: "10.6.0.5", State: v1alpha1.ClaimConflict, ReservedUntil: &until,
+			Pod: v1alpha1.PodRef{Namespace: "n", Name: "q", UID: "uq"}}}); err != nil {
 		t.Fatal(err)
 	}
 	waitPool(ctx, t, c, "z-late", func(p *v1alpha1.IPPool) bool {
@@ -186,11 +195,31 @@ berth_ippool_condition{condition="Ready",pool="small"} 1
 		time.Sleep(50 * time.Millisecond)
 	}
 	waitPool(ctx, t, c, "z-late", func(p *v1alpha1.IPPool) bool {
-		return meta.IsStatusConditionTrue(p.Status.Conditions, ippoolstatus.ConditionReady)
+		st := p.Status
+		return meta.IsStatusConditionTrue(st.Conditions, ippoolstatus.ConditionReady) &&
+			st.Size == 6 && st.Bound == 0 && st.Reserved == 0 && st.Conflict == 1 && st.Free == 5
 	})
 	// The gauges follow: small's series are gone.
-	if n, err := testutil.GatherAndCount(reg, "berth_ippool_addresses"); err != nil || n != 4 {
-		t.Errorf("%d pool address series after small went (%v), want z-late's 4", n, err)
+	if n, err := testutil.GatherAndCount(reg, "berth_ippool_addresses"); err != nil || n != 5 {
+		t.Errorf("%d pool address series after small went (%v), want z-late's 5", n, err)
+	}
+	if v, n := promtest.Value(t, reg, "berth_ippool_addresses", map[string]string{"pool": "z-late", "state": "conflict"}); n != 1 || v != 1 {
+		t.Errorf("z-late's conflict gauge: %v (%d series), want 1", v, n)
+	}
+	// Deleting z-late: no pod holds its addresses; its quarantined claim
+	// goes with it.
+	if err := c.Delete(ctx, late); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(20 * time.Second)
+	for err := c.Get(ctx, client.ObjectKey{Name: "z-late"}, late); !apierrors.IsNotFound(err); err = c.Get(ctx, client.ObjectKey{Name: "z-late"}, late) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pool z-late still there 20s after its deletion, with only a Conflict claim: %v, status %+v", err, late.Status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := c.Get(ctx, client.ObjectKey{Name: "z-late-10.6.0.5"}, &v1alpha1.IPClaim{}); !apierrors.IsNotFound(err) {
+		t.Errorf("Conflict claim of the deleted pool: %v, want it deleted", err)
 	}
 }
 

@@ -15,7 +15,7 @@ import (
 
 var (
 	addressesDesc = prometheus.NewDesc("berth_ippool_addresses",
-		"Addresses of an IPPool by state: size (all it hands out), bound, reserved, free; its status as last counted (at most 1 s behind its claims).",
+		"Addresses of an IPPool by state: size (all it hands out), bound, reserved, conflict (out of use after another host answered for it), free; its status as last counted (at most 1 s behind its claims).",
 		[]string{"pool", "state"}, nil)
 	conditionDesc = prometheus.NewDesc("berth_ippool_condition",
 		"1 when the IPPool's condition (Ready, Exhausted) is True, else 0.",
@@ -76,7 +76,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			continue // not counted yet: its zeros would read as an empty pool
 		}
 		st := p.Status
-		for state, v := range map[string]int64{"size": st.Size, "bound": st.Bound, "reserved": st.Reserved, "free": st.Free} {
+		for state, v := range map[string]int64{"size": st.Size, "bound": st.Bound, "reserved": st.Reserved, "conflict": st.Conflict, "free": st.Free} {
 			ch <- prometheus.MustNewConstMetric(addressesDesc, prometheus.GaugeValue, float64(v), p.Name, state)
 		}
 		for _, cond := range []string{ConditionReady, ConditionExhausted} {

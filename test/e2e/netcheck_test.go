@@ -16,7 +16,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	crclient "sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -38,9 +40,12 @@ const (
 // with every address berth-ipam could hand out of a pool planted on the pod
 // bridge by a namespace of the test, a new pod stays ContainerCreating, its
 // events naming the planted MAC as berth-netcheck's conflict; once the
-// addresses are gone it runs, and reaches its gateway. For IPv4 (pool
-// "pods"), and for IPv6 with dual-stack pods (pool "pods6": ARP probes
-// find the one conflict, NDP the other).
+// addresses are gone it runs, and reaches its gateway. berth-netcheck
+// tells berth-agent of each conflict: the pod gets a Warning Event
+// AddressConflict and the address's claim is in state Conflict, so each
+// retry gets another address. For IPv4 (pool "pods"), and for IPv6 with
+// dual-stack pods (pool "pods6": ARP probes find the one conflict, NDP the
+// other).
 func TestNetcheck_Conflict(t *testing.T) {
 	conf, err := os.ReadFile(nodeConflist)
 	if err != nil || !strings.Contains(string(conf), `"berth-netcheck"`) {
@@ -80,15 +85,19 @@ func conflict(t *testing.T, pool, gateway string, annotations map[string]string)
 
 	pod := testPod("conflict", nil, "sleep", "3600")
 	pod.Annotations = annotations
-	if _, err := client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+	created, err := client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
 		t.Fatalf("create pod: %v", err)
 	}
+	// The addresses quarantined after the conflicts would stay out of use
+	// for the agent's --ipam-conflict-quarantine (1h): end it.
+	t.Cleanup(func() { endQuarantines(t, pool, created.UID) })
 
 	// The sandbox fails with the conflict, and again on kubelet's retry
-	// (berth-ipam hands out a free address again, planted too).
+	// (berth-ipam hands out another free address, planted too).
 	want := fmt.Sprintf("on eth0 is already in use by %s", mac)
 	var event string
-	err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
 		evs, err := client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, nil
@@ -113,6 +122,23 @@ func conflict(t *testing.T, pool, gateway string, annotations map[string]string)
 	if !strings.Contains(event, `plugin type="berth-netcheck"`) {
 		t.Errorf("the event does not name berth-netcheck: %s", event)
 	}
+	if !strings.Contains(event, "berth-agent took the address out of use: the pod's next ADD gets another address") {
+		t.Errorf("the event does not say berth-agent took the address: %s", event)
+	}
+	// berth-agent's own Event, and the claims it quarantined.
+	evs, err := client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(evs.Items, func(e corev1.Event) bool {
+		return e.InvolvedObject.Name == pod.Name && e.Type == corev1.EventTypeWarning && e.Reason == "AddressConflict" &&
+			strings.Contains(e.Message, "is already in use by "+mac.String()) && strings.Contains(e.Message, "the next attempt gets another address")
+	}) {
+		t.Errorf("no Warning Event AddressConflict naming %s on the pod:\n%s", mac, describe(ns, "pod/"+pod.Name))
+	}
+	if q := quarantined(ctx, t, pool, created.UID); len(q) < 2 {
+		t.Errorf("claims of pool %s in state Conflict for the pod: %v, want one per failed sandbox (at least 2)", pool, q)
+	}
 	p, err := client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -136,6 +162,43 @@ func conflict(t *testing.T, pool, gateway string, annotations map[string]string)
 	out, err := kubectlRun(ctx, "-n", ns, "exec", pod.Name, "--", "ping", "-c", "1", "-W", "5", gateway)
 	if err != nil {
 		t.Errorf("the pod does not reach its gateway: %v\n%s", err, out)
+	}
+}
+
+// quarantined lists the addresses of pool in state Conflict that pod uid
+// met.
+func quarantined(ctx context.Context, t *testing.T, pool string, uid types.UID) []string {
+	t.Helper()
+	var claims v1alpha1.IPClaimList
+	if err := berth.List(ctx, &claims, crclient.MatchingLabels{v1alpha1.LabelPool: pool}); err != nil {
+		t.Fatalf("IPClaims: %v", err)
+	}
+	var out []string
+	for _, c := range claims.Items {
+		if c.Spec.State == v1alpha1.ClaimConflict && c.Spec.Pod.UID == uid {
+			out = append(out, c.Spec.Address)
+		}
+	}
+	return out
+}
+
+// endQuarantines deletes pool's Conflict claims that pod uid met, as an
+// operator ends a quarantine early (docs/ipam-operations.md).
+func endQuarantines(t *testing.T, pool string, uid types.UID) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var claims v1alpha1.IPClaimList
+	if err := berth.List(ctx, &claims, crclient.MatchingLabels{v1alpha1.LabelPool: pool}); err != nil {
+		t.Errorf("IPClaims: %v", err)
+		return
+	}
+	for i := range claims.Items {
+		c := &claims.Items[i]
+		if c.Spec.State == v1alpha1.ClaimConflict && c.Spec.Pod.UID == uid {
+			if err := berth.Delete(ctx, c); err != nil && !apierrors.IsNotFound(err) {
+				t.Errorf("end the quarantine of %s: %v", c.Name, err)
+			}
+		}
 	}
 }
 

@@ -89,6 +89,7 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		ipamConfDir string
 		ipamSweep   time.Duration
 		ipamGCShare float64
+		ipamQuar    time.Duration
 		fileLogs    filelogs.Config
 		sizeLimit   = quantityFlag{q: *resource.NewQuantity(filelogs.DefaultSizeLimit, resource.BinarySI)}
 		maxLimit    = quantityFlag{q: *resource.NewQuantity(filelogs.DefaultMaxSizeLimit, resource.BinarySI)}
@@ -135,6 +136,8 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		fmt.Sprintf("share of the node's held IP claims that one garbage collection (CNI GC or a sweep) may release at once (at least %d): a larger one is refused as a truncated list, with an Event on the Node", ipam.DefaultGCMinRefuse))
 	fs.StringVar(&o.agent.Namespace, "namespace", cmp.Or(getenv("POD_NAMESPACE"), agentlease.DefaultNamespace),
 		"the agent's namespace, where it renews its lease berth-agent-<node> (env POD_NAMESPACE)")
+	fs.DurationVar(&ipamQuar, "ipam-conflict-quarantine", ipamserver.DefaultConflictQuarantine,
+		"how long an address berth-netcheck found in use by another host stays out of use (IPClaim state Conflict) before berth-controller frees it")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "",
 		"kubeconfig file; default: env KUBECONFIG, then in-cluster, then ~/.kube/config")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")
@@ -166,8 +169,12 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		if ipamGCShare <= 0 || ipamGCShare > 1 {
 			return o, fmt.Errorf("--ipam-gc-max-share %g: want a share in (0, 1]", ipamGCShare)
 		}
+		if ipamQuar <= 0 {
+			return o, fmt.Errorf("--ipam-conflict-quarantine %s: want > 0", ipamQuar)
+		}
 		o.agent.IPAM = &ipamserver.Config{SocketPath: ipamSocket, EarlyRelease: ipamEarly, Prepare: ipamPrep, CNIConfDir: ipamConfDir,
-			DeferRelease: ipamDefer, SweepInterval: ipamSweep, GCMaxShare: ipamGCShare}
+			DeferRelease: ipamDefer, SweepInterval: ipamSweep, GCMaxShare: ipamGCShare,
+			ConflictQuarantine: ipamQuar}
 	}
 	if fileLogs.Root != "" {
 		if !filepath.IsAbs(fileLogs.Root) || filepath.Clean(fileLogs.Root) != fileLogs.Root {

@@ -24,6 +24,12 @@ const (
 	CommandCheck  = "check"
 	CommandGC     = "gc"
 	CommandStatus = "status"
+	// CommandConflict is sent by berth-netcheck, not berth-ipam: another
+	// host answered for Address on the container's interface, so the ADD
+	// fails and the agent takes the address out of use (see
+	// agent/ipamserver/README.md). An agent older than the command
+	// answers HTTP 404.
+	CommandConflict = "conflict"
 )
 
 // Request is one CNI call, as much of it as the agent needs.
@@ -42,6 +48,12 @@ type Request struct {
 	Network string `json:"network,omitempty"`
 	// ValidAttachments (GC only) are the attachments the runtime still has.
 	ValidAttachments []Attachment `json:"validAttachments,omitempty"`
+	// Address (CONFLICT only) is the address another host answered for,
+	// without prefix length.
+	Address string `json:"address,omitempty"`
+	// MAC (CONFLICT only) is the link-layer address that answered; empty
+	// when only the kernel's IPv6 duplicate address detection saw it.
+	MAC string `json:"mac,omitempty"`
 }
 
 // Attachment is one container's interface, as CNI GC lists them.
