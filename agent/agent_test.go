@@ -15,7 +15,9 @@ import (
 	"time"
 
 	nrilog "github.com/containerd/nri/pkg/log"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
@@ -159,12 +161,35 @@ func applyRBAC(t *testing.T, cs kubernetes.Interface, path string) {
 			if err == nil {
 				_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, &o, metav1.CreateOptions{})
 			}
+		case "Role":
+			var o rbacv1.Role
+			err = json.Unmarshal(raw, &o)
+			if err == nil {
+				ensureNamespace(t, cs, o.Namespace)
+				_, err = cs.RbacV1().Roles(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+			}
+		case "RoleBinding":
+			var o rbacv1.RoleBinding
+			err = json.Unmarshal(raw, &o)
+			if err == nil {
+				ensureNamespace(t, cs, o.Namespace)
+				_, err = cs.RbacV1().RoleBindings(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
+			}
 		default:
 			t.Fatalf("%s: unexpected kind %q", path, meta.Kind)
 		}
 		if err != nil {
 			t.Fatalf("%s: %s: %v", path, meta.Kind, err)
 		}
+	}
+}
+
+// ensureNamespace creates namespace ns unless it exists.
+func ensureNamespace(t *testing.T, cs kubernetes.Interface, ns string) {
+	t.Helper()
+	_, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("namespace %s: %v", ns, err)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -25,6 +26,7 @@ import (
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/agent/nriplugin/nritest"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/agentlease"
 	"github.com/berth-io/berth/cni/ipam/protocol"
 	"github.com/berth-io/berth/test/envtest"
 	"github.com/berth-io/berth/test/poll"
@@ -95,6 +97,13 @@ func TestRun_ipam(t *testing.T) {
 	if err := c.List(bg, &claims); err != nil || len(claims.Items) != 1 || claims.Items[0].Spec.Node != "node-a" || claims.Items[0].Spec.Pod.UID != pod.UID {
 		t.Fatalf("claims: %+v %v", claims.Items, err)
 	}
+	// With IPAM on, the agent renews its node's lease with the Role of
+	// deploy/base: berth-controller leaves node-a's claims to it.
+	poll.Until(t, 30*time.Second, "the agent's lease", func() bool {
+		var l coordinationv1.Lease
+		err := c.Get(bg, client.ObjectKey{Namespace: agentlease.DefaultNamespace, Name: agentlease.Name("node-a")}, &l)
+		return err == nil && l.Spec.RenewTime != nil && *l.Spec.HolderIdentity == "node-a"
+	})
 	poll.Until(t, 30*time.Second, "the allocation histogram in /metrics", func() bool {
 		return strings.Contains(get(t, "http://"+metricsAddr+"/metrics").body, `berth_ipam_allocation_duration_seconds_count{result="ok"} 1`)
 	})
