@@ -136,7 +136,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("manager: %w", err)
 	}
 
-	partMetrics, err := parts.NewMetrics(ctrlmetrics.Registry, ipamserver.PartsMetricsPrefix)
+	partMetrics, err := parts.NewMetrics(ctrlmetrics.Registry)
 	if err != nil {
 		return err
 	}

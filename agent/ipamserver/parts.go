@@ -11,10 +11,6 @@ import (
 	"github.com/berth-io/berth/internal/parts"
 )
 
-// PartsMetricsPrefix names the parts' metrics: berth_agent_part_up and
-// berth_agent_part_panics_total, by part.
-const PartsMetricsPrefix = "berth_agent"
-
 // Names of the server's parts.
 const (
 	// PartServer is the server itself (its background writes after an

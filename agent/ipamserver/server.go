@@ -242,7 +242,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipam server: %w", err)
 	}
-	pm, err := parts.NewMetrics(cfg.Registerer, PartsMetricsPrefix)
+	pm, err := parts.NewMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("ipam server: %w", err)
 	}

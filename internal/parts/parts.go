@@ -34,16 +34,16 @@ type Metrics struct {
 	up     *prometheus.GaugeVec
 }
 
-// NewMetrics registers prefix_part_panics_total and prefix_part_up with
-// reg (reusing them if they are there).
-func NewMetrics(reg prometheus.Registerer, prefix string) (*Metrics, error) {
+// NewMetrics registers berth_agent_part_panics_total and
+// berth_agent_part_up with reg (reusing them if they are there).
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		panics: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: prefix + "_part_panics_total",
+			Name: "berth_agent_part_panics_total",
 			Help: "Panics recovered in a part of the process, by part; the part is started again after a backoff.",
 		}, []string{"part"}),
 		up: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: prefix + "_part_up",
+			Name: "berth_agent_part_up",
 			Help: "1 while a part of the process runs, 0 once it stopped or while it waits to start again after a panic, by part.",
 		}, []string{"part"}),
 	}

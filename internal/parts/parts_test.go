@@ -22,7 +22,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func newPart(t *testing.T, reg *prometheus.Registry, name string, run func(context.Context) error) *parts.Part {
 	t.Helper()
-	m, err := parts.NewMetrics(reg, "test")
+	m, err := parts.NewMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,11 +54,11 @@ func TestPart_Start_panic(t *testing.T) {
 	})
 	runnable.Start(t, 5*time.Second, p.Start)
 	<-release
-	if got := value(t, reg, "test_part_panics_total", "flaky"); got != 2 {
+	if got := value(t, reg, "berth_agent_part_panics_total", "flaky"); got != 2 {
 		t.Errorf("panics counted %v, want 2", got)
 	}
 	poll.Until(t, 5*time.Second, "the part to be up again", func() bool {
-		return p.Check(nil) == nil && value(t, reg, "test_part_up", "flaky") == 1
+		return p.Check(nil) == nil && value(t, reg, "berth_agent_part_up", "flaky") == 1
 	})
 }
 
@@ -81,7 +81,7 @@ func TestPart_Start_stops(t *testing.T) {
 			if err := p.Check(nil); err.Error() != tc.want {
 				t.Errorf("Check() = %q, want %q", err, tc.want)
 			}
-			if got := value(t, reg, "test_part_up", "quits"); got != 0 {
+			if got := value(t, reg, "berth_agent_part_up", "quits"); got != 0 {
 				t.Errorf("test_part_up = %v, want 0", got)
 			}
 			stop()
@@ -93,7 +93,7 @@ func TestPart_Start_stops(t *testing.T) {
 // error, counted for the part.
 func TestMetrics_Recover(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	m, err := parts.NewMetrics(reg, "test")
+	m, err := parts.NewMetrics(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestMetrics_Recover(t *testing.T) {
 	if err := work(); err == nil || !strings.HasPrefix(err.Error(), "panic: assignment to entry in nil map") {
 		t.Errorf("work() = %v, want the panic as an error", err)
 	}
-	if got := value(t, reg, "test_part_panics_total", "worker"); got != 1 {
+	if got := value(t, reg, "berth_agent_part_panics_total", "worker"); got != 1 {
 		t.Errorf("panics counted %v, want 1", got)
 	}
 }
