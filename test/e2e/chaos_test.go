@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -34,17 +33,7 @@ func TestChaos_ForceDeleteWhileSandboxRuns(t *testing.T) {
 	defer cancel()
 	ns := namespace(t, "e2e-chaos-force")
 	a := appSpec{name: "db", replicas: 1, grace: 1}
-	sts := &appsv1.StatefulSet{
-		ObjectMeta: metav1.ObjectMeta{Name: a.name},
-		Spec: appsv1.StatefulSetSpec{
-			Replicas: &a.replicas, ServiceName: a.name,
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": a.name}},
-			Template: a.template(),
-		},
-	}
-	if _, err := client.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create statefulset: %v", err)
-	}
+	createStatefulSet(ctx, t, ns, a)
 	old := readyPods(ctx, t, ns, a.name, 1, nil)[0]
 	addr := old.Status.PodIP
 

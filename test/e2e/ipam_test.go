@@ -99,6 +99,25 @@ func createDeployment(ctx context.Context, t *testing.T, ns string, a appSpec) {
 	}
 }
 
+// createStatefulSet creates a as a StatefulSet whose pods start in
+// parallel.
+func createStatefulSet(ctx context.Context, t *testing.T, ns string, a appSpec) {
+	t.Helper()
+	sts := &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: a.name},
+		Spec: appsv1.StatefulSetSpec{
+			Replicas:            &a.replicas,
+			ServiceName:         a.name,
+			PodManagementPolicy: appsv1.ParallelPodManagement,
+			Selector:            &metav1.LabelSelector{MatchLabels: map[string]string{"app": a.name}},
+			Template:            a.template(),
+		},
+	}
+	if _, err := client.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create statefulset %s/%s: %v", ns, a.name, err)
+	}
+}
+
 func scaleDeployment(ctx context.Context, t *testing.T, ns, name string, replicas int32) {
 	t.Helper()
 	patch := fmt.Sprintf(`{"spec":{"replicas":%d}}`, replicas)
@@ -388,19 +407,7 @@ func TestIPAM_StatefulSet(t *testing.T) {
 	defer cancel()
 	ns := namespace(t, "e2e-ipam-sts")
 	a := appSpec{name: "web", replicas: 2, grace: 1}
-	sts := &appsv1.StatefulSet{
-		ObjectMeta: metav1.ObjectMeta{Name: a.name},
-		Spec: appsv1.StatefulSetSpec{
-			Replicas:            &a.replicas,
-			ServiceName:         a.name,
-			PodManagementPolicy: appsv1.ParallelPodManagement,
-			Selector:            &metav1.LabelSelector{MatchLabels: map[string]string{"app": a.name}},
-			Template:            a.template(),
-		},
-	}
-	if _, err := client.AppsV1().StatefulSets(ns).Create(ctx, sts, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create statefulset: %v", err)
-	}
+	createStatefulSet(ctx, t, ns, a)
 	before := readyPods(ctx, t, ns, a.name, 2, nil)
 	deletePods(ctx, t, ns, before[:1])
 	after := readyPods(ctx, t, ns, a.name, 2, uids(before[:1]))
