@@ -2,13 +2,11 @@ package ipamserver
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -22,62 +20,8 @@ import (
 
 	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
-	"github.com/berth-io/berth/cni/ipam/protocol"
 	"github.com/berth-io/berth/internal/parts"
 )
-
-// DefaultAttachmentDir records, per container and interface, the netns an
-// ADD was for, so early release can find the pod's interface.
-const DefaultAttachmentDir = "/run/berth/ipam-attachments"
-
-type attachment struct {
-	ContainerID string `json:"containerID"`
-	IfName      string `json:"ifName"`
-	Netns       string `json:"netns"`
-	Network     string `json:"network,omitempty"` // the CNI network's name
-	// PodUID and Claims are set when ADD answered with prepared claims:
-	// they record the container on the claims after the answer.
-	PodUID types.UID `json:"podUID,omitempty"`
-	Claims []string  `json:"claims,omitempty"`
-}
-
-func decodeAttachment(data []byte) (attachment, error) {
-	var a attachment
-	err := json.Unmarshal(data, &a)
-	return a, err
-}
-
-func attachmentFile(dir, containerID, ifName string) string {
-	return filepath.Join(dir, protocol.FileName(containerID, ifName))
-}
-
-func writeAttachment(dir string, a attachment) error {
-	data, err := json.Marshal(a)
-	if err != nil {
-		return err
-	}
-	return writeFileAtomic(attachmentFile(dir, a.ContainerID, a.IfName), data)
-}
-
-// writeFileAtomic writes data to f through a temporary file and a rename,
-// making f's directory if missing.
-func writeFileAtomic(f string, data []byte) error {
-	if err := os.MkdirAll(filepath.Dir(f), 0o700); err != nil {
-		return err
-	}
-	if err := os.WriteFile(f+".tmp", data, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(f+".tmp", f)
-}
-
-func readAttachment(dir, containerID, ifName string) (attachment, error) {
-	data, err := os.ReadFile(attachmentFile(dir, containerID, ifName))
-	if err != nil {
-		return attachment{}, err
-	}
-	return decodeAttachment(data)
-}
 
 // Unplug removes addr from ifName in the network namespace at nsPath,
 // through a netlink handle in that namespace (the agent never switches

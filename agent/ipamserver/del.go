@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
+
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/berth-io/berth/cni/ipam/protocol"
 )
@@ -98,4 +101,96 @@ func (s *Server) observeRelease(start time.Time, err error) {
 		result = "error"
 	}
 	s.metrics.release.WithLabelValues(result).Observe(time.Since(start).Seconds())
+}
+
+func (s *Server) del(ctx context.Context, req *protocol.Request) *protocol.Response {
+	start := time.Now()
+	if req.ContainerID == "" {
+		return errResponse(protocol.CodeInvalidConfig, "berth-ipam DEL needs the container ID", nil)
+	}
+	// The prepared claims still waiting to record the container are
+	// released without that update: one write instead of two.
+	var bound *pendingEntry
+	if req.IfName == "" || req.IfName == PrepareInterface {
+		bound = s.binds.cancel(req.ContainerID)
+	}
+	if s.cfg.DeferRelease {
+		err := protocol.Enqueue(s.cfg.QueueDir, req)
+		if err == nil {
+			s.releaseLater(req, bound, start) //nolint:contextcheck // outlives the request, bounded by Start's context
+			return &protocol.Response{}
+		}
+		s.cfg.Logger.Warn("cannot record the DEL in the queue directory; releasing before answering", "container_id", req.ContainerID,
+			"interface", req.IfName, "err", err)
+	}
+	err := s.release(ctx, req, bound)
+	s.observeRelease(start, err)
+	if err != nil {
+		s.cfg.Logger.Warn("DEL failed", "container_id", req.ContainerID, "interface", req.IfName, "err", err)
+		return errResponse(protocol.CodeInternal, "berth-ipam DEL failed", err)
+	}
+	return &protocol.Response{}
+}
+
+// waitPending waits for the writes the agent makes after answering (see
+// pendingWork.wait) to the claims of the container, the pod or the uid.
+func (s *Server) waitPending(ctx context.Context, pod string, uid types.UID, containerID string) error {
+	if err := s.binds.wait(ctx, pod, uid, containerID); err != nil {
+		return err
+	}
+	return s.releases.wait(ctx, pod, uid, containerID)
+}
+
+// drainQueue runs the DELs berth-ipam queued while the agent was down, and
+// those the agent answered but did not release before it stopped. A DEL
+// that fails stays queued: the addresses it holds must not look free. A
+// failure that trying again may fix (the API server unreachable, a
+// timeout, a conflict) ends the drain, and Start retries it before
+// serving. A DEL the API server rejects for good does not stop the others;
+// the drain then fails too (Start retries it), until the record has been
+// rejected QuarantineAfter times and moves to quarantine. A record that
+// cannot be read as a DEL moves there at once.
+func (s *Server) drainQueue(ctx context.Context) error {
+	s.countQuarantined()
+	files, err := filepath.Glob(filepath.Join(s.cfg.QueueDir, "*.json"))
+	if err != nil {
+		return fmt.Errorf("ipam server: queued DELs: %w", err)
+	}
+	var rejected []error
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		var req protocol.Request
+		if err == nil {
+			if err = protocol.Decode(data, &req); err == nil && req.ContainerID == "" {
+				err = errors.New("no container ID")
+			}
+		}
+		if err != nil {
+			s.quarantineMalformed(f, err)
+			continue
+		}
+		if rerr := s.release(ctx, &req, nil); rerr != nil {
+			err := fmt.Errorf("ipam server: queued DEL of container %s: %w", req.ContainerID, rerr)
+			if !rejectedForGood(rerr) {
+				return err
+			}
+			if !s.rejectedOnce(f) {
+				rejected = append(rejected, err)
+				continue
+			}
+			if qerr := s.quarantine(f, &req, rerr, s.cfg.QuarantineAfter); qerr != nil {
+				return fmt.Errorf("%w; %w", err, qerr)
+			}
+			continue
+		}
+		s.forgetRejections(f)
+		if err := os.Remove(f); err != nil {
+			return fmt.Errorf("ipam server: queued DEL %s: %w", f, err)
+		}
+		s.cfg.Logger.Info("ran a queued DEL (the agent was down, or stopped before it released the claims)", "container_id", req.ContainerID, "interface", req.IfName)
+	}
+	return errors.Join(rejected...)
 }
