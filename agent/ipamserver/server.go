@@ -88,7 +88,7 @@ type Config struct {
 	// return true once the store's cache is synced.
 	WaitForSync func(context.Context) bool
 	// DeferRelease answers a DEL once its request is recorded in QueueDir
-	// and commits the release right after (see release.go); false: DEL
+	// and commits the release right after (see del.go); false: DEL
 	// answers once the release is committed.
 	DeferRelease bool
 	// QuarantineAfter is how many times the API server must reject a
