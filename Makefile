@@ -13,8 +13,8 @@ export BERTH_CACHE
 
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT     ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
-LDFLAGS    := -s -w -X github.com/berth-io/berth/agent/version.Version=$(VERSION) \
-              -X github.com/berth-io/berth/agent/version.Commit=$(COMMIT)
+LDFLAGS    := -s -w -X github.com/berth-io/berth/internal/version.Version=$(VERSION) \
+              -X github.com/berth-io/berth/internal/version.Commit=$(COMMIT)
 GOBUILD    := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
 
 # Binaries shipped in the Berth image, under /usr/local/bin.

@@ -31,11 +31,11 @@ import (
 	"github.com/berth-io/berth/agent/filelogs"
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/agent/nriplugin"
-	"github.com/berth-io/berth/agent/version"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/internal/agentlease"
 	"github.com/berth-io/berth/internal/cachetrim"
 	"github.com/berth-io/berth/internal/parts"
+	"github.com/berth-io/berth/internal/version"
 )
 
 // Defaults for Config.

@@ -6,8 +6,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/berth-io/berth/agent/version"
 	"github.com/berth-io/berth/internal/promreg"
+	"github.com/berth-io/berth/internal/version"
 )
 
 // registerMetrics adds berth_build_info and the process_* and go_*

@@ -20,9 +20,9 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	berthversion "github.com/berth-io/berth/agent/version"
 	"github.com/berth-io/berth/cni/ipam"
 	"github.com/berth-io/berth/cni/ipam/protocol"
+	berthversion "github.com/berth-io/berth/internal/version"
 )
 
 // CNI error codes of berth-netcheck (codes 100 and up belong to plugins).

@@ -23,9 +23,9 @@ import (
 	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/agent/nriplugin"
-	"github.com/berth-io/berth/agent/version"
 	"github.com/berth-io/berth/internal/agentlease"
 	"github.com/berth-io/berth/internal/restconfig"
+	"github.com/berth-io/berth/internal/version"
 )
 
 func main() {

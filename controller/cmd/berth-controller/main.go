@@ -13,10 +13,10 @@ import (
 
 	ctrl "sigs.k8s.io/controller-runtime"
 
-	"github.com/berth-io/berth/agent/version"
 	"github.com/berth-io/berth/controller"
 	"github.com/berth-io/berth/controller/ipclaimgc"
 	"github.com/berth-io/berth/internal/restconfig"
+	"github.com/berth-io/berth/internal/version"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }

@@ -1,7 +1,7 @@
 // Package version holds the build's version and commit, set at link time:
 //
-//	go build -ldflags "-X github.com/berth-io/berth/agent/version.Version=v0.1.0 \
-//	  -X github.com/berth-io/berth/agent/version.Commit=$(git rev-parse HEAD)"
+//	go build -ldflags "-X github.com/berth-io/berth/internal/version.Version=v0.1.0 \
+//	  -X github.com/berth-io/berth/internal/version.Commit=$(git rev-parse HEAD)"
 package version
 
 import (
