@@ -105,6 +105,6 @@ func TestRun_ipam(t *testing.T) {
 		return err == nil && l.Spec.RenewTime != nil && *l.Spec.HolderIdentity == "node-a"
 	})
 	poll.Until(t, 30*time.Second, "the allocation histogram in /metrics", func() bool {
-		return strings.Contains(get(t, "http://"+metricsAddr+"/metrics").body, `berth_ipam_allocation_duration_seconds_count{result="ok"} 1`)
+		return strings.Contains(get(t, "http://"+metricsAddr+"/metrics").body, `berth_agent_ipam_allocation_duration_seconds_count{result="ok"} 1`)
 	})
 }

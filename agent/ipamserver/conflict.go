@@ -27,7 +27,7 @@ const (
 // ConflictQuarantine (ipam.Allocator.Quarantine): the DEL the runtime runs
 // next keeps it out of use, the pod's next ADD gets another address, and
 // berth-controller frees it when the quarantine ends. The pod gets a
-// Warning Event AddressConflict, and berth_ipam_address_conflicts_total
+// Warning Event AddressConflict, and berth_agent_ipam_address_conflicts_total
 // counts it. A repeated report changes nothing.
 func (s *Server) conflict(ctx context.Context, req *protocol.Request) *protocol.Response {
 	if req.ContainerID == "" || req.IfName == "" || req.Address == "" {

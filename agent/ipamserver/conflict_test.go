@@ -112,7 +112,7 @@ func TestServer_conflict(t *testing.T) {
 	if g := claimOf(good); g.Spec.State != v1alpha1.ClaimBound || g.Spec.ContainerID != "c3" || g.Spec.App == nil || ptr.Deref(g.Spec.App.Ordinal, -1) != 0 {
 		t.Fatalf("claim of %s: %+v, want Bound to c3, retained for ordinal 0", good, g.Spec)
 	}
-	if n := counter(t, h.reg, "berth_ipam_address_conflicts_total", "pool", "p"); n != 1 {
+	if n := counter(t, h.reg, "berth_agent_ipam_address_conflicts_total", "pool", "p"); n != 1 {
 		t.Errorf("conflicts of pool p = %v, want 1", n)
 	}
 
@@ -145,7 +145,7 @@ func TestServer_conflict(t *testing.T) {
 	if r := h.call(protocol.CommandConflict, protocol.Request{ContainerID: "c2", IfName: "eth0", Address: bad, MAC: mac}); r.Error != nil {
 		t.Fatalf("repeated CONFLICT: %+v", r.Error)
 	}
-	if n := counter(t, h.reg, "berth_ipam_address_conflicts_total", "pool", "p"); n != 1 {
+	if n := counter(t, h.reg, "berth_agent_ipam_address_conflicts_total", "pool", "p"); n != 1 {
 		t.Errorf("conflicts of pool p after a repeated report = %v, want 1", n)
 	}
 	r := h.call(protocol.CommandConflict, protocol.Request{ContainerID: "c3", IfName: "eth0", Address: "10.30.0.250"})

@@ -36,7 +36,7 @@ func TestNewMetrics_twice(t *testing.T) {
 // server's names is an error, not silently ignored.
 func TestNewMetrics_conflict(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_ipam_reservations_reclaimed_total", Help: "x"}))
+	reg.MustRegister(prometheus.NewGauge(prometheus.GaugeOpts{Name: "berth_agent_ipam_reservations_reclaimed_total", Help: "x"}))
 	if _, err := newMetrics(reg); err == nil || !strings.HasPrefix(err.Error(), "register metrics: ") {
 		t.Fatalf("err = %v, want a register metrics error", err)
 	}

@@ -117,7 +117,7 @@ func TestServer_prepare(t *testing.T) {
 			PodNamespace: p.Namespace, PodName: p.Name, PodUID: string(p.UID), Pools: pools})
 	}
 	prepared := func(result string) float64 {
-		return counter(t, h.reg, "berth_ipam_prepared_total", "result", result)
+		return counter(t, h.reg, "berth_agent_ipam_prepared_total", "result", result)
 	}
 
 	// Before any ADD the pools are unknown: nothing is prepared. The first
@@ -174,7 +174,7 @@ func TestServer_prepare(t *testing.T) {
 		return len(cl) == 1 && cl[0].Spec.Pool == "q" && cl[0].Spec.ContainerID == "c-third"
 	})
 	// Counted just after the claim is gone from the API server.
-	poll.Until(t, 10*time.Second, "berth_ipam_prepared_total{result=released} to be 1", func() bool { return prepared("released") == 1 })
+	poll.Until(t, 10*time.Second, "berth_agent_ipam_prepared_total{result=released} to be 1", func() bool { return prepared("released") == 1 })
 
 	// A pod that ends without an ADD (kubelet refused it) gives its
 	// prepared claim back.
@@ -186,7 +186,7 @@ func TestServer_prepare(t *testing.T) {
 	}
 	poll.Until(t, 30*time.Second, "the failed pod's prepared claim to be released", func() bool { return len(podClaims(t, c, refused.UID)) == 0 })
 	// Counted just after the claim is gone from the API server.
-	poll.Until(t, 10*time.Second, "berth_ipam_prepared_total{result=released} to be 2", func() bool { return prepared("released") == 2 })
+	poll.Until(t, 10*time.Second, "berth_agent_ipam_prepared_total{result=released} to be 2", func() bool { return prepared("released") == 2 })
 
 	// A pod that got its network elsewhere (kubelet reports IPs that are not
 	// the prepared address) gives its untaken claim back; one whose IP is
@@ -207,7 +207,7 @@ func TestServer_prepare(t *testing.T) {
 		}
 	}
 	poll.Until(t, 30*time.Second, "the claim of the pod started elsewhere to be released", func() bool { return len(podClaims(t, c, elsewhere.UID)) == 0 })
-	poll.Until(t, 10*time.Second, "berth_ipam_prepared_total{result=released} to be 3", func() bool { return prepared("released") == 3 })
+	poll.Until(t, 10*time.Second, "berth_agent_ipam_prepared_total{result=released} to be 3", func() bool { return prepared("released") == 3 })
 	if cl := podClaims(t, c, same.UID); len(cl) != 1 || cl[0].Spec.Address != sameAddr {
 		t.Fatalf("pod same (its IP is the prepared %s): claims %+v, want it kept", sameAddr, cl)
 	}

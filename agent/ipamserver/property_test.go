@@ -602,7 +602,7 @@ func TestServer_property_inMemoryAPIServer(t *testing.T) {
 			}
 			for _, n := range m.nodes {
 				poll.Until(t, 10*time.Second, n.name+"'s releases to be written", func() bool {
-					return gauge(t, n.h.reg, "berth_ipam_releases_pending") == 0
+					return gauge(t, n.h.reg, "berth_agent_ipam_releases_pending") == 0
 				})
 				restartAndGC(n)
 			}

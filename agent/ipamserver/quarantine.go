@@ -25,7 +25,7 @@ import (
 // record would stop IPAM on the node. After Config.QuarantineAfter such
 // rejections the record moves to QuarantineDir (beside the queue, never
 // deleted) and the agent records a Warning Event (on the pod if it still
-// exists, else on the Node) and sets berth_ipam_del_records_quarantined.
+// exists, else on the Node) and sets berth_agent_ipam_del_records_quarantined.
 // The record's claims stay as they are: held, never freed silently. The
 // operator fixes what refuses the write and moves the record back into
 // the queue directory (the agent's next start runs it), or deletes the

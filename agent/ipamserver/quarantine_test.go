@@ -245,8 +245,8 @@ func TestServer_Start_quarantinesRejectedDEL(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(base.QueueDir, "*.json")); len(left) != 0 {
 		t.Errorf("queue after the start: %v, want empty", left)
 	}
-	if v, _ := promtest.Value(t, a.reg, "berth_ipam_del_records_quarantined", nil); v != 2 {
-		t.Errorf("berth_ipam_del_records_quarantined = %v, want 2", v)
+	if v, _ := promtest.Value(t, a.reg, "berth_agent_ipam_del_records_quarantined", nil); v != 2 {
+		t.Errorf("berth_agent_ipam_del_records_quarantined = %v, want 2", v)
 	}
 	// The pod of c-bad-gone is gone: its Event is on the Node.
 	poll.Until(t, 30*time.Second, "an Event on the Node", func() bool {
@@ -280,11 +280,11 @@ func TestServer_Start_quarantinesRejectedDEL(t *testing.T) {
 	if got := claimOf("c-bad-2"); got == nil || got.Spec.State != v1alpha1.ClaimBound {
 		t.Errorf("bad-2's claim after its DEL was quarantined: %v, want still Bound", got)
 	}
-	if v, _ := promtest.Value(t, a.reg, "berth_ipam_del_records_quarantined", nil); v != 3 {
-		t.Errorf("berth_ipam_del_records_quarantined = %v, want 3", v)
+	if v, _ := promtest.Value(t, a.reg, "berth_agent_ipam_del_records_quarantined", nil); v != 3 {
+		t.Errorf("berth_agent_ipam_del_records_quarantined = %v, want 3", v)
 	}
 	poll.Until(t, 10*time.Second, "no release pending", func() bool {
-		v, _ := promtest.Value(t, a.reg, "berth_ipam_releases_pending", nil)
+		v, _ := promtest.Value(t, a.reg, "berth_agent_ipam_releases_pending", nil)
 		return v == 0
 	})
 	poll.Until(t, 30*time.Second, "an Event on pod bad-2", func() bool { return quarantineEvent(t, ctx, c, "ns", "bad-2") != "" })
@@ -322,8 +322,8 @@ func TestServer_Start_quarantinesMalformedDEL_inMemoryAPIServer(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(queue, "*.json")); len(left) != 0 {
 		t.Errorf("queue after the start: %v, want empty", left)
 	}
-	if v, _ := promtest.Value(t, h.reg, "berth_ipam_del_records_quarantined", nil); v != 3 {
-		t.Errorf("berth_ipam_del_records_quarantined = %v, want 3", v)
+	if v, _ := promtest.Value(t, h.reg, "berth_agent_ipam_del_records_quarantined", nil); v != 3 {
+		t.Errorf("berth_agent_ipam_del_records_quarantined = %v, want 3", v)
 	}
 	for range 3 {
 		select {
@@ -400,7 +400,7 @@ func TestServer_deferRelease_quarantineRepeatedDEL_inMemoryAPIServer(t *testing.
 			t.Fatalf("DEL: %+v", r.Error)
 		}
 	}
-	poll.Until(t, 10*time.Second, "no release pending", func() bool { return gauge(t, h.reg, "berth_ipam_releases_pending") == 0 })
+	poll.Until(t, 10*time.Second, "no release pending", func() bool { return gauge(t, h.reg, "berth_agent_ipam_releases_pending") == 0 })
 	if got, want := quarantined(t, queue), []string{"c1-eth0.json"}; !equalStrings(got, want) {
 		t.Errorf("quarantine: %v, want %v", got, want)
 	}

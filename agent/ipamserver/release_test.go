@@ -74,7 +74,7 @@ func TestServer_deferRelease(t *testing.T) {
 		t.Fatalf("the answered DEL's record: %v", err)
 	}
 	poll.Until(t, 5*time.Second, "the release's write to begin", func() bool { return gs.waiting.Load() == 1 })
-	if got := gauge(t, h.reg, "berth_ipam_releases_pending"); got != 1 {
+	if got := gauge(t, h.reg, "berth_agent_ipam_releases_pending"); got != 1 {
 		t.Fatalf("releases pending = %v, want 1", got)
 	}
 	claims := h.store.Claims()
@@ -103,10 +103,10 @@ func TestServer_deferRelease(t *testing.T) {
 		t.Fatalf("ADD of the pod's next sandbox: %+v, want %s back", r, addr)
 	}
 	poll.Until(t, 5*time.Second, "the record to go", func() bool { _, err := os.Stat(record); return errors.Is(err, os.ErrNotExist) })
-	if got := gauge(t, h.reg, "berth_ipam_releases_pending"); got != 0 {
+	if got := gauge(t, h.reg, "berth_agent_ipam_releases_pending"); got != 0 {
 		t.Errorf("releases pending = %v, want 0", got)
 	}
-	if n := testutil.CollectAndCount(h.reg, "berth_ipam_release_duration_seconds"); n != 1 {
+	if n := testutil.CollectAndCount(h.reg, "berth_agent_ipam_release_duration_seconds"); n != 1 {
 		t.Errorf("release histogram: %d series, want 1 (ok)", n)
 	}
 }

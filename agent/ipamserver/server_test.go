@@ -151,7 +151,7 @@ func TestServer_commands(t *testing.T) {
 	if c := h.call(protocol.CommandCheck, add); c.Error == nil {
 		t.Fatal("CHECK after DEL passed")
 	}
-	if got := counter(t, h.reg, "berth_ipam_reservations_total", "result", "miss"); got != 1 {
+	if got := counter(t, h.reg, "berth_agent_ipam_reservations_total", "result", "miss"); got != 1 {
 		t.Errorf("reservation misses = %v, want 1", got)
 	}
 }
@@ -197,7 +197,7 @@ func TestServer_errors(t *testing.T) {
 			}
 		})
 	}
-	if n := testutil.CollectAndCount(h.reg, "berth_ipam_allocation_duration_seconds"); n != 2 {
+	if n := testutil.CollectAndCount(h.reg, "berth_agent_ipam_allocation_duration_seconds"); n != 2 {
 		t.Errorf("allocation histogram series = %d, want 2 (error, retry)", n)
 	}
 }
@@ -240,7 +240,7 @@ func TestServer_reclaim(t *testing.T) {
 	if r.Error != nil || len(r.IPs) != 1 || r.IPs[0].Address != "10.9.0.2/30" {
 		t.Fatalf("ADD: %+v, %+v; want 10.9.0.2/30", r, r.Error)
 	}
-	if got := counter(t, h.reg, "berth_ipam_reservations_reclaimed_total", "pool", "tiny"); got != 1 {
+	if got := counter(t, h.reg, "berth_agent_ipam_reservations_reclaimed_total", "pool", "tiny"); got != 1 {
 		t.Errorf("reservations reclaimed in pool tiny = %v, want 1", got)
 	}
 	for _, want := range []string{`msg="ADD reclaimed the reservation of another app (no free address left in the pool)"`,

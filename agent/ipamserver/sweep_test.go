@@ -91,9 +91,9 @@ func TestServer_sweep(t *testing.T) {
 	poll.Until(t, 10*time.Second, "the sweep to release the claim of the sandbox the runtime lost", func() bool {
 		return state("db-1") == v1alpha1.ClaimReserved
 	})
-	sweeps := counter(t, h.reg, "berth_ipam_gc_runs_total", "result", "ok")
+	sweeps := counter(t, h.reg, "berth_agent_ipam_gc_runs_total", "result", "ok")
 	poll.Until(t, 10*time.Second, "three more sweeps", func() bool {
-		return counter(t, h.reg, "berth_ipam_gc_runs_total", "result", "ok") >= sweeps+3
+		return counter(t, h.reg, "berth_agent_ipam_gc_runs_total", "result", "ok") >= sweeps+3
 	})
 	if got := state("db-0"); got != v1alpha1.ClaimBound {
 		t.Fatalf("the claim of force-deleted db-0, whose sandbox still runs, is %s, want Bound", got)
@@ -110,8 +110,8 @@ func TestServer_sweep(t *testing.T) {
 	poll.Until(t, 10*time.Second, "the sweep to release db-0's claim once its sandbox is gone", func() bool {
 		return state("db-0") == v1alpha1.ClaimReserved
 	})
-	if got := counter(t, h.reg, "berth_ipam_gc_claims_total", "result", "released"); got != 2 {
-		t.Errorf("berth_ipam_gc_claims_total{result=released} = %v, want 2", got)
+	if got := counter(t, h.reg, "berth_agent_ipam_gc_claims_total", "result", "released"); got != 2 {
+		t.Errorf("berth_agent_ipam_gc_claims_total{result=released} = %v, want 2", got)
 	}
 }
 
@@ -154,7 +154,7 @@ func TestServer_sweep_refusesEmptyList_fakeRuntime(t *testing.T) {
 	cfg.Sandboxes, cfg.SweepInterval = &fakeRuntime{}, 100*time.Millisecond
 	h = ageAttachments(t, h, cfg)
 	poll.Until(t, 10*time.Second, "two refused sweeps", func() bool {
-		return counter(t, h.reg, "berth_ipam_gc_runs_total", "result", "refused") >= 2
+		return counter(t, h.reg, "berth_agent_ipam_gc_runs_total", "result", "refused") >= 2
 	})
 	for _, c := range h.store.Claims() {
 		if c.Spec.State != v1alpha1.ClaimBound {
@@ -223,8 +223,8 @@ func TestServer_sweep_reboot_fakeRuntime(t *testing.T) {
 		}
 		return false
 	})
-	if got := counter(t, h.reg, "berth_ipam_gc_claims_total", "result", "kept_live"); got < 5 {
-		t.Errorf("berth_ipam_gc_claims_total{result=kept_live} = %v, want the 5 pods whose objects report their addresses", got)
+	if got := counter(t, h.reg, "berth_agent_ipam_gc_claims_total", "result", "kept_live"); got < 5 {
+		t.Errorf("berth_agent_ipam_gc_claims_total{result=kept_live} = %v, want the 5 pods whose objects report their addresses", got)
 	}
 
 	// kubelet starts the pods again: new sandboxes, new ADDs.
@@ -234,9 +234,9 @@ func TestServer_sweep_reboot_fakeRuntime(t *testing.T) {
 		after = append(after, crisandbox.Sandbox{ID: "new-" + pod, PodUID: types.UID("uid-" + pod), Ready: true})
 	}
 	rt.set(after...)
-	sweeps := counter(t, h.reg, "berth_ipam_gc_runs_total", "result", "ok")
+	sweeps := counter(t, h.reg, "berth_agent_ipam_gc_runs_total", "result", "ok")
 	poll.Until(t, 10*time.Second, "two more sweeps", func() bool {
-		return counter(t, h.reg, "berth_ipam_gc_runs_total", "result", "ok") >= sweeps+2
+		return counter(t, h.reg, "berth_agent_ipam_gc_runs_total", "result", "ok") >= sweeps+2
 	})
 	seen := map[string]string{}
 	for _, c := range h.store.Claims() {

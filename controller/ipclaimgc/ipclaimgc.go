@@ -125,7 +125,7 @@ func New(c client.Client, cfg Config) (*Reconciler, error) {
 // indexPodUID indexes the cached claims by spec.pod.uid.
 const indexPodUID = "spec.pod.uid"
 
-// SetupWithManager registers the reconciler, and berth_ipclaim_gc_total
+// SetupWithManager registers the reconciler, and berth_controller_ipclaim_gc_total
 // with controller-runtime's registry: every claim, and the claims of a pod
 // when it is deleted. Other pod events are not watched: a pod's
 // creation or status changes nothing the GC decides on (its claims name

@@ -236,36 +236,36 @@ func TestReconciler_Reconcile(t *testing.T) {
 		t.Errorf("the deleted live pod's quarantined claim: %+v, want it kept in Conflict until its quarantine ends", cl)
 	}
 
-	// berth_ipclaim_gc_total counted each change once, by its reason.
+	// berth_controller_ipclaim_gc_total counted each change once, by its reason.
 	gc1 := gcCounts(t)
 	for series, want := range map[string]float64{
 		"reserved/PodGone": 3, "reserved/NodeGone": 1, "freed/PodGone": 1, "freed/NodeGone": 0, "freed/Expired": 1, "freed/AppGone": 1,
 		"freed/QuarantineEnded": 2,
 	} {
 		if got := gc1[series] - gc0[series]; got != want {
-			t.Errorf("berth_ipclaim_gc_total{%s} rose by %v, want %v", series, got, want)
+			t.Errorf("berth_controller_ipclaim_gc_total{%s} rose by %v, want %v", series, got, want)
 		}
 	}
 }
 
-// gcCounts reads berth_ipclaim_gc_total from controller-runtime's
+// gcCounts reads berth_controller_ipclaim_gc_total from controller-runtime's
 // registry, by "action/reason": each of its 7 series, and no other.
 func gcCounts(t *testing.T) map[string]float64 {
 	t.Helper()
-	if n, err := testutil.GatherAndCount(ctrlmetrics.Registry, "berth_ipclaim_gc_total"); err != nil || n != 7 {
-		t.Fatalf("berth_ipclaim_gc_total has %d series (%v), want 7", n, err)
+	if n, err := testutil.GatherAndCount(ctrlmetrics.Registry, "berth_controller_ipclaim_gc_total"); err != nil || n != 7 {
+		t.Fatalf("berth_controller_ipclaim_gc_total has %d series (%v), want 7", n, err)
 	}
 	out := map[string]float64{}
 	for _, action := range []string{"reserved", "freed"} {
 		for _, reason := range []string{ipclaimgc.ReasonPodGone, ipclaimgc.ReasonNodeGone, "Expired", "AppGone", "QuarantineEnded"} {
-			v, n := promtest.Value(t, ctrlmetrics.Registry, "berth_ipclaim_gc_total", map[string]string{"action": action, "reason": reason})
+			v, n := promtest.Value(t, ctrlmetrics.Registry, "berth_controller_ipclaim_gc_total", map[string]string{"action": action, "reason": reason})
 			if n == 1 {
 				out[action+"/"+reason] = v
 			}
 		}
 	}
 	if len(out) != 7 {
-		t.Fatalf("berth_ipclaim_gc_total has series %v, want reserved/{PodGone,NodeGone} and freed/{PodGone,NodeGone,Expired,AppGone,QuarantineEnded}", out)
+		t.Fatalf("berth_controller_ipclaim_gc_total has series %v, want reserved/{PodGone,NodeGone} and freed/{PodGone,NodeGone,Expired,AppGone,QuarantineEnded}", out)
 	}
 	return out
 }

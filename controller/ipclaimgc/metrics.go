@@ -2,7 +2,7 @@ package ipclaimgc
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// Actions of the collector, the action label of berth_ipclaim_gc_total.
+// Actions of the collector, the action label of berth_controller_ipclaim_gc_total.
 const (
 	actionReserved = "reserved"
 	actionFreed    = "freed"
@@ -17,10 +17,10 @@ const (
 	reasonQuarantineEnded = "QuarantineEnded"
 )
 
-// newCollected returns berth_ipclaim_gc_total, every series at 0.
+// newCollected returns berth_controller_ipclaim_gc_total, every series at 0.
 func newCollected() *prometheus.CounterVec {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "berth_ipclaim_gc_total",
+		Name: "berth_controller_ipclaim_gc_total",
 		Help: "Claims the garbage collector changed, by action: reserved (its holder ended without a CNI DEL; kept for its app until reservedUntil), freed (deleted); and reason: PodGone, NodeGone (the holder's pod or node), Expired (a reservation past reservedUntil), AppGone (a reservation whose Deployment, StatefulSet or ReplicaSet is gone), QuarantineEnded (an address another host answered for, out of use until reservedUntil).",
 	}, []string{"action", "reason"})
 	for _, why := range []string{ReasonPodGone, ReasonNodeGone} {

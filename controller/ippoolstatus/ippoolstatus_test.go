@@ -98,22 +98,22 @@ func TestReconciler_Reconcile(t *testing.T) {
 
 	// The leader's gauges report that status; a standby replica reports
 	// none.
-	want := `# HELP berth_ippool_addresses Addresses of an IPPool by state: size (all it hands out), bound, reserved, conflict (out of use after another host answered for it), free; its status as last counted (at most 1 s behind its claims).
-# TYPE berth_ippool_addresses gauge
-berth_ippool_addresses{pool="small",state="bound"} 1
-berth_ippool_addresses{pool="small",state="conflict"} 0
-berth_ippool_addresses{pool="small",state="free"} 0
-berth_ippool_addresses{pool="small",state="reserved"} 1
-berth_ippool_addresses{pool="small",state="size"} 2
-# HELP berth_ippool_condition 1 when the IPPool's condition (Ready, Exhausted) is True, else 0.
-# TYPE berth_ippool_condition gauge
-berth_ippool_condition{condition="Exhausted",pool="small"} 1
-berth_ippool_condition{condition="Ready",pool="small"} 1
+	want := `# HELP berth_controller_ippool_addresses Addresses of an IPPool by state: size (all it hands out), bound, reserved, conflict (out of use after another host answered for it), free; its status as last counted (at most 1 s behind its claims).
+# TYPE berth_controller_ippool_addresses gauge
+berth_controller_ippool_addresses{pool="small",state="bound"} 1
+berth_controller_ippool_addresses{pool="small",state="conflict"} 0
+berth_controller_ippool_addresses{pool="small",state="free"} 0
+berth_controller_ippool_addresses{pool="small",state="reserved"} 1
+berth_controller_ippool_addresses{pool="small",state="size"} 2
+# HELP berth_controller_ippool_condition 1 when the IPPool's condition (Ready, Exhausted) is True, else 0.
+# TYPE berth_controller_ippool_condition gauge
+berth_controller_ippool_condition{condition="Exhausted",pool="small"} 1
+berth_controller_ippool_condition{condition="Ready",pool="small"} 1
 `
 	// The leader's gauges read the pool from the manager's cache, which
 	// may be a moment behind the status waitPool read from the API server.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		err := testutil.GatherAndCompare(ctrlmetrics.Registry, strings.NewReader(want), "berth_ippool_addresses", "berth_ippool_condition")
+		err := testutil.GatherAndCompare(ctrlmetrics.Registry, strings.NewReader(want), "berth_controller_ippool_addresses", "berth_controller_ippool_condition")
 		if err == nil {
 			break
 		}
@@ -130,7 +130,7 @@ berth_ippool_condition{condition="Ready",pool="small"} 1
 		t.Errorf("a standby replica reports %d series (%v), want none", n, err)
 	}
 	close(elected)
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "berth_ippool_addresses", "berth_ippool_condition"); err != nil {
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "berth_controller_ippool_addresses", "berth_controller_ippool_condition"); err != nil {
 		t.Errorf("once elected: %v", err)
 	}
 
@@ -200,10 +200,10 @@ berth_ippool_condition{condition="Ready",pool="small"} 1
 			st.Size == 6 && st.Bound == 0 && st.Reserved == 0 && st.Conflict == 1 && st.Free == 5
 	})
 	// The gauges follow: small's series are gone.
-	if n, err := testutil.GatherAndCount(reg, "berth_ippool_addresses"); err != nil || n != 5 {
+	if n, err := testutil.GatherAndCount(reg, "berth_controller_ippool_addresses"); err != nil || n != 5 {
 		t.Errorf("%d pool address series after small went (%v), want z-late's 5", n, err)
 	}
-	if v, n := promtest.Value(t, reg, "berth_ippool_addresses", map[string]string{"pool": "z-late", "state": "conflict"}); n != 1 || v != 1 {
+	if v, n := promtest.Value(t, reg, "berth_controller_ippool_addresses", map[string]string{"pool": "z-late", "state": "conflict"}); n != 1 || v != 1 {
 		t.Errorf("z-late's conflict gauge: %v (%d series), want 1", v, n)
 	}
 	// Deleting z-late: no pod holds its addresses; its quarantined claim

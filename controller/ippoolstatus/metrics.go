@@ -14,10 +14,10 @@ import (
 )
 
 var (
-	addressesDesc = prometheus.NewDesc("berth_ippool_addresses",
+	addressesDesc = prometheus.NewDesc("berth_controller_ippool_addresses",
 		"Addresses of an IPPool by state: size (all it hands out), bound, reserved, conflict (out of use after another host answered for it), free; its status as last counted (at most 1 s behind its claims).",
 		[]string{"pool", "state"}, nil)
-	conditionDesc = prometheus.NewDesc("berth_ippool_condition",
+	conditionDesc = prometheus.NewDesc("berth_controller_ippool_condition",
 		"1 when the IPPool's condition (Ready, Exhausted) is True, else 0.",
 		[]string{"pool", "condition"}, nil)
 )

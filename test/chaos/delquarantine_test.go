@@ -229,8 +229,8 @@ func TestFault_webhookDeniesQueuedDEL(t *testing.T) {
 	if n := denied.Load(); n != ipamserver.DefaultQuarantineAfter {
 		t.Errorf("the webhook denied %d writes of the victim's claim, want %d (the tries before quarantine)", n, ipamserver.DefaultQuarantineAfter)
 	}
-	if v, _ := promtest.Value(t, reg, "berth_ipam_del_records_quarantined", nil); v != 1 {
-		t.Errorf("berth_ipam_del_records_quarantined = %v, want 1", v)
+	if v, _ := promtest.Value(t, reg, "berth_agent_ipam_del_records_quarantined", nil); v != 1 {
+		t.Errorf("berth_agent_ipam_del_records_quarantined = %v, want 1", v)
 	}
 	var note string
 	poll.Until(t, 30*time.Second, "an Event on the victim pod", func() bool {

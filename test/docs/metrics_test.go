@@ -14,7 +14,12 @@ import (
 // metricRef is a metric name in the docs: the prefixes Berth's metrics
 // use (berth_filelogs alone is a Fluent Bit parser's name, and a name
 // ending in "_" a family).
-var metricRef = regexp.MustCompile(`\bberth_(agent|ipam|ippool|ipclaim|build)_[a-z0-9_]*[a-z0-9]\b`)
+var metricRef = regexp.MustCompile(`\bberth_(agent|controller|build)_[a-z0-9_]*[a-z0-9]\b`)
+
+// metricScheme is the one naming scheme of every process's metrics:
+// berth_<process>_<part>_<name> (berth_agent_ipam_..., berth_controller_ippool_...),
+// and berth_build_info, which every process exports.
+var metricScheme = regexp.MustCompile(`^berth_((agent|controller)_[a-z0-9]+_[a-z0-9_]+|build_info)$`)
 
 // metricName is a metric name as the code defines it: a whole string
 // literal.
@@ -56,6 +61,11 @@ func TestDocs_metricsExist(t *testing.T) {
 	}
 	if len(defined) < 10 || len(docs) < 5 {
 		t.Fatalf("found %d metric names in the code and %d Markdown files: walking the wrong tree?", len(defined), len(docs))
+	}
+	for name := range defined {
+		if !metricScheme.MatchString(name) {
+			t.Errorf("metric %s does not follow berth_<process>_<part>_<name> (process: agent or controller)", name)
+		}
 	}
 	checked := 0
 	for _, path := range docs {

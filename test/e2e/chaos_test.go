@@ -144,7 +144,7 @@ func TestChaos_GCEmptyList(t *testing.T) {
 	}
 
 	agent = agentPod(ctx, t)
-	const keptLive = `berth_ipam_gc_claims_total{result="kept_live",source="cni"}`
+	const keptLive = `berth_agent_ipam_gc_claims_total{result="kept_live",source="cni"}`
 
 	conf := `{"cniVersion": "1.1.0", "name": "` + clusterNetwork + `", "type": "bridge",
 		"ipam": {"type": "berth-ipam", "pools": ["` + podPool + `"]}, "cni.dev/valid-attachments": []}`

@@ -716,15 +716,15 @@ func TestIPAM_PoolDeletion(t *testing.T) {
 	cond := meta.FindStatusCondition(p.Status.Conditions, "Ready")
 	t.Logf("pool %s: %s", name, cond.Message)
 	// berth-controller's gauges say the same.
-	gauges := []string{fmt.Sprintf(`berth_ippool_addresses{pool=%q,state="bound"} 1`, name),
-		fmt.Sprintf(`berth_ippool_addresses{pool=%q,state="size"} 4`, name),
-		fmt.Sprintf(`berth_ippool_condition{condition="Ready",pool=%q} 0`, name)}
+	gauges := []string{fmt.Sprintf(`berth_controller_ippool_addresses{pool=%q,state="bound"} 1`, name),
+		fmt.Sprintf(`berth_controller_ippool_addresses{pool=%q,state="size"} 4`, name),
+		fmt.Sprintf(`berth_controller_ippool_condition{condition="Ready",pool=%q} 0`, name)}
 	var metrics string
 	if err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		metrics = controllerMetrics(ctx, t)
 		return !slices.ContainsFunc(gauges, func(g string) bool { return !strings.Contains(metrics, g) }), nil
 	}); err != nil {
-		t.Errorf("berth-controller's /metrics lacks %q within 30s; its pool series:\n%s", gauges, grepLines(metrics, "berth_ippool_"))
+		t.Errorf("berth-controller's /metrics lacks %q within 30s; its pool series:\n%s", gauges, grepLines(metrics, "berth_controller_ippool_"))
 	}
 	if want := fmt.Sprintf("%s (pod %s/holder)", holder.Status.PodIP, ns); !strings.Contains(cond.Message, want) {
 		t.Errorf("condition message %q does not name %s", cond.Message, want)
@@ -752,23 +752,23 @@ func TestIPAM_PoolDeletion(t *testing.T) {
 }
 
 // TestIPAM_Prepared: the agent allocates a scheduled pod's address before
-// kubelet's ADD (berth_ipam_prepared_total{result="used"} counts the ADDs
+// kubelet's ADD (berth_agent_ipam_prepared_total{result="used"} counts the ADDs
 // that found it), and the claim then records the pod's container.
 func TestIPAM_Prepared(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	ns := namespace(t, "e2e-ipam-prepared")
 	agent := agentPod(ctx, t)
-	before := metricValue(t, agentMetrics(ctx, t, agent), `berth_ipam_prepared_total{result="used"}`)
+	before := metricValue(t, agentMetrics(ctx, t, agent), `berth_agent_ipam_prepared_total{result="used"}`)
 	a := appSpec{name: "web", replicas: 2, grace: 1}
 	createDeployment(ctx, t, ns, a)
 	pods := readyPods(ctx, t, ns, a.name, 2, nil)
 	checkClaims(ctx, t, ns, pods)
 	metrics := agentMetrics(ctx, t, agent)
-	used := metricValue(t, metrics, `berth_ipam_prepared_total{result="used"}`) - before
+	used := metricValue(t, metrics, `berth_agent_ipam_prepared_total{result="used"}`) - before
 	t.Logf("ADDs that found their pod's address prepared: %v of 2", used)
 	if used < 1 {
-		t.Errorf("no ADD of the 2 pods found its address prepared (berth_ipam_prepared_total{result=\"used\"} +%v)\n%s", used, agentLogs(ctx, t, agent))
+		t.Errorf("no ADD of the 2 pods found its address prepared (berth_agent_ipam_prepared_total{result=\"used\"} +%v)\n%s", used, agentLogs(ctx, t, agent))
 	}
 	// The agent knew the pools before any ADD, from the node's CNI
 	// configuration (/etc/cni/net.d/10-berth.conflist names "pods").
@@ -780,7 +780,7 @@ func TestIPAM_Prepared(t *testing.T) {
 	// Both claims record their container now (checkClaims), so the gauge
 	// of pending recordings drops to 0 (pods of other tests may still be
 	// starting: wait for it).
-	const pending = "berth_ipam_prepared_container_records_pending"
+	const pending = "berth_agent_ipam_prepared_container_records_pending"
 	if !strings.Contains(metrics, "\n"+pending+" ") {
 		t.Fatalf("the agent does not export %s", pending)
 	}

@@ -79,8 +79,8 @@ func runAgent(args []string) error {
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {
-		s := agentStats{Alloc: histSum(reg, "berth_ipam_allocation_duration_seconds"),
-			Release: histSum(reg, "berth_ipam_release_duration_seconds"), Writes: writes.all()}
+		s := agentStats{Alloc: histSum(reg, "berth_agent_ipam_allocation_duration_seconds"),
+			Release: histSum(reg, "berth_agent_ipam_release_duration_seconds"), Writes: writes.all()}
 		_ = json.NewEncoder(w).Encode(s)
 	})
 	var mu sync.Mutex
