@@ -337,8 +337,12 @@ func (r *run) tentativeHostAddr(addrs []netip.Addr) (netip.Addr, error) {
 
 // claims reports whether frame says that addr is in use at a link-layer
 // address, and which: an ARP packet from addr, a neighbour advertisement
-// for addr, or a neighbour solicitation from addr.
+// for addr, or a neighbour solicitation from addr. The unspecified address
+// is nobody's: probes are sent from it.
 func claims(frame []byte, addr netip.Addr) (net.HardwareAddr, bool) {
+	if addr.IsUnspecified() {
+		return nil, false
+	}
 	if addr.Is4() {
 		p, ok := parseARP(frame)
 		if !ok || p.senderIP != addr {

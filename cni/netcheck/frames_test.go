@@ -108,6 +108,13 @@ func TestNDP_Frames(t *testing.T) {
 	if _, ok := parseNDP(bad); ok {
 		t.Error("parseNDP accepted a bad checksum")
 	}
+	if _, ok := parseNDP(withOptions(ndpAdvertisement(podMAC, a), []byte{ndpOptTargetLL})); ok {
+		t.Error("parseNDP accepted an option type without a length")
+	}
+	ns := withChecksum(set(ndpDADProbe(podMAC, a), etherHdrLen+ipv6HdrLen+4, 0xff))
+	if p, ok := parseNDP(ns); !ok || p.flags != 0 {
+		t.Errorf("parseNDP of a solicitation with its reserved field set: flags %#x, %v; want 0, true", p.flags, ok)
+	}
 }
 
 func TestClaims(t *testing.T) {
@@ -127,6 +134,8 @@ func TestClaims(t *testing.T) {
 		{name: "solicitation from the address", addr: a, want: other, frame: ndpSolicit(other, a, netip.MustParseAddr("fd00:1:2::1"))},
 		{name: "DAD probe for the address claims nothing", addr: a, frame: ndpDADProbe(other, a)},
 		{name: "advertisement of another address", addr: a, frame: ndpAdvertisement(other, netip.MustParseAddr("fd00:1:2::4"))},
+		{name: "ARP probe claims nothing for 0.0.0.0", addr: netip.IPv4Unspecified(), frame: arpProbe(other, netip.MustParseAddr("10.1.2.3"))},
+		{name: "DAD probe claims nothing for ::", addr: netip.IPv6Unspecified(), frame: ndpDADProbe(other, a)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mac, ok := claims(tc.frame, tc.addr)

@@ -118,7 +118,10 @@ func icmpv6Checksum(src, dst [16]byte, msg []byte) uint16 {
 
 // parseNDP reads an Ethernet frame; ok is false unless it is a valid
 // neighbour solicitation or advertisement (hop limit 255, no extension
-// headers, good checksum).
+// headers, good checksum, options of non-zero length that fill the rest of
+// the message, RFC 4861 section 7.1). flags is read from advertisements
+// only (a solicitation's field is reserved); the link-layer address is the
+// last source (solicitation) or target (advertisement) link-layer option.
 func parseNDP(frame []byte) (p ndpPacket, ok bool) {
 	if len(frame) < etherHdrLen+ipv6HdrLen+ndpMsgLen || binary.BigEndian.Uint16(frame[12:14]) != etherTypeIPv6 {
 		return p, false
@@ -139,18 +142,23 @@ func parseNDP(frame []byte) (p ndpPacket, ok bool) {
 	p.typ = m[0]
 	p.ethSrc = net.HardwareAddr(append([]byte(nil), frame[6:12]...))
 	p.src, p.dst = netip.AddrFrom16(src), netip.AddrFrom16(dst)
-	p.flags = binary.BigEndian.Uint32(m[4:8])
+	if p.typ == icmpv6NA {
+		p.flags = binary.BigEndian.Uint32(m[4:8])
+	}
 	p.target = netip.AddrFrom16([16]byte(m[8:24]))
 	want := uint8(ndpOptSourceLL)
 	if p.typ == icmpv6NA {
 		want = ndpOptTargetLL
 	}
-	for opts := m[ndpMsgLen:]; len(opts) >= 2; {
+	for opts := m[ndpMsgLen:]; len(opts) > 0; {
+		if len(opts) < 2 {
+			return p, false // a type without a length
+		}
 		n := int(opts[1]) * 8
 		if n == 0 || n > len(opts) {
 			return p, false
 		}
-		if opts[0] == want && n >= 8 {
+		if opts[0] == want {
 			p.linkAddr = net.HardwareAddr(append([]byte(nil), opts[2:8]...))
 		}
 		opts = opts[n:]
