@@ -35,6 +35,10 @@ const (
 // overlayTTL bounds how long the store's own writes shadow the cache.
 const overlayTTL = 30 * time.Second
 
+// liveReadTimeout bounds one read that bypasses the cache (within the
+// caller's deadline).
+const liveReadTimeout = 5 * time.Second
+
 // claimIndexes are the IPClaim indexes the store reads by: index name to
 // the claim's value ("": not indexed). The overlay of the store's own
 // writes keeps them too.
@@ -225,6 +229,27 @@ func (s *Store) ClaimsOfNode(node string) ([]*v1alpha1.IPClaim, error) {
 // ClaimsOfAddress implements ipam.Store.
 func (s *Store) ClaimsOfAddress(addr string) ([]*v1alpha1.IPClaim, error) {
 	return s.list(indexAddress, addr)
+}
+
+// LiveClaimsOfAddress implements ipam.Store: one list of IPClaims from the
+// API server (a consistent read, served from its watch cache once that has
+// caught up with etcd) with the field selector spec.address=addr, which
+// the IPClaim CRD declares in selectableFields.
+func (s *Store) LiveClaimsOfAddress(ctx context.Context, addr string) ([]*v1alpha1.IPClaim, error) {
+	ctx, cancel := context.WithTimeout(ctx, liveReadTimeout)
+	defer cancel()
+	var l v1alpha1.IPClaimList
+	if err := s.api.List(ctx, &l, client.MatchingFields{indexAddress: addr}); err != nil {
+		if apierrors.IsBadRequest(err) {
+			return nil, fmt.Errorf("list ipclaims with spec.address=%s (is the IPClaim CRD of this release applied? it declares spec.address selectable): %w", addr, err)
+		}
+		return nil, fmt.Errorf("list ipclaims with spec.address=%s: %w", addr, err)
+	}
+	out := make([]*v1alpha1.IPClaim, len(l.Items))
+	for i := range l.Items {
+		out[i] = &l.Items[i]
+	}
+	return out, nil
 }
 
 // ReservedClaims implements ipam.Store.
