@@ -398,13 +398,14 @@ func (a *Allocator) fresh(ctx context.Context, req Request, pod *corev1.Pod, poo
 // allocator reads pools and claims from the agent's: two pools created (or
 // edited) into overlap at once, or caches that lag, could let two pools'
 // claims of one address through. So the address's claims are read from
-// the API server after the create: if another pool's exists, c is deleted
-// at its resourceVersion and soleClaim reports false (try the next
-// address). Of two claims of one address created concurrently, the read of
-// the later create sees the earlier claim, so at most one is kept (both
-// may back off). A failed read deletes c too and returns the error.
+// the API server after the create, as of c's resourceVersion or later: if
+// another pool's exists, c is deleted at its resourceVersion and soleClaim
+// reports false (try the next address). Of two claims of one address
+// created concurrently, the read after the later create sees the earlier
+// claim (unless its creator deleted it already), so at most one is kept
+// (both may back off). A failed read deletes c too and returns the error.
 func (a *Allocator) soleClaim(ctx context.Context, req Request, pool *Pool, c *v1alpha1.IPClaim) (bool, error) {
-	others, err := a.cfg.Store.LiveClaimsOfAddress(ctx, c.Spec.Address)
+	others, err := a.cfg.Store.LiveClaimsOfAddress(ctx, c.Spec.Address, c.ResourceVersion)
 	if err != nil {
 		err = fmt.Errorf("pod %s, pool %s: claim %s: other pools' claims of %s: %w", req.pod(), pool.Name, c.Name, c.Spec.Address, err)
 		if derr := a.cfg.Store.Delete(ctx, c); derr != nil {

@@ -34,8 +34,8 @@ type blindView struct {
 	created, read func()
 }
 
-func (b blindView) LiveClaimsOfAddress(ctx context.Context, addr string) ([]*v1alpha1.IPClaim, error) {
-	cs, err := b.View.LiveClaimsOfAddress(ctx, addr)
+func (b blindView) LiveClaimsOfAddress(ctx context.Context, addr, rv string) ([]*v1alpha1.IPClaim, error) {
+	cs, err := b.View.LiveClaimsOfAddress(ctx, addr, rv)
 	if b.read != nil {
 		b.read()
 	}

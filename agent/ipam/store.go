@@ -54,10 +54,11 @@ type Store interface {
 	// ReservedClaims lists the claims of pool in state Reserved (any app).
 	ReservedClaims(pool string) ([]*v1alpha1.IPClaim, error)
 	// LiveClaimsOfAddress is ClaimsOfAddress read from the API server, not
-	// a cache, within a deadline: every claim whose creation completed
-	// before the call is listed. The allocator reads it once after each
-	// claim it creates (the lock across pools, see Allocator).
-	LiveClaimsOfAddress(ctx context.Context, addr string) ([]*v1alpha1.IPClaim, error)
+	// a cache, within a deadline, as of resourceVersion rv or later (the
+	// caller's own write: every write the API server committed before it
+	// shows; "": as of now). The allocator reads it once after each claim
+	// it creates (the lock across pools, see soleClaim).
+	LiveClaimsOfAddress(ctx context.Context, addr, rv string) ([]*v1alpha1.IPClaim, error)
 
 	Create(ctx context.Context, c *v1alpha1.IPClaim) error
 	Update(ctx context.Context, c *v1alpha1.IPClaim) error

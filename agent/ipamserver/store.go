@@ -36,8 +36,8 @@ const (
 const overlayTTL = 30 * time.Second
 
 // liveReadTimeout bounds one read that bypasses the cache (within the
-// caller's deadline).
-const liveReadTimeout = 5 * time.Second
+// caller's deadline; an ADD has 25s by default).
+const liveReadTimeout = 10 * time.Second
 
 // claimIndexes are the IPClaim indexes the store reads by: index name to
 // the claim's value ("": not indexed). The overlay of the store's own
@@ -232,14 +232,20 @@ func (s *Store) ClaimsOfAddress(addr string) ([]*v1alpha1.IPClaim, error) {
 }
 
 // LiveClaimsOfAddress implements ipam.Store: one list of IPClaims from the
-// API server (a consistent read, served from its watch cache once that has
-// caught up with etcd) with the field selector spec.address=addr, which
-// the IPClaim CRD declares in selectableFields.
-func (s *Store) LiveClaimsOfAddress(ctx context.Context, addr string) ([]*v1alpha1.IPClaim, error) {
+// API server with the field selector spec.address=addr, which the IPClaim
+// CRD declares in selectableFields. With rv, resourceVersionMatch
+// NotOlderThan: the API server answers from its watch cache once that has
+// reached rv, with no round trip to etcd (a consistent read, rv "", asks
+// etcd for its latest revision and waits for the cache to reach that).
+func (s *Store) LiveClaimsOfAddress(ctx context.Context, addr, rv string) ([]*v1alpha1.IPClaim, error) {
 	ctx, cancel := context.WithTimeout(ctx, liveReadTimeout)
 	defer cancel()
+	opts := []client.ListOption{client.MatchingFields{indexAddress: addr}}
+	if rv != "" {
+		opts = append(opts, &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: rv, ResourceVersionMatch: metav1.ResourceVersionMatchNotOlderThan}})
+	}
 	var l v1alpha1.IPClaimList
-	if err := s.api.List(ctx, &l, client.MatchingFields{indexAddress: addr}); err != nil {
+	if err := s.api.List(ctx, &l, opts...); err != nil {
 		if apierrors.IsBadRequest(err) {
 			return nil, fmt.Errorf("list ipclaims with spec.address=%s (is the IPClaim CRD of this release applied? it declares spec.address selectable): %w", addr, err)
 		}
