@@ -409,7 +409,9 @@ func (a *Allocator) soleClaim(ctx context.Context, req Request, pool *Pool, c *v
 	if err != nil {
 		err = fmt.Errorf("pod %s, pool %s: claim %s: other pools' claims of %s: %w", req.pod(), pool.Name, c.Name, c.Spec.Address, err)
 		if derr := a.cfg.Store.Delete(ctx, c); derr != nil {
-			return false, fmt.Errorf("%w; and deleting the claim: %w", err, derr)
+			// Not wrapped: a conflict here must not read as a lost race,
+			// whose retry would hand out this unchecked claim.
+			return false, fmt.Errorf("%w; and deleting the claim: %s", err, derr.Error())
 		}
 		return false, err
 	}
