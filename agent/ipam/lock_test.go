@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -247,5 +248,34 @@ func TestAllocator_Allocate_overlappingPoolsSameMoment(t *testing.T) {
 	}
 	if _, err := add("a", "later-a"); !errors.Is(err, ipam.ErrExhausted) {
 		t.Fatalf("ADD in the other pool after it: %v, want exhausted (pool b's claim has the address)", err)
+	}
+}
+
+// unreachableView fails every read of the API server that bypasses the
+// cache.
+type unreachableView struct{ *ipamtest.View }
+
+func (unreachableView) LiveClaimsOfAddress(context.Context, string, string) ([]*v1alpha1.IPClaim, error) {
+	return nil, errors.New("dial tcp 10.96.0.1:443: i/o timeout")
+}
+
+// TestAllocator_Allocate_liveReadFails: when the read after the create
+// fails, the address may be another pool's: the claim is deleted and ADD
+// fails with the read's error.
+func TestAllocator_Allocate_liveReadFails(t *testing.T) {
+	s := ipamtest.New()
+	s.AddPool(pool("a", "10.7.0.0/29"))
+	alloc, err := ipam.New(ipam.Config{Store: unreachableView{s.View(false)}, Node: "node-a", Now: func() time.Time { return t0 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "x", UID: "uid-x"}}
+	s.SetPod(p)
+	_, err = alloc.Allocate(context.Background(), ipam.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: "ns", PodName: "x", PodUID: p.UID, Pools: []string{"a"}})
+	if err == nil || !strings.Contains(err.Error(), "other pools' claims of 10.7.0.") || !strings.Contains(err.Error(), "i/o timeout") {
+		t.Fatalf("ADD: %v, want the failed read", err)
+	}
+	if left := s.Claims(); len(left) != 0 {
+		t.Fatalf("claim %s left after the failed read", left[0].Name)
 	}
 }
