@@ -355,7 +355,8 @@ func (a *Allocator) fresh(ctx context.Context, req Request, pod *corev1.Pod, poo
 		}
 		// Claimed in another pool: one being deleted, or whose ranges
 		// were narrowed under its pods (overlapping live pools are refused
-		// before this).
+		// before this). The cache may lag: soleClaim, after the create,
+		// is the check that does not.
 		if others, err := a.cfg.Store.ClaimsOfAddress(addr.String()); err != nil {
 			return Allocation{}, fmt.Errorf("claims of %s: %w", addr, err)
 		} else if len(others) > 0 {
@@ -375,6 +376,12 @@ func (a *Allocator) fresh(ctx context.Context, req Request, pod *corev1.Pod, poo
 		if err != nil {
 			return Allocation{}, fmt.Errorf("pod %s, pool %s: claim %s: %w", req.pod(), pool.Name, name, err)
 		}
+		if sole, err := a.soleClaim(ctx, req, pool, c); err != nil {
+			return Allocation{}, err
+		} else if !sole {
+			taken++
+			continue // another pool's claim has the address
+		}
 		return a.allocation(pool, c, false)
 	}
 	if !pool.Reclaim {
@@ -382,6 +389,50 @@ func (a *Allocator) fresh(ctx context.Context, req Request, pod *corev1.Pod, poo
 			"all %d addresses are bound or reserved for apps (reservations end after %s; reclaimReservations is off)", size, pool.TTL)
 	}
 	return a.reclaim(ctx, req, pod, pool, app)
+}
+
+// soleClaim is the lock across pools, for claim c of a fresh address just
+// created in pool. A claim's name is per pool and address, so the API
+// server admits one claim of an address per pool only. Pools must not
+// overlap, but admission reads the other pools from its cache and the
+// allocator reads pools and claims from the agent's: two pools created (or
+// edited) into overlap at once, or caches that lag, could let two pools'
+// claims of one address through. So the address's claims are read from
+// the API server after the create, as of c's resourceVersion or later: if
+// another pool's exists, c is deleted at its resourceVersion and soleClaim
+// reports false (try the next address). Of two claims of one address
+// created concurrently, the read after the later create sees the earlier
+// claim (unless its creator deleted it already), so at most one is kept
+// (both may back off). A failed read deletes c too and returns the error.
+func (a *Allocator) soleClaim(ctx context.Context, req Request, pool *Pool, c *v1alpha1.IPClaim) (bool, error) {
+	others, err := a.cfg.Store.LiveClaimsOfAddress(ctx, c.Spec.Address, c.ResourceVersion)
+	if err != nil {
+		err = fmt.Errorf("pod %s, pool %s: claim %s: other pools' claims of %s: %w", req.pod(), pool.Name, c.Name, c.Spec.Address, err)
+		if derr := a.cfg.Store.Delete(ctx, c); derr != nil {
+			// Not wrapped: a conflict here must not read as a lost race,
+			// whose retry would hand out this unchecked claim.
+			return false, fmt.Errorf("%w; and deleting the claim: %s", err, derr.Error())
+		}
+		return false, err
+	}
+	for _, o := range others {
+		if o.Name == c.Name {
+			continue
+		}
+		err := a.cfg.Store.Delete(ctx, c)
+		if errors.Is(err, ErrConflict) {
+			// Changed since our create (its pod is going, and whoever
+			// releases it is at work): the address is not ours to use.
+			return false, newError(req.pod(), pool.Name, ErrTooManyRetries,
+				"claim %s: pool %s's claim %s has address %s too, and ours changed before we could delete it: %v", c.Name, o.Spec.Pool, o.Name, c.Spec.Address, err)
+		}
+		if err != nil {
+			return false, fmt.Errorf("pod %s, pool %s: claim %s: delete (pool %s's claim %s has address %s too): %w",
+				req.pod(), pool.Name, c.Name, o.Spec.Pool, o.Name, c.Spec.Address, err)
+		}
+		return false, nil
+	}
+	return true, nil
 }
 
 // reclaim takes over the Reserved claim of another app whose reservation

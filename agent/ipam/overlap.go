@@ -45,8 +45,11 @@ func older(a, b *v1alpha1.IPPool) bool {
 
 // OverlapError says why pool p, parsed as pp, may not hand out addresses:
 // an older valid pool among all hands out some of the same addresses.
-// Claims are per pool and address, so both pools could give one address
-// to two pods. parse parses a pool (a cache may serve it). nil: no overlap.
+// Claim names are per pool and address, so both pools could give one
+// address to two pods (the lock across pools, soleClaim, keeps that from
+// happening while caches lag, but would make the pools' pods race for
+// their addresses). parse parses a pool (a cache may serve it). nil: no
+// overlap.
 func OverlapError(p *v1alpha1.IPPool, pp *Pool, all []*v1alpha1.IPPool, parse func(*v1alpha1.IPPool) (*Pool, error)) error {
 	for _, o := range all {
 		if o.UID == p.UID || o.Name == p.Name || !older(o, p) {

@@ -1,8 +1,10 @@
 // Package ipam is Berth's address allocator: pure logic over a small Store
 // of IPPools, IPClaims, pods and their owners. An address is taken by
-// creating its IPClaim (the name is the lock) or by updating a Reserved
-// claim at the resourceVersion read (optimistic concurrency): one of the
-// pod's app or, when the pool has no free address left, one of another app.
+// creating its IPClaim (the name, "<pool>-<address>", is the lock within a
+// pool; across pools, a read of the address's claims from the API server
+// after the create, see fresh) or by updating a Reserved claim at the
+// resourceVersion read (optimistic concurrency): one of the pod's app or,
+// when the pool has no free address left, one of another app.
 // Nothing else in this package is shared state, so any number of
 // allocators on any number of nodes may run at once.
 package ipam
@@ -51,6 +53,12 @@ type Store interface {
 	ClaimsOfAddress(addr string) ([]*v1alpha1.IPClaim, error)
 	// ReservedClaims lists the claims of pool in state Reserved (any app).
 	ReservedClaims(pool string) ([]*v1alpha1.IPClaim, error)
+	// LiveClaimsOfAddress is ClaimsOfAddress read from the API server, not
+	// a cache, within a deadline, as of resourceVersion rv or later (the
+	// caller's own write: every write the API server committed before it
+	// shows; "": as of now). The allocator reads it once after each claim
+	// it creates (the lock across pools, see soleClaim).
+	LiveClaimsOfAddress(ctx context.Context, addr, rv string) ([]*v1alpha1.IPClaim, error)
 
 	Create(ctx context.Context, c *v1alpha1.IPClaim) error
 	Update(ctx context.Context, c *v1alpha1.IPClaim) error

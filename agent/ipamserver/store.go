@@ -35,6 +35,10 @@ const (
 // overlayTTL bounds how long the store's own writes shadow the cache.
 const overlayTTL = 30 * time.Second
 
+// liveReadTimeout bounds one read that bypasses the cache (within the
+// caller's deadline; an ADD has 25s by default).
+const liveReadTimeout = 10 * time.Second
+
 // claimIndexes are the IPClaim indexes the store reads by: index name to
 // the claim's value ("": not indexed). The overlay of the store's own
 // writes keeps them too.
@@ -232,6 +236,33 @@ func (s *Store) ClaimsOfNode(node string) ([]*v1alpha1.IPClaim, error) {
 // ClaimsOfAddress implements ipam.Store.
 func (s *Store) ClaimsOfAddress(addr string) ([]*v1alpha1.IPClaim, error) {
 	return s.list(indexAddress, addr)
+}
+
+// LiveClaimsOfAddress implements ipam.Store: one list of IPClaims from the
+// API server with the field selector spec.address=addr, which the IPClaim
+// CRD declares in selectableFields. With rv, resourceVersionMatch
+// NotOlderThan: the API server answers from its watch cache once that has
+// reached rv, with no round trip to etcd (a consistent read, rv "", asks
+// etcd for its latest revision and waits for the cache to reach that).
+func (s *Store) LiveClaimsOfAddress(ctx context.Context, addr, rv string) ([]*v1alpha1.IPClaim, error) {
+	ctx, cancel := context.WithTimeout(ctx, liveReadTimeout)
+	defer cancel()
+	opts := []client.ListOption{client.MatchingFields{indexAddress: addr}}
+	if rv != "" {
+		opts = append(opts, &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: rv, ResourceVersionMatch: metav1.ResourceVersionMatchNotOlderThan}})
+	}
+	var l v1alpha1.IPClaimList
+	if err := s.api.List(ctx, &l, opts...); err != nil {
+		if apierrors.IsBadRequest(err) {
+			return nil, fmt.Errorf("list ipclaims with spec.address=%s (is the IPClaim CRD of this release applied? it declares spec.address selectable): %w", addr, err)
+		}
+		return nil, fmt.Errorf("list ipclaims with spec.address=%s: %w", addr, err)
+	}
+	out := make([]*v1alpha1.IPClaim, len(l.Items))
+	for i := range l.Items {
+		out[i] = &l.Items[i]
+	}
+	return out, nil
 }
 
 // ReservedClaims implements ipam.Store.

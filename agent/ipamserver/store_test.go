@@ -2,6 +2,10 @@ package ipamserver_test
 
 import (
 	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"sort"
 	"testing"
 	"time"
 
@@ -97,5 +101,51 @@ func TestStore_overlay(t *testing.T) {
 	}
 	if got := names(st.ClaimsOfApp("p", app)); len(got) != 1 || got[0] != "p-10-0-0-1@" {
 		t.Fatalf("ClaimsOfApp after the delete = %v", got)
+	}
+}
+
+// TestStore_LiveClaimsOfAddress: the read bypasses the cache (here one
+// that has seen no claim): it lists every claim of the address, in any
+// pool, as soon as its create returned (as of now, or as of that create's
+// resourceVersion or later), and only those (the field selector
+// spec.address the IPClaim CRD declares matches exactly).
+func TestStore_LiveClaimsOfAddress(t *testing.T) {
+	cfg, c := startAPI(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ca, err := cache.New(cfg, cachetrim.Options(cache.Options{Scheme: scheme(t)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := ipamserver.NewStore(blindCache{ca}, c, c)
+	var last string // the resourceVersion of the last create
+	for _, pa := range [][2]string{{"p", "10.0.0.1"}, {"q", "10.0.0.1"}, {"p", "10.0.0.10"}, {"p", "fd00::1"}} {
+		addr := netip.MustParseAddr(pa[1])
+		cl := &v1alpha1.IPClaim{ObjectMeta: metav1.ObjectMeta{Name: v1alpha1.ClaimName(pa[0], addr)},
+			Spec: v1alpha1.IPClaimSpec{Pool: pa[0], Address: addr.String(), State: v1alpha1.ClaimBound, Pod: v1alpha1.PodRef{Namespace: "ns", Name: "x", UID: "u"}}}
+		mustCreate(t, c, cl)
+		last = cl.ResourceVersion
+	}
+	for addr, want := range map[string][]string{"10.0.0.1": {"p-10-0-0-1", "q-10-0-0-1"}, "10.0.0.10": {"p-10-0-0-10"},
+		"fd00::1": {"p-fd00-0000-0000-0000-0000-0000-0000-0001"}, "10.0.0.2": nil} {
+		for _, rv := range []string{"", last} { // now; as of the last create or later
+			got, err := st.LiveClaimsOfAddress(ctx, addr, rv)
+			if err != nil {
+				t.Fatalf("LiveClaimsOfAddress(%s, %q): %v", addr, rv, err)
+			}
+			var names []string
+			for _, cl := range got {
+				names = append(names, cl.Name)
+			}
+			sort.Strings(names)
+			if !slices.Equal(names, want) {
+				t.Errorf("LiveClaimsOfAddress(%s, %q) = %v, want %v", addr, rv, names, want)
+			}
+		}
+	}
+	done, stop := context.WithCancel(ctx)
+	stop()
+	if _, err := st.LiveClaimsOfAddress(done, "10.0.0.1", ""); !errors.Is(err, context.Canceled) {
+		t.Errorf("LiveClaimsOfAddress with its context done: %v, want context.Canceled", err)
 	}
 }

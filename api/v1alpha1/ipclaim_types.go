@@ -149,6 +149,7 @@ type IPClaimStatus struct {
 // +kubebuilder:printcolumn:name="Network",type=string,JSONPath=`.spec.network`,priority=1
 // +kubebuilder:printcolumn:name="Reserved-Until",type=string,JSONPath=`.spec.reservedUntil`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:selectablefield:JSONPath=`.spec.address`
 type IPClaim struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`

@@ -254,6 +254,20 @@ func (v *View) ClaimsOfAddress(addr string) ([]*v1alpha1.IPClaim, error) {
 	return v.filter(func(c *v1alpha1.IPClaim) bool { return c.Spec.Address == addr }), nil
 }
 
+// LiveClaimsOfAddress reads the store as of now (never the view's
+// snapshot), which is as of rv or later.
+func (v *View) LiveClaimsOfAddress(_ context.Context, addr, _ string) ([]*v1alpha1.IPClaim, error) {
+	v.s.mu.Lock()
+	defer v.s.mu.Unlock()
+	var out []*v1alpha1.IPClaim
+	for _, c := range v.s.claims {
+		if c.Spec.Address == addr {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
 func (v *View) ReservedClaims(pool string) ([]*v1alpha1.IPClaim, error) {
 	return v.filter(func(c *v1alpha1.IPClaim) bool {
 		return c.Spec.Pool == pool && c.Spec.State == v1alpha1.ClaimReserved
