@@ -14,13 +14,13 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
+	"github.com/berth-io/berth/internal/ipalloc"
 )
 
 // ADD: the pod's lock (an ADD and the preparation of one pod never
-// allocate at once), the allocation (agent/ipam), the answer, then the
+// allocate at once), the allocation (internal/ipalloc), the answer, then the
 // attachment record and, for prepared claims, the container recorded on
 // them (attachment.go); the pools of an ADD on eth0 are learned for the
 // preparer, and prepared claims the ADD did not use are released.
@@ -47,10 +47,10 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 		return errResponse(protocol.CodeTryAgainLater, "berth-ipam ADD failed", err)
 	}
 	s.warnAnnotationsAtAdd(req.PodNamespace, req.PodName, types.UID(req.PodUID))
-	areq := ipam.Request{ContainerID: req.ContainerID, IfName: req.IfName,
+	areq := ipalloc.Request{ContainerID: req.ContainerID, IfName: req.IfName,
 		PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: types.UID(req.PodUID), Pools: req.Pools, Network: req.Network}
 	als, err := s.alloc.Allocate(ctx, areq)
-	if errors.Is(err, ipam.ErrHeld) && s.releases.waitAll(ctx, heldWait) {
+	if errors.Is(err, ipalloc.ErrHeld) && s.releases.waitAll(ctx, heldWait) {
 		// The address may be held by a container whose DEL this agent
 		// answered and is releasing: those take milliseconds.
 		als, err = s.alloc.Allocate(ctx, areq)
@@ -59,11 +59,11 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 		"duration_seconds", time.Since(start).Seconds())
 	if err != nil {
 		result := "error"
-		if ipam.Retryable(err) {
+		if ipalloc.Retryable(err) {
 			result = "retry"
 		}
 		s.metrics.allocation.WithLabelValues(result).Observe(time.Since(start).Seconds())
-		log.Warn("ADD failed", "err", err, "retryable", ipam.Retryable(err))
+		log.Warn("ADD failed", "err", err, "retryable", ipalloc.Retryable(err))
 		return errResponse(errorCode(err), "berth-ipam ADD failed", err)
 	}
 	if req.IfName == PrepareInterface {
@@ -118,12 +118,12 @@ func (s *Server) add(ctx context.Context, req *protocol.Request) *protocol.Respo
 // errorCode maps an allocation error to a CNI error code.
 func errorCode(err error) uint {
 	switch {
-	case ipam.Retryable(err):
+	case ipalloc.Retryable(err):
 		return protocol.CodeTryAgainLater
-	case errors.Is(err, ipam.ErrBadAnnotation), errors.Is(err, ipam.ErrUnknownPool), errors.Is(err, ipam.ErrBadPool):
+	case errors.Is(err, ipalloc.ErrBadAnnotation), errors.Is(err, ipalloc.ErrUnknownPool), errors.Is(err, ipalloc.ErrBadPool):
 		return protocol.CodeInvalidConfig
 	}
-	var e *ipam.Error
+	var e *ipalloc.Error
 	if errors.As(err, &e) {
 		return 100 // allocation refused: exhausted, forbidden, no pool
 	}
@@ -132,7 +132,7 @@ func errorCode(err error) uint {
 
 // countReservation counts a retained app's allocation as a reservation
 // hit or miss.
-func (s *Server) countReservation(a ipam.Allocation) {
+func (s *Server) countReservation(a ipalloc.Allocation) {
 	switch {
 	case !a.Retained:
 	case a.Reused:
@@ -256,7 +256,7 @@ func (s *Server) poolsFromConfDir() bool {
 
 // releaseUnused releases, in the background, the prepared claims of the
 // pod on ifName that its ADD did not use (it asked for other pools).
-func (s *Server) releaseUnused(uid types.UID, ifName string, used []ipam.Allocation) {
+func (s *Server) releaseUnused(uid types.UID, ifName string, used []ipalloc.Allocation) {
 	if ifName != PrepareInterface || uid == "" {
 		return
 	}
@@ -264,7 +264,7 @@ func (s *Server) releaseUnused(uid types.UID, ifName string, used []ipam.Allocat
 		ctx, cancel := context.WithTimeout(s.bg, s.cfg.RequestTimeout)
 		defer cancel()
 		unused := func(c *v1alpha1.IPClaim) bool {
-			return c.Spec.Interface == ifName && !slices.ContainsFunc(used, func(a ipam.Allocation) bool { return a.Claim == c.Name })
+			return c.Spec.Interface == ifName && !slices.ContainsFunc(used, func(a ipalloc.Allocation) bool { return a.Claim == c.Name })
 		}
 		err := s.releasePrepared(ctx, uid, unused, s.cfg.Logger,
 			"released a prepared address the pod's ADD did not use (it asked for other pools)")

@@ -11,8 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/ipalloc"
 )
 
 // Berth annotations whose value the agent does not understand: those
@@ -34,7 +34,7 @@ const ReasonBadAnnotation = "BadBerthAnnotation"
 func annotationWarnings(pod *corev1.Pod) []string {
 	var out []string
 	if v, ok := pod.Annotations[v1alpha1.AnnotationRelease]; ok {
-		if _, err := ipam.ParseRelease(v); err != nil {
+		if _, err := ipalloc.ParseRelease(v); err != nil {
 			out = append(out, fmt.Sprintf("%v; until it is fixed the pod's addresses are released at its CNI DEL, after its containers stopped", err))
 		}
 	}
@@ -89,7 +89,7 @@ func (s *Server) warnAnnotations(pod *corev1.Pod) {
 func (s *Server) forgetGonePods() {
 	for uid, w := range s.warned {
 		p, err := s.cfg.Store.Pod(w.key.Namespace, w.key.Name)
-		if errors.Is(err, ipam.ErrNotFound) || err == nil && p.UID != uid {
+		if errors.Is(err, ipalloc.ErrNotFound) || err == nil && p.UID != uid {
 			delete(s.warned, uid)
 		}
 	}

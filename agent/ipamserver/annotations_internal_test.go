@@ -24,7 +24,7 @@ func TestAnnotationWarnings(t *testing.T) {
 		{name: "release empty", ann: map[string]string{v1alpha1.AnnotationRelease: ""}, want: []string{
 			`malformed annotation: berth.io/ip-release: "": want "early", or no annotation to release the addresses at the pod's CNI DEL; ` +
 				"until it is fixed the pod's addresses are released at its CNI DEL, after its containers stopped"}},
-		// These fail the ADD instead (agent/ipam), with kubelet's Event.
+		// These fail the ADD instead (internal/ipalloc), with kubelet's Event.
 		{name: "retain typo", ann: map[string]string{v1alpha1.AnnotationRetain: "flase"}},
 		{name: "bad group and pools", ann: map[string]string{v1alpha1.AnnotationGroup: "Bad_Group", v1alpha1.AnnotationPool: "p,,q"}},
 	} {

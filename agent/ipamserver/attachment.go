@@ -16,8 +16,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/cni/ipam/protocol"
+	"github.com/berth-io/berth/internal/ipalloc"
 )
 
 // The attachment record of each ADD (a file per container and interface
@@ -29,7 +29,7 @@ import (
 // recordAttachment writes the ADD's attachment record (for early release)
 // and records the container on prepared claims: after the answer when the
 // record names them (bindLater), else now.
-func (s *Server) recordAttachment(ctx context.Context, req *protocol.Request, als []ipam.Allocation) error {
+func (s *Server) recordAttachment(ctx context.Context, req *protocol.Request, als []ipalloc.Allocation) error {
 	att := attachment{ContainerID: req.ContainerID, IfName: req.IfName, Netns: req.Netns, Network: req.Network}
 	for _, a := range als {
 		if a.Prepared {
@@ -74,7 +74,7 @@ func (s *Server) bindLater(pod string, att attachment) {
 			wg.Go(func() {
 				s.keepTrying(e, "cannot record the container on its prepared claim; retrying", func(ctx context.Context) error {
 					err := s.alloc.BindContainer(ctx, name, att.PodUID, containerID, att.Network)
-					if errors.Is(err, ipam.ErrNotPrepared) && !e.canceled.Load() {
+					if errors.Is(err, ipalloc.ErrNotPrepared) && !e.canceled.Load() {
 						s.staleAnswer(pod, att.PodUID, containerID, name, err)
 						return nil
 					}
@@ -192,7 +192,7 @@ func (s *Server) readAttachments(ctx context.Context) error {
 		}
 		for _, name := range a.Claims {
 			err := s.alloc.BindContainer(ctx, name, a.PodUID, a.ContainerID, a.Network)
-			if errors.Is(err, ipam.ErrNotPrepared) {
+			if errors.Is(err, ipalloc.ErrNotPrepared) {
 				continue // released or moved on since
 			}
 			if err != nil {

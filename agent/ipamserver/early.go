@@ -18,8 +18,8 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/ipalloc"
 	"github.com/berth-io/berth/internal/parts"
 )
 
@@ -77,7 +77,7 @@ const (
 // earlyReleaser releases the addresses of terminating pods on this node
 // that ask for it (berth.io/ip-release: early).
 type earlyReleaser struct {
-	alloc  *ipam.Allocator
+	alloc  *ipalloc.Allocator
 	node   string
 	dir    string
 	log    *slog.Logger
@@ -102,7 +102,7 @@ func wantsEarly(pod *corev1.Pod, node string) bool {
 	if !ok {
 		return false
 	}
-	early, _ := ipam.ParseRelease(v) // another value: the server records an Event (annotations.go)
+	early, _ := ipalloc.ParseRelease(v) // another value: the server records an Event (annotations.go)
 	return early
 }
 

@@ -18,9 +18,9 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 
-	"github.com/berth-io/berth/agent/ipam"
-	"github.com/berth-io/berth/agent/ipam/ipamtest"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/ipalloc"
+	"github.com/berth-io/berth/internal/ipalloc/ipalloctest"
 	"github.com/berth-io/berth/test/netnstest"
 )
 
@@ -35,19 +35,19 @@ func TestEarlyReleaser_process(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = pod.Close(); _ = testutils.UnmountNS(pod) })
 
-	st := ipamtest.New()
+	st := ipalloctest.New()
 	st.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.77.0.0/24"}})
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-1", UID: "uid-1",
 		Annotations:     map[string]string{v1alpha1.AnnotationRelease: "early"},
 		OwnerReferences: []metav1.OwnerReference{{Kind: "StatefulSet", Name: "web", Controller: ptr.To(true)}}},
 		Spec: corev1.PodSpec{NodeName: "n1"}}
 	st.SetPod(p)
-	alloc, err := ipam.New(ipam.Config{Store: st.View(false), Node: "n1"})
+	alloc, err := ipalloc.New(ipalloc.Config{Store: st.View(false), Node: "n1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	als, err := alloc.Allocate(ctx, ipam.Request{ContainerID: "c1", IfName: "eth0", PodNamespace: "ns", PodName: "web-1"})
+	als, err := alloc.Allocate(ctx, ipalloc.Request{ContainerID: "c1", IfName: "eth0", PodNamespace: "ns", PodName: "web-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestEarlyReleaser_process(t *testing.T) {
 	other := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-2", UID: "uid-2", Annotations: p.Annotations,
 		OwnerReferences: p.OwnerReferences}, Spec: corev1.PodSpec{NodeName: "n1"}}
 	st.SetPod(other)
-	if _, err := alloc.Allocate(ctx, ipam.Request{ContainerID: "c2", IfName: "eth0", PodNamespace: "ns", PodName: "web-2"}); err != nil {
+	if _, err := alloc.Allocate(ctx, ipalloc.Request{ContainerID: "c2", IfName: "eth0", PodNamespace: "ns", PodName: "web-2"}); err != nil {
 		t.Fatal(err)
 	}
 	r.work(ctx, podRef{UID: other.UID, Namespace: "ns", Name: "web-2"})

@@ -11,9 +11,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/berth-io/berth/agent/crisandbox"
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
+	"github.com/berth-io/berth/internal/ipalloc"
 )
 
 // DefaultSweepInterval is how often the agent compares its node's claims
@@ -38,7 +38,7 @@ func (s *Server) gc(ctx context.Context, req *protocol.Request) *protocol.Respon
 	for _, a := range req.ValidAttachments {
 		valid[a.ContainerID+"/"+a.IfName] = true
 	}
-	err := s.collect(ctx, gcSourceCNI, ipam.GCRequest{Network: req.Network,
+	err := s.collect(ctx, gcSourceCNI, ipalloc.GCRequest{Network: req.Network,
 		Valid: func(c *v1alpha1.IPClaim) bool { return valid[c.Spec.ContainerID+"/"+c.Spec.Interface] }})
 	if err != nil {
 		return errResponse(protocol.CodeInternal, "berth-ipam GC failed", err)
@@ -63,7 +63,7 @@ func (s *Server) sweep(ctx context.Context) error {
 	for _, b := range boxes {
 		ids[b.ID], uids[b.PodUID] = true, true
 	}
-	return s.collect(ctx, gcSourceSweep, ipam.GCRequest{AllNetworks: true, Valid: func(c *v1alpha1.IPClaim) bool {
+	return s.collect(ctx, gcSourceSweep, ipalloc.GCRequest{AllNetworks: true, Valid: func(c *v1alpha1.IPClaim) bool {
 		if c.Spec.ContainerID != "" {
 			return ids[c.Spec.ContainerID]
 		}
@@ -79,7 +79,7 @@ func (s *Server) sweep(ctx context.Context) error {
 // younger than gcGrace) and of releases pending are kept; each release,
 // each claim kept because its pod reports the address, and a refusal are
 // logged and counted; a refusal is also a Warning Event on the Node.
-func (s *Server) collect(ctx context.Context, source string, req ipam.GCRequest) error {
+func (s *Server) collect(ctx context.Context, source string, req ipalloc.GCRequest) error {
 	now := time.Now()
 	req.Keep = func(id string) bool {
 		s.mu.Lock()
@@ -100,7 +100,7 @@ func (s *Server) collect(ctx context.Context, source string, req ipam.GCRequest)
 	}
 	s.metrics.gc.WithLabelValues(source, "released").Add(float64(len(res.Released)))
 	s.metrics.gc.WithLabelValues(source, "kept_live").Add(float64(len(res.KeptLive)))
-	var refused *ipam.GCRefusedError
+	var refused *ipalloc.GCRefusedError
 	switch {
 	case err == nil:
 		s.metrics.gcRuns.WithLabelValues(source, "ok").Inc()

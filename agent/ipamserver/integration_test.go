@@ -23,10 +23,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/internal/cachetrim"
+	"github.com/berth-io/berth/internal/ipalloc"
 	"github.com/berth-io/berth/test/envtest"
 )
 
@@ -118,7 +118,7 @@ func TestStore_concurrentNodes(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			st := newNodeStore(t, ctx, cfg, c)
-			alloc, err := ipam.New(ipam.Config{Store: st, Node: fmt.Sprintf("node-%d", n)})
+			alloc, err := ipalloc.New(ipalloc.Config{Store: st, Node: fmt.Sprintf("node-%d", n)})
 			if err != nil {
 				t.Error(err)
 				return
@@ -142,10 +142,10 @@ func TestStore_concurrentNodes(t *testing.T) {
 					return
 				}
 				id := "c-" + string(pod.UID)
-				var als []ipam.Allocation
+				var als []ipalloc.Allocation
 				for try := 0; ; try++ {
-					als, err = alloc.Allocate(ctx, ipam.Request{ContainerID: id, IfName: "eth0", PodNamespace: "ns", PodName: pod.Name, PodUID: pod.UID})
-					if err == nil || !ipam.Retryable(err) || try > 50 {
+					als, err = alloc.Allocate(ctx, ipalloc.Request{ContainerID: id, IfName: "eth0", PodNamespace: "ns", PodName: pod.Name, PodUID: pod.UID})
+					if err == nil || !ipalloc.Retryable(err) || try > 50 {
 						break
 					}
 					time.Sleep(20 * time.Millisecond)
@@ -220,7 +220,7 @@ func TestStore_concurrentNodes(t *testing.T) {
 		nodes, podsPerNode, elapsed.Round(time.Millisecond), stats["fresh"], stats["hit"], reserved, len(deployments)+1)
 }
 
-func release(t testing.TB, ctx context.Context, c client.Client, alloc *ipam.Allocator, pod *corev1.Pod, id string, mu *sync.Mutex, holder map[string]string, addr string) {
+func release(t testing.TB, ctx context.Context, c client.Client, alloc *ipalloc.Allocator, pod *corev1.Pod, id string, mu *sync.Mutex, holder map[string]string, addr string) {
 	// Teardown order: the network goes, then CNI DEL, then the pod object.
 	mu.Lock()
 	if addr != "" && holder[addr] == pod.Name {
@@ -294,13 +294,13 @@ func TestStore_readYourWrites(t *testing.T) {
 		if got, _ := st.ReservedClaims("p"); len(got) != 0 {
 			t.Fatalf("ReservedClaims right after an Update out of Reserved: %d claims", len(got))
 		}
-		if err := st.Update(ctx, cl); !errors.Is(err, ipam.ErrConflict) {
+		if err := st.Update(ctx, cl); !errors.Is(err, ipalloc.ErrConflict) {
 			t.Fatalf("Update at a stale resourceVersion: %v, want ErrConflict", err)
 		}
 		if err := st.Delete(ctx, back); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.Claim(cl.Name); !errors.Is(err, ipam.ErrNotFound) {
+		if _, err := st.Claim(cl.Name); !errors.Is(err, ipalloc.ErrNotFound) {
 			t.Fatalf("Claim right after Delete: %v, want ErrNotFound", err)
 		}
 		if got, _ := st.ClaimsOfApp("p", v1alpha1.App{Kind: v1alpha1.AppGroup, Namespace: "ns", Name: "g"}); len(got) != 0 {

@@ -14,8 +14,8 @@ import (
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/ipalloc"
 )
 
 // Preparing addresses: when a pod is scheduled to the node, the agent
@@ -168,11 +168,11 @@ func (p *preparer) prepare(ctx context.Context, key types.NamespacedName) error 
 	if err := s.releases.wait(ctx, key.String(), pod.UID, ""); err != nil {
 		return err
 	}
-	als, err := s.alloc.Prepare(ctx, ipam.Request{IfName: PrepareInterface, PodNamespace: pod.Namespace, PodName: pod.Name,
+	als, err := s.alloc.Prepare(ctx, ipalloc.Request{IfName: PrepareInterface, PodNamespace: pod.Namespace, PodName: pod.Name,
 		PodUID: pod.UID, Pools: *pools})
 	log := s.cfg.Logger.With("pod", key.String(), "pod_uid", pod.UID, "duration_seconds", time.Since(start).Seconds())
 	if err != nil {
-		if ipam.Retryable(err) {
+		if ipalloc.Retryable(err) {
 			log.Debug("cannot prepare the pod's addresses yet", "err", err)
 			return err
 		}

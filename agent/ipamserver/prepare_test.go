@@ -18,10 +18,10 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
+	"github.com/berth-io/berth/internal/ipalloc"
 	"github.com/berth-io/berth/test/lockedbuf"
 	"github.com/berth-io/berth/test/poll"
 )
@@ -30,7 +30,7 @@ import (
 // while open is set); while down is set they fail with errUnreachable
 // instead.
 type gatedStore struct {
-	ipam.Store
+	ipalloc.Store
 	gate    chan struct{}
 	open    atomic.Bool
 	down    atomic.Bool

@@ -21,11 +21,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 
-	"github.com/berth-io/berth/agent/ipam"
-	"github.com/berth-io/berth/agent/ipam/ipamtest"
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
+	"github.com/berth-io/berth/internal/ipalloc"
+	"github.com/berth-io/berth/internal/ipalloc/ipalloctest"
 	"github.com/berth-io/berth/test/lockedbuf"
 	"github.com/berth-io/berth/test/poll"
 )
@@ -34,7 +34,7 @@ import (
 // API server that restarts or sheds load does: most before the write,
 // some after it was committed (the answer lost on the way back).
 type lossyStore struct {
-	ipam.Store
+	ipalloc.Store
 	mu      sync.Mutex
 	r       *rand.Rand
 	percent int // of writes that fail; 0 once the test drains
@@ -79,7 +79,7 @@ type propNode struct {
 	mu    sync.RWMutex // calls hold it to read, a restart to write
 	name  string
 	dir   string
-	view  *ipamtest.View
+	view  *ipalloctest.View
 	lossy *lossyStore
 	h     *harness
 }
@@ -99,7 +99,7 @@ type propPod struct {
 // holds each address (from its ADD's answer until its DEL starts).
 type propModel struct {
 	t           *testing.T
-	store       *ipamtest.Store
+	store       *ipalloctest.Store
 	nodes       []*propNode
 	mu          sync.Mutex
 	pods        map[types.UID]*propPod
@@ -224,7 +224,7 @@ func (m *propModel) lostSandbox(t *testing.T, n *propNode) {
 
 // pick returns a random idle pod in one of states, marked busy; m.mu held.
 func (m *propModel) pick(r *rand.Rand, states ...string) *propPod {
-	p, ok := ipamtest.Pick(r, m.pods, func(p *propPod) bool { return !p.busy && slices.Contains(states, p.state) })
+	p, ok := ipalloctest.Pick(r, m.pods, func(p *propPod) bool { return !p.busy && slices.Contains(states, p.state) })
 	if ok {
 		p.busy = true
 	}
@@ -381,8 +381,8 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 		if p == nil {
 			return
 		}
-		_, err := p.node.preparer().Prepare(context.Background(), ipam.Request{IfName: "eth0", PodNamespace: "ns", PodName: p.pod.Name, PodUID: p.pod.UID})
-		if err != nil && !ipam.Retryable(err) && !errors.Is(err, ipam.ErrExhausted) && !strings.Contains(err.Error(), errUnreachable.Error()) {
+		_, err := p.node.preparer().Prepare(context.Background(), ipalloc.Request{IfName: "eth0", PodNamespace: "ns", PodName: p.pod.Name, PodUID: p.pod.UID})
+		if err != nil && !ipalloc.Retryable(err) && !errors.Is(err, ipalloc.ErrExhausted) && !strings.Contains(err.Error(), errUnreachable.Error()) {
 			m.failf("prepare %s: %v", p.pod.Name, err)
 		}
 		m.mu.Lock()
@@ -464,10 +464,10 @@ func (m *propModel) endQuarantine(r *rand.Rand) {
 // preparer is an allocator over n's agent's store, preparing as its
 // preparer does (which watches pods through an informer this store has
 // not).
-func (n *propNode) preparer() *ipam.Allocator {
+func (n *propNode) preparer() *ipalloc.Allocator {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	a, err := ipam.New(ipam.Config{Store: n.lossy, Node: n.name})
+	a, err := ipalloc.New(ipalloc.Config{Store: n.lossy, Node: n.name})
 	if err != nil {
 		panic(err)
 	}
@@ -542,7 +542,7 @@ func TestServer_property_inMemoryAPIServer(t *testing.T) {
 	const seeds = 12
 	for seed := range uint64(seeds) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			m := &propModel{t: t, store: ipamtest.New(), pods: map[types.UID]*propPod{}, holder: map[string]types.UID{}}
+			m := &propModel{t: t, store: ipalloctest.New(), pods: map[types.UID]*propPod{}, holder: map[string]types.UID{}}
 			// 6 addresses: the apps wait for each other's teardowns, and
 			// the pool runs out.
 			m.store.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/29", Gateway: "10.0.0.1"}})

@@ -32,11 +32,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
 	"github.com/berth-io/berth/internal/cachetrim"
+	"github.com/berth-io/berth/internal/ipalloc"
 	"github.com/berth-io/berth/test/lockedbuf"
 	"github.com/berth-io/berth/test/poll"
 	"github.com/berth-io/berth/test/promtest"
@@ -340,7 +340,7 @@ func TestServer_Start_quarantinesMalformedDEL_inMemoryAPIServer(t *testing.T) {
 // forbiddingStore is an API server whose RBAC forbids every write of one
 // claim.
 type forbiddingStore struct {
-	ipam.Store
+	ipalloc.Store
 	claim  atomic.Pointer[string]
 	denied atomic.Int32
 }

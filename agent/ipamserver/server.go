@@ -1,6 +1,6 @@
 // Package ipamserver is the agent's IPAM server: berth-ipam (the CNI binary)
 // asks it for addresses over a unix socket, and it allocates them with
-// agent/ipam from an informer cache, committing IPClaims through the API
+// internal/ipalloc from an informer cache, committing IPClaims through the API
 // server.
 package ipamserver
 
@@ -25,8 +25,8 @@ import (
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/cni/ipam/protocol"
+	"github.com/berth-io/berth/internal/ipalloc"
 	"github.com/berth-io/berth/internal/parts"
 )
 
@@ -83,7 +83,7 @@ type Config struct {
 	// Node is this node's name. Required.
 	Node string
 	// Store is read and written by the allocator. Required.
-	Store ipam.Store
+	Store ipalloc.Store
 	// WaitForSync, if set, is called before the socket is served and must
 	// return true once the store's cache is synced.
 	WaitForSync func(context.Context) bool
@@ -124,8 +124,8 @@ type Config struct {
 	SweepInterval time.Duration
 	// GCMaxShare is the share of the node's held claims one garbage
 	// collection (CNI GC or a sweep) may release at once (at least
-	// ipam.DefaultGCMinRefuse); more is refused as a truncated list.
-	// Default ipam.DefaultGCMaxShare.
+	// ipalloc.DefaultGCMinRefuse); more is refused as a truncated list.
+	// Default ipalloc.DefaultGCMaxShare.
 	GCMaxShare float64
 	// Logger. Default slog.Default().
 	Logger *slog.Logger
@@ -134,7 +134,7 @@ type Config struct {
 // Server serves the IPAM socket; it is a manager.Runnable.
 type Server struct {
 	cfg     Config
-	alloc   *ipam.Allocator
+	alloc   *ipalloc.Allocator
 	metrics *metrics
 	ready   atomic.Bool
 	// bg bounds the work that outlives a request (recording the
@@ -232,7 +232,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	alloc, err := ipam.New(ipam.Config{Store: cfg.Store, Node: cfg.Node})
+	alloc, err := ipalloc.New(ipalloc.Config{Store: cfg.Store, Node: cfg.Node})
 	if err != nil {
 		return nil, fmt.Errorf("ipam server: %w", err)
 	}

@@ -25,11 +25,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 
-	"github.com/berth-io/berth/agent/ipam"
-	"github.com/berth-io/berth/agent/ipam/ipamtest"
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
+	"github.com/berth-io/berth/internal/ipalloc"
+	"github.com/berth-io/berth/internal/ipalloc/ipalloctest"
 	"github.com/berth-io/berth/test/lockedbuf"
 	"github.com/berth-io/berth/test/poll"
 	"github.com/berth-io/berth/test/promtest"
@@ -38,7 +38,7 @@ import (
 
 type harness struct {
 	t     *testing.T
-	store *ipamtest.Store
+	store *ipalloctest.Store
 	reg   *prometheus.Registry
 	http  *http.Client
 	// stop stops the server (it stops when the test ends otherwise).
@@ -49,7 +49,7 @@ type harness struct {
 // changes its configuration first.
 func serve(t *testing.T, mod ...func(*ipamserver.Config)) *harness {
 	t.Helper()
-	st := ipamtest.New()
+	st := ipalloctest.New()
 	st.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", Gateway: "10.0.0.1",
 		Routes: []v1alpha1.Route{{Destination: "0.0.0.0/0"}}}})
 	sock := filepath.Join(t.TempDir(), "ipam.sock")
@@ -353,7 +353,7 @@ func TestServer_GC_network(t *testing.T) {
 // flakyStore is a store whose API server is unreachable while down is set:
 // listing a container's claims (the first read of a DEL) fails.
 type flakyStore struct {
-	ipam.Store
+	ipalloc.Store
 	down  atomic.Bool
 	fails atomic.Int32
 }
@@ -373,7 +373,7 @@ func (f *flakyStore) ClaimsOfContainer(id string) ([]*v1alpha1.IPClaim, error) {
 // ready, saying why, the socket not served, not returning), then runs it
 // and serves.
 func TestServer_Start_queuedDELRetried(t *testing.T) {
-	st := ipamtest.New()
+	st := ipalloctest.New()
 	st.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24"}})
 	st.PutClaim(&v1alpha1.IPClaim{ObjectMeta: metav1.ObjectMeta{Name: "p-10-0-0-7"}, Spec: v1alpha1.IPClaimSpec{Pool: "p", Address: "10.0.0.7",
 		State: v1alpha1.ClaimBound, ContainerID: "c-queued", Interface: "eth0", Node: "n1", Pod: v1alpha1.PodRef{Namespace: "ns", Name: "gone", UID: "uid-gone"}}})
@@ -443,7 +443,7 @@ func TestServer_Start_queuedDELRetried(t *testing.T) {
 // ends before the cache synced.
 func TestServer_Start_endsWhileSyncing(t *testing.T) {
 	dir := t.TempDir()
-	srv, err := ipamserver.New(ipamserver.Config{SocketPath: filepath.Join(dir, "ipam.sock"), Node: "n1", Store: ipamtest.New().View(false),
+	srv, err := ipamserver.New(ipamserver.Config{SocketPath: filepath.Join(dir, "ipam.sock"), Node: "n1", Store: ipalloctest.New().View(false),
 		QueueDir: filepath.Join(dir, "queue"), MinBackoff: 5 * time.Millisecond, MaxBackoff: 20 * time.Millisecond,
 		WaitForSync: func(ctx context.Context) bool { <-ctx.Done(); return false },
 		Logger:      slog.New(slog.NewTextHandler(io.Discard, nil))})

@@ -16,9 +16,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/internal/claimindex"
+	"github.com/berth-io/berth/internal/ipalloc"
 )
 
 // Field indexes of IPClaims in the cache.
@@ -47,7 +47,7 @@ var claimIndexes = map[string]func(*v1alpha1.IPClaim) string{
 		if c.Spec.App == nil {
 			return ""
 		}
-		return ipam.AppKey(c.Spec.Pool, *c.Spec.App)
+		return ipalloc.AppKey(c.Spec.Pool, *c.Spec.App)
 	},
 	indexContainer: func(c *v1alpha1.IPClaim) string { return c.Spec.ContainerID },
 	indexPodUID:    func(c *v1alpha1.IPClaim) string { return string(c.Spec.Pod.UID) },
@@ -67,7 +67,7 @@ func IndexClaims(ctx context.Context, idx client.FieldIndexer) error {
 	return claimindex.Register(ctx, idx, claimIndexes)
 }
 
-// Store is the agent's ipam.Store: reads from an informer cache (falling
+// Store is the agent's ipalloc.Store: reads from an informer cache (falling
 // back to the API server when the cache has not seen an object yet), writes
 // through the API server with optimistic concurrency, and shows its own
 // writes at once (read-your-writes) until the cache has caught up.
@@ -101,7 +101,7 @@ func NewStore(c cache.Cache, api client.Reader, w client.Client) *Store {
 	return &Store{cache: c, api: api, writer: w, overlay: map[string]overlayEntry{}, indexed: map[indexKey]map[string]struct{}{}, now: time.Now}
 }
 
-var _ ipam.Store = (*Store)(nil)
+var _ ipalloc.Store = (*Store)(nil)
 
 // apiReadTimeout bounds each read that reaches the API server (an object
 // the cache has not seen yet): well inside an ADD's budget.
@@ -116,18 +116,18 @@ func (s *Store) get(key client.ObjectKey, obj client.Object) error {
 		err = s.api.Get(ctx, key, obj)
 	}
 	if apierrors.IsNotFound(err) {
-		return fmt.Errorf("%s: %w", key, ipam.ErrNotFound)
+		return fmt.Errorf("%s: %w", key, ipalloc.ErrNotFound)
 	}
 	return err
 }
 
-// Pool implements ipam.Store.
+// Pool implements ipalloc.Store.
 func (s *Store) Pool(name string) (*v1alpha1.IPPool, error) {
 	p := &v1alpha1.IPPool{}
 	return p, s.get(client.ObjectKey{Name: name}, p)
 }
 
-// Pools implements ipam.Store.
+// Pools implements ipalloc.Store.
 func (s *Store) Pools() ([]*v1alpha1.IPPool, error) {
 	var l v1alpha1.IPPoolList
 	if err := s.cache.List(context.Background(), &l); err != nil {
@@ -140,13 +140,13 @@ func (s *Store) Pools() ([]*v1alpha1.IPPool, error) {
 	return out, nil
 }
 
-// Namespace implements ipam.Store.
+// Namespace implements ipalloc.Store.
 func (s *Store) Namespace(name string) (*corev1.Namespace, error) {
 	ns := &corev1.Namespace{}
 	return ns, s.get(client.ObjectKey{Name: name}, ns)
 }
 
-// Pod implements ipam.Store.
+// Pod implements ipalloc.Store.
 func (s *Store) Pod(namespace, name string) (*corev1.Pod, error) {
 	p := &corev1.Pod{}
 	return p, s.get(client.ObjectKey{Namespace: namespace, Name: name}, p)
@@ -160,18 +160,18 @@ func (s *Store) LivePod(namespace, name string) (*corev1.Pod, error) {
 	defer cancel()
 	err := s.api.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, p)
 	if apierrors.IsNotFound(err) {
-		return nil, fmt.Errorf("pod %s/%s: %w", namespace, name, ipam.ErrNotFound)
+		return nil, fmt.Errorf("pod %s/%s: %w", namespace, name, ipalloc.ErrNotFound)
 	}
 	return p, err
 }
 
-// ReplicaSet implements ipam.Store.
+// ReplicaSet implements ipalloc.Store.
 func (s *Store) ReplicaSet(namespace, name string) (*appsv1.ReplicaSet, error) {
 	rs := &appsv1.ReplicaSet{}
 	return rs, s.get(client.ObjectKey{Namespace: namespace, Name: name}, rs)
 }
 
-// Claim implements ipam.Store.
+// Claim implements ipalloc.Store.
 func (s *Store) Claim(name string) (*v1alpha1.IPClaim, error) {
 	c := &v1alpha1.IPClaim{}
 	err := s.cache.Get(context.Background(), client.ObjectKey{Name: name}, c)
@@ -181,7 +181,7 @@ func (s *Store) Claim(name string) (*v1alpha1.IPClaim, error) {
 		return nil, err
 	}
 	if c = s.shadow(name, c); c == nil {
-		return nil, fmt.Errorf("ipclaim %s: %w", name, ipam.ErrNotFound)
+		return nil, fmt.Errorf("ipclaim %s: %w", name, ipalloc.ErrNotFound)
 	}
 	return c, nil
 }
@@ -213,32 +213,32 @@ func (s *Store) list(field, value string) ([]*v1alpha1.IPClaim, error) {
 	return out, nil
 }
 
-// ClaimsOfApp implements ipam.Store.
+// ClaimsOfApp implements ipalloc.Store.
 func (s *Store) ClaimsOfApp(pool string, app v1alpha1.App) ([]*v1alpha1.IPClaim, error) {
-	return s.list(indexApp, ipam.AppKey(pool, app))
+	return s.list(indexApp, ipalloc.AppKey(pool, app))
 }
 
-// ClaimsOfContainer implements ipam.Store.
+// ClaimsOfContainer implements ipalloc.Store.
 func (s *Store) ClaimsOfContainer(id string) ([]*v1alpha1.IPClaim, error) {
 	return s.list(indexContainer, id)
 }
 
-// ClaimsOfPod implements ipam.Store.
+// ClaimsOfPod implements ipalloc.Store.
 func (s *Store) ClaimsOfPod(uid types.UID) ([]*v1alpha1.IPClaim, error) {
 	return s.list(indexPodUID, string(uid))
 }
 
-// ClaimsOfNode implements ipam.Store.
+// ClaimsOfNode implements ipalloc.Store.
 func (s *Store) ClaimsOfNode(node string) ([]*v1alpha1.IPClaim, error) {
 	return s.list(indexNode, node)
 }
 
-// ClaimsOfAddress implements ipam.Store.
+// ClaimsOfAddress implements ipalloc.Store.
 func (s *Store) ClaimsOfAddress(addr string) ([]*v1alpha1.IPClaim, error) {
 	return s.list(indexAddress, addr)
 }
 
-// LiveClaimsOfAddress implements ipam.Store: one list of IPClaims from the
+// LiveClaimsOfAddress implements ipalloc.Store: one list of IPClaims from the
 // API server with the field selector spec.address=addr, which the IPClaim
 // CRD declares in selectableFields. With rv, resourceVersionMatch
 // NotOlderThan: the API server answers from its watch cache once that has
@@ -265,7 +265,7 @@ func (s *Store) LiveClaimsOfAddress(ctx context.Context, addr, rv string) ([]*v1
 	return out, nil
 }
 
-// ReservedClaims implements ipam.Store.
+// ReservedClaims implements ipalloc.Store.
 func (s *Store) ReservedClaims(pool string) ([]*v1alpha1.IPClaim, error) {
 	return s.list(indexReserved, pool)
 }
@@ -383,11 +383,11 @@ func (s *Store) forget(name string) {
 	s.drop(name)
 }
 
-// Create implements ipam.Store.
+// Create implements ipalloc.Store.
 func (s *Store) Create(ctx context.Context, c *v1alpha1.IPClaim) error {
 	err := s.writer.Create(ctx, c)
 	if apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("ipclaim %s: %w", c.Name, ipam.ErrExists)
+		return fmt.Errorf("ipclaim %s: %w", c.Name, ipalloc.ErrExists)
 	}
 	if err != nil {
 		return fmt.Errorf("create ipclaim %s: %w", c.Name, err)
@@ -396,7 +396,7 @@ func (s *Store) Create(ctx context.Context, c *v1alpha1.IPClaim) error {
 	return nil
 }
 
-// Update implements ipam.Store.
+// Update implements ipalloc.Store.
 func (s *Store) Update(ctx context.Context, c *v1alpha1.IPClaim) error {
 	// Reset the claim's managedFields (a list of one empty entry; the API
 	// server then stores none). Berth reads and updates claims and never
@@ -409,10 +409,10 @@ func (s *Store) Update(ctx context.Context, c *v1alpha1.IPClaim) error {
 	switch {
 	case apierrors.IsConflict(err):
 		s.forget(c.Name)
-		return fmt.Errorf("ipclaim %s: %w", c.Name, ipam.ErrConflict)
+		return fmt.Errorf("ipclaim %s: %w", c.Name, ipalloc.ErrConflict)
 	case apierrors.IsNotFound(err):
 		s.forget(c.Name)
-		return fmt.Errorf("ipclaim %s: %w", c.Name, ipam.ErrNotFound)
+		return fmt.Errorf("ipclaim %s: %w", c.Name, ipalloc.ErrNotFound)
 	case err != nil:
 		return fmt.Errorf("update ipclaim %s: %w", c.Name, err)
 	}
@@ -420,14 +420,14 @@ func (s *Store) Update(ctx context.Context, c *v1alpha1.IPClaim) error {
 	return nil
 }
 
-// Delete implements ipam.Store.
+// Delete implements ipalloc.Store.
 func (s *Store) Delete(ctx context.Context, c *v1alpha1.IPClaim) error {
 	rv := c.ResourceVersion
 	err := s.writer.Delete(ctx, c, client.Preconditions{ResourceVersion: &rv})
 	switch {
 	case apierrors.IsConflict(err):
 		s.forget(c.Name)
-		return fmt.Errorf("ipclaim %s: %w", c.Name, ipam.ErrConflict)
+		return fmt.Errorf("ipclaim %s: %w", c.Name, ipalloc.ErrConflict)
 	case apierrors.IsNotFound(err):
 	case err != nil:
 		return fmt.Errorf("delete ipclaim %s: %w", c.Name, err)

@@ -52,7 +52,7 @@ type Route struct {
 // The API server checks the addresses' syntax and that they lie inside
 // cidr (the rules below); that a pool's addresses do not overlap another
 // pool's is checked by the ValidatingAdmissionPolicy berth-ippool-overlap
-// (deploy/base/admission). berth-ipam checks all again (agent/ipam
+// (deploy/base/admission). berth-ipam checks all again (internal/ipalloc
 // ParsePool): a pool admitted before a rule existed is refused with
 // Ready=False/InvalidSpec, never a failed list.
 //

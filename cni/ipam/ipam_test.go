@@ -27,10 +27,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ktypes "k8s.io/apimachinery/pkg/types"
 
-	"github.com/berth-io/berth/agent/ipam/ipamtest"
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam"
+	"github.com/berth-io/berth/internal/ipalloc/ipalloctest"
 	"github.com/berth-io/berth/test/netnstest"
 	"github.com/berth-io/berth/test/poll"
 )
@@ -92,7 +92,7 @@ func referencePlugins(t *testing.T) string {
 }
 
 type agent struct {
-	store  *ipamtest.Store
+	store  *ipalloctest.Store
 	sock   string
 	queue  string
 	cancel context.CancelFunc
@@ -101,7 +101,7 @@ type agent struct {
 
 // startAgent runs the agent's IPAM server; deferRelease as berth-agent's
 // --ipam-defer-release (true by default there).
-func startAgent(t *testing.T, st *ipamtest.Store, sock, queue string, deferRelease bool) *agent {
+func startAgent(t *testing.T, st *ipalloctest.Store, sock, queue string, deferRelease bool) *agent {
 	t.Helper()
 	srv, err := ipamserver.New(ipamserver.Config{SocketPath: sock, QueueDir: queue, AttachmentDir: filepath.Join(filepath.Dir(sock), "attachments"), Node: "n1", Store: st.View(false),
 		DeferRelease: deferRelease, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -248,15 +248,15 @@ func defaultGateway(t *testing.T, n ns.NetNS, family int) string {
 	return gw
 }
 
-func setup(t *testing.T) (*ipamtest.Store, string, string) {
-	st := ipamtest.New()
+func setup(t *testing.T) (*ipalloctest.Store, string, string) {
+	st := ipalloctest.New()
 	st.AddPool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "pods"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.99.0.0/24", Gateway: "10.99.0.1",
 		Routes: []v1alpha1.Route{{Destination: "0.0.0.0/0"}}}})
 	dir := t.TempDir()
 	return st, filepath.Join(dir, "ipam.sock"), filepath.Join(dir, "queue")
 }
 
-func deployPod(st *ipamtest.Store, name string) *corev1.Pod {
+func deployPod(st *ipalloctest.Store, name string) *corev1.Pod {
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: ktypes.UID("uid-" + name),
 		OwnerReferences: []metav1.OwnerReference{{Kind: "StatefulSet", Name: "web", Controller: func() *bool { b := true; return &b }()}}}}
 	st.SetPod(p)

@@ -27,9 +27,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/internal/claimindex"
+	"github.com/berth-io/berth/internal/ipalloc"
 )
 
 // ControllerName names the reconciler.
@@ -156,7 +156,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	st := p.Status.DeepCopy()
 	st.ObservedGeneration = p.Generation
 	// 2. Its spec.
-	pool, err := ipam.ParsePool(&p)
+	pool, err := ipalloc.ParsePool(&p)
 	var overlap error
 	if err == nil {
 		var pools v1alpha1.IPPoolList
@@ -167,14 +167,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		for i := range pools.Items {
 			all[i] = &pools.Items[i]
 		}
-		overlap = ipam.OverlapError(&p, pool, all, ipam.ParsePool)
+		overlap = ipalloc.OverlapError(&p, pool, all, ipalloc.ParsePool)
 	}
 	switch {
 	case err != nil:
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse,
 			Reason: "InvalidSpec", Message: err.Error(), ObservedGeneration: p.Generation})
 	case overlap != nil:
-		// berth-ipam refuses it the same way (agent/ipam OverlapError).
+		// berth-ipam refuses it the same way (internal/ipalloc OverlapError).
 		meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: ConditionReady, Status: metav1.ConditionFalse,
 			Reason: "Overlaps", Message: overlap.Error(), ObservedGeneration: p.Generation})
 		st.Size = int64(min(pool.Size(), 1<<62))

@@ -22,8 +22,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	crclient "sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/ipalloc"
 )
 
 // The node's CNI chain as test/cluster/cluster.sh writes it: bridge cni0
@@ -226,7 +226,7 @@ func plantFreeAddresses(ctx context.Context, t *testing.T, poolName string) (net
 	if err := berth.Get(ctx, crclient.ObjectKey{Name: poolName}, &ipp); err != nil {
 		t.Fatalf("IPPool %s: %v", poolName, err)
 	}
-	pool, err := ipam.ParsePool(&ipp)
+	pool, err := ipalloc.ParsePool(&ipp)
 	if err != nil {
 		t.Fatalf("IPPool %s: %v", poolName, err)
 	}

@@ -20,10 +20,10 @@ import (
 	"github.com/berth-io/berth/agent"
 	"github.com/berth-io/berth/agent/crisandbox"
 	"github.com/berth-io/berth/agent/filelogs"
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/agent/ipamserver"
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/internal/agentlease"
+	"github.com/berth-io/berth/internal/ipalloc"
 	"github.com/berth-io/berth/internal/restconfig"
 	"github.com/berth-io/berth/internal/version"
 )
@@ -132,8 +132,8 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		`the runtime's CRI socket (CRI-O: unix:///var/run/crio/crio.sock): the IPAM server lists the node's pod sandboxes there and releases the claims of those gone; "" disables that sweep`)
 	fs.DurationVar(&ipamSweep, "ipam-sweep-interval", ipamserver.DefaultSweepInterval,
 		"time between sweeps of the node's IP claims against the runtime's pod sandboxes (--cri-endpoint)")
-	fs.Float64Var(&ipamGCShare, "ipam-gc-max-share", ipam.DefaultGCMaxShare,
-		fmt.Sprintf("share of the node's held IP claims that one garbage collection (CNI GC or a sweep) may release at once (at least %d): a larger one is refused as a truncated list, with an Event on the Node", ipam.DefaultGCMinRefuse))
+	fs.Float64Var(&ipamGCShare, "ipam-gc-max-share", ipalloc.DefaultGCMaxShare,
+		fmt.Sprintf("share of the node's held IP claims that one garbage collection (CNI GC or a sweep) may release at once (at least %d): a larger one is refused as a truncated list, with an Event on the Node", ipalloc.DefaultGCMinRefuse))
 	fs.StringVar(&o.agent.Namespace, "namespace", cmp.Or(getenv("POD_NAMESPACE"), agentlease.DefaultNamespace),
 		"the agent's namespace, where it renews its lease berth-agent-<node> (env POD_NAMESPACE)")
 	fs.DurationVar(&ipamQuar, "ipam-conflict-quarantine", ipamserver.DefaultConflictQuarantine,

@@ -1,4 +1,4 @@
-package ipam_test
+package ipalloc_test
 
 import (
 	"context"
@@ -10,8 +10,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/ipalloc"
 )
 
 func splitList(s string) []string {
@@ -39,7 +39,7 @@ func FuzzParsePool(f *testing.F) {
 				p.Spec.Routes = append(p.Spec.Routes, v1alpha1.Route{Destination: r})
 			}
 		})
-		pp, err := ipam.ParsePool(p)
+		pp, err := ipalloc.ParsePool(p)
 		if err != nil {
 			return
 		}
@@ -62,7 +62,7 @@ func FuzzParsePool(f *testing.F) {
 }
 
 // FuzzAllocate_annotations: whatever a pod's Berth annotations say, ADD
-// either gives it addresses of the pools or fails with an *ipam.Error
+// either gives it addresses of the pools or fails with an *ipalloc.Error
 // naming the pod, leaving no claim; DEL then leaves none bound.
 func FuzzAllocate_annotations(f *testing.F) {
 	f.Add("p", "true", "", "early")
@@ -82,9 +82,9 @@ func FuzzAllocate_annotations(f *testing.F) {
 		pod := e.pod("x", "ReplicaSet", "web-5d8f", ann)
 		als, err := e.add(pod)
 		if err != nil {
-			var ie *ipam.Error
+			var ie *ipalloc.Error
 			if !errors.As(err, &ie) || ie.Pod != "ns/x" {
-				t.Fatalf("%v: error %v is not an *ipam.Error naming the pod", ann, err)
+				t.Fatalf("%v: error %v is not an *ipalloc.Error naming the pod", ann, err)
 			}
 			if n := len(e.store.Claims()); n != 0 {
 				t.Fatalf("%v: failed ADD left %d claims", ann, n)
@@ -120,21 +120,21 @@ func FuzzParseAnnotations(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, v string) {
 		quoted := strconv.Quote(v)
-		if retain, err := ipam.ParseRetain(v); err == nil {
+		if retain, err := ipalloc.ParseRetain(v); err == nil {
 			if strconv.FormatBool(retain) != v {
 				t.Fatalf("ParseRetain(%q) = %v", v, retain)
 			}
-		} else if !errors.Is(err, ipam.ErrBadAnnotation) || !strings.Contains(err.Error(), quoted) {
+		} else if !errors.Is(err, ipalloc.ErrBadAnnotation) || !strings.Contains(err.Error(), quoted) {
 			t.Fatalf("ParseRetain(%q): %v", v, err)
 		}
-		if g, err := ipam.ParseGroup(v); err == nil {
+		if g, err := ipalloc.ParseGroup(v); err == nil {
 			if g != v || len(validation.IsDNS1123Label(g)) > 0 {
 				t.Fatalf("ParseGroup(%q) = %q", v, g)
 			}
-		} else if !errors.Is(err, ipam.ErrBadAnnotation) || !strings.Contains(err.Error(), quoted) {
+		} else if !errors.Is(err, ipalloc.ErrBadAnnotation) || !strings.Contains(err.Error(), quoted) {
 			t.Fatalf("ParseGroup(%q): %v", v, err)
 		}
-		if pools, err := ipam.ParsePools(v); err == nil {
+		if pools, err := ipalloc.ParsePools(v); err == nil {
 			if len(pools) == 0 || len(pools) > 2 {
 				t.Fatalf("ParsePools(%q) = %q: want one or two", v, pools)
 			}
@@ -146,9 +146,9 @@ func FuzzParseAnnotations(f *testing.F) {
 		} else if !strings.Contains(err.Error(), quoted) {
 			t.Fatalf("ParsePools(%q): %v", v, err)
 		}
-		if early, err := ipam.ParseRelease(v); (err == nil) != (v == ipam.ReleaseEarly) || early != (v == ipam.ReleaseEarly) {
+		if early, err := ipalloc.ParseRelease(v); (err == nil) != (v == ipalloc.ReleaseEarly) || early != (v == ipalloc.ReleaseEarly) {
 			t.Fatalf("ParseRelease(%q) = %v, %v", v, early, err)
-		} else if err != nil && (!errors.Is(err, ipam.ErrBadAnnotation) || !strings.Contains(err.Error(), quoted)) {
+		} else if err != nil && (!errors.Is(err, ipalloc.ErrBadAnnotation) || !strings.Contains(err.Error(), quoted)) {
 			t.Fatalf("ParseRelease(%q): %v", v, err)
 		}
 	})

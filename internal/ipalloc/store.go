@@ -1,4 +1,4 @@
-// Package ipam is Berth's address allocator: pure logic over a small Store
+// Package ipalloc is Berth's address allocator: pure logic over a small Store
 // of IPPools, IPClaims, pods and their owners. An address is taken by
 // creating its IPClaim (the name, "<pool>-<address>", is the lock within a
 // pool; across pools, a read of the address's claims from the API server
@@ -7,7 +7,7 @@
 // when the pool has no free address left, one of another app.
 // Nothing else in this package is shared state, so any number of
 // allocators on any number of nodes may run at once.
-package ipam
+package ipalloc
 
 import (
 	"context"

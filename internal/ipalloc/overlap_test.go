@@ -1,4 +1,4 @@
-package ipam_test
+package ipalloc_test
 
 import (
 	"testing"
@@ -7,8 +7,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/ipalloc"
 )
 
 func TestPool_FirstCommon(t *testing.T) {
@@ -34,15 +34,15 @@ func TestPool_FirstCommon(t *testing.T) {
 		{name: "ipv6", a: pool("a", "fd00::/64"), b: ranges(pool("b", "fd00::/64"), []string{"fd00::100/120"}, nil), want: "fd00::100"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			pa, err := ipam.ParsePool(tc.a)
+			pa, err := ipalloc.ParsePool(tc.a)
 			if err != nil {
 				t.Fatal(err)
 			}
-			pb, err := ipam.ParsePool(tc.b)
+			pb, err := ipalloc.ParsePool(tc.b)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, order := range [][2]*ipam.Pool{{pa, pb}, {pb, pa}} {
+			for _, order := range [][2]*ipalloc.Pool{{pa, pb}, {pb, pa}} {
 				got, ok := order[0].FirstCommon(order[1])
 				if (tc.want == "") == ok || (ok && got.String() != tc.want) {
 					t.Errorf("%s vs %s: %v %v, want %q", order[0].Name, order[1].Name, got, ok, tc.want)
@@ -72,11 +72,11 @@ func TestOverlapError(t *testing.T) {
 		{p: second, want: true}, // newer: refused, though its name sorts first
 		{p: other},
 	} {
-		pp, err := ipam.ParsePool(tc.p)
+		pp, err := ipalloc.ParsePool(tc.p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = ipam.OverlapError(tc.p, pp, all, ipam.ParsePool)
+		err = ipalloc.OverlapError(tc.p, pp, all, ipalloc.ParsePool)
 		if (err != nil) != tc.want {
 			t.Errorf("%s: %v, want overlap %v", tc.p.Name, err, tc.want)
 		}

@@ -1,4 +1,4 @@
-package ipam_test
+package ipalloc_test
 
 import (
 	"context"
@@ -15,9 +15,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 
-	"github.com/berth-io/berth/agent/ipam"
-	"github.com/berth-io/berth/agent/ipam/ipamtest"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/ipalloc"
+	"github.com/berth-io/berth/internal/ipalloc/ipalloctest"
 )
 
 // model is the cluster as the property test drives it: pods, which node
@@ -26,22 +26,22 @@ import (
 type model struct {
 	mu       sync.Mutex
 	t        *testing.T
-	store    *ipamtest.Store
+	store    *ipalloctest.Store
 	nodes    []*node
 	pods     map[string]*mpod  // by uid
 	holder   map[string]string // address -> uid of the pod whose network has it
 	seq      int
 	failures []string
-	apps     *ipamtest.View // resolves pods' apps
-	reclaims int            // allocations that took over another app's reservation
-	prepared int            // ADDs that got prepared addresses
+	apps     *ipalloctest.View // resolves pods' apps
+	reclaims int               // allocations that took over another app's reservation
+	prepared int               // ADDs that got prepared addresses
 }
 
 type node struct {
 	mu    sync.Mutex // serializes restarts against calls
 	name  string
-	view  *ipamtest.View
-	alloc *ipam.Allocator
+	view  *ipalloctest.View
+	alloc *ipalloc.Allocator
 }
 
 type mpod struct {
@@ -69,7 +69,7 @@ func (m *model) restart(n *node) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.view = m.store.View(true)
-	a, err := ipam.New(ipam.Config{Store: n.view, Node: n.name})
+	a, err := ipalloc.New(ipalloc.Config{Store: n.view, Node: n.name})
 	if err != nil {
 		m.t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func (m *model) step(r *rand.Rand) {
 		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID(fmt.Sprintf("uid-%d", m.seq)),
 			Annotations: app.ann, OwnerReferences: []metav1.OwnerReference{{Kind: app.kind, Name: app.owner, Controller: ptr.To(true)}}}}
 		m.store.SetPod(p)
-		owner, err := ipam.AppOf(m.apps, p)
+		owner, err := ipalloc.AppOf(m.apps, p)
 		if err != nil {
 			m.failures = append(m.failures, fmt.Sprintf("app of %s: %v", name, err))
 		}
@@ -110,7 +110,7 @@ func (m *model) step(r *rand.Rand) {
 			return
 		}
 		p.node.mu.Lock()
-		als, err := p.node.alloc.Allocate(context.Background(), ipam.Request{ContainerID: "c-" + string(p.pod.UID), IfName: "eth0",
+		als, err := p.node.alloc.Allocate(context.Background(), ipalloc.Request{ContainerID: "c-" + string(p.pod.UID), IfName: "eth0",
 			PodNamespace: "ns", PodName: p.pod.Name, PodUID: p.pod.UID})
 		bind := r.IntN(2) == 0
 		for _, a := range als {
@@ -131,7 +131,7 @@ func (m *model) step(r *rand.Rand) {
 		defer m.mu.Unlock()
 		p.busy = false
 		if err != nil {
-			if !ipam.Retryable(err) && !errors.Is(err, ipam.ErrExhausted) {
+			if !ipalloc.Retryable(err) && !errors.Is(err, ipalloc.ErrExhausted) {
 				m.failures = append(m.failures, fmt.Sprintf("ADD %s: unexpected error %v", p.pod.Name, err))
 			}
 			return
@@ -145,7 +145,7 @@ func (m *model) step(r *rand.Rand) {
 			p.addrs = append(p.addrs, addr)
 			if a.Reclaimed {
 				m.reclaims++
-				if a.PreviousApp == nil || p.app != nil && ipam.AppKey(a.Pool, *a.PreviousApp) == ipam.AppKey(a.Pool, *p.app) {
+				if a.PreviousApp == nil || p.app != nil && ipalloc.AppKey(a.Pool, *a.PreviousApp) == ipalloc.AppKey(a.Pool, *p.app) {
 					m.failures = append(m.failures, fmt.Sprintf("ADD %s (app %v) reclaimed %s from app %v: not another app's", p.pod.Name, p.app, addr, a.PreviousApp))
 				}
 			}
@@ -195,12 +195,12 @@ func (m *model) step(r *rand.Rand) {
 			return
 		}
 		p.node.mu.Lock()
-		_, err := p.node.alloc.Prepare(context.Background(), ipam.Request{IfName: "eth0", PodNamespace: "ns", PodName: p.pod.Name, PodUID: p.pod.UID})
+		_, err := p.node.alloc.Prepare(context.Background(), ipalloc.Request{IfName: "eth0", PodNamespace: "ns", PodName: p.pod.Name, PodUID: p.pod.UID})
 		p.node.mu.Unlock()
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		p.busy = false
-		if err != nil && !ipam.Retryable(err) && !errors.Is(err, ipam.ErrExhausted) {
+		if err != nil && !ipalloc.Retryable(err) && !errors.Is(err, ipalloc.ErrExhausted) {
 			m.failures = append(m.failures, fmt.Sprintf("prepare %s: unexpected error %v", p.pod.Name, err))
 		}
 	default: // an agent restarts, or an informer catches up
@@ -240,7 +240,7 @@ func (m *model) freePrepared(p *mpod) {
 
 // pick returns a random idle pod in one of the states and marks it busy.
 func (m *model) pick(r *rand.Rand, states ...string) *mpod {
-	p, ok := ipamtest.Pick(r, m.pods, func(p *mpod) bool { return !p.busy && slices.Contains(states, p.state) })
+	p, ok := ipalloctest.Pick(r, m.pods, func(p *mpod) bool { return !p.busy && slices.Contains(states, p.state) })
 	if ok {
 		p.busy = true
 	}
@@ -257,7 +257,7 @@ func TestAllocator_property(t *testing.T) {
 	reclaims, prepared := 0, 0
 	for seed := range uint64(40) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			m := &model{t: t, store: ipamtest.New(), pods: map[string]*mpod{}, holder: map[string]string{}}
+			m := &model{t: t, store: ipalloctest.New(), pods: map[string]*mpod{}, holder: map[string]string{}}
 			// 14 addresses: contention and exhaustion.
 			m.store.AddPool(pool("p", "10.0.0.0/28", func(p *v1alpha1.IPPool) { p.Spec.ReclaimReservations = ptr.To(seed%2 == 0) }))
 			m.apps = m.store.View(false)

@@ -1,11 +1,11 @@
-package ipam_test
+package ipalloc_test
 
 import (
 	"errors"
 	"slices"
 	"testing"
 
-	"github.com/berth-io/berth/agent/ipam"
+	"github.com/berth-io/berth/internal/ipalloc"
 )
 
 const (
@@ -27,7 +27,7 @@ func TestParseRetain(t *testing.T) {
 		{name: "empty", in: "", err: `malformed annotation: berth.io/ip-retain: "": want "true" or "false"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := ipam.ParseRetain(tc.in)
+			got, err := ipalloc.ParseRetain(tc.in)
 			checkParse(t, got, tc.want, err, tc.err)
 		})
 	}
@@ -43,7 +43,7 @@ func TestParseGroup(t *testing.T) {
 		{name: "dot", in: "a.b", err: `malformed annotation: berth.io/ip-group: "a.b": must not contain dots`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := ipam.ParseGroup(tc.in)
+			got, err := ipalloc.ParseGroup(tc.in)
 			checkParse(t, got, tc.want, err, tc.err)
 		})
 	}
@@ -62,7 +62,7 @@ func TestParsePools(t *testing.T) {
 		{name: "three", in: "a,b,c", err: `"a,b,c": at most two pools (one IPv4, one IPv6)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := ipam.ParsePools(tc.in)
+			got, err := ipalloc.ParsePools(tc.in)
 			if tc.err == "" && (err != nil || !slices.Equal(got, tc.want)) {
 				t.Fatalf("ParsePools(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
 			}
@@ -85,14 +85,14 @@ func TestParseRelease(t *testing.T) {
 		{name: "empty", in: "", err: `malformed annotation: berth.io/ip-release: "": want "early", or no annotation to release the addresses at the pod's CNI DEL`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := ipam.ParseRelease(tc.in)
+			got, err := ipalloc.ParseRelease(tc.in)
 			checkParse(t, got, tc.want, err, tc.err)
 		})
 	}
 }
 
 // checkParse checks a parser's result: want and no error, or exactly
-// wantErr (wrapping ipam.ErrBadAnnotation).
+// wantErr (wrapping ipalloc.ErrBadAnnotation).
 func checkParse[T comparable](t *testing.T, got, want T, err error, wantErr string) {
 	t.Helper()
 	if wantErr == "" {
@@ -104,7 +104,7 @@ func checkParse[T comparable](t *testing.T, got, want T, err error, wantErr stri
 	if err == nil || err.Error() != wantErr {
 		t.Fatalf("error = %v\nwant %s", err, wantErr)
 	}
-	if !errors.Is(err, ipam.ErrBadAnnotation) {
+	if !errors.Is(err, ipalloc.ErrBadAnnotation) {
 		t.Fatalf("error %v does not wrap ErrBadAnnotation", err)
 	}
 }

@@ -1,7 +1,7 @@
-// Package ipamtest is an in-memory ipam.Store for tests: claims are checked
+// Package ipalloctest is an in-memory ipalloc.Store for tests: claims are checked
 // like the API server checks them (name uniqueness, resourceVersion), and
 // reads can lag behind writes like an informer cache.
-package ipamtest
+package ipalloctest
 
 import (
 	"context"
@@ -13,8 +13,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/ipalloc"
 )
 
 // Store is the API server's state, shared by every View.
@@ -123,7 +123,7 @@ type View struct {
 	own     map[string]*v1alpha1.IPClaim // own writes since the last Sync; nil value: deleted
 }
 
-var _ ipam.Store = (*View)(nil)
+var _ ipalloc.Store = (*View)(nil)
 
 // Sync brings a lagging view up to date. The store's lock is held across
 // the read and the reset of the view's own writes, and a write takes both
@@ -174,7 +174,7 @@ func (v *View) Pool(name string) (*v1alpha1.IPPool, error) {
 	if p, ok := v.s.pools[name]; ok {
 		return p, nil
 	}
-	return nil, fmt.Errorf("ippool %s: %w", name, ipam.ErrNotFound)
+	return nil, fmt.Errorf("ippool %s: %w", name, ipalloc.ErrNotFound)
 }
 
 func (v *View) Pools() ([]*v1alpha1.IPPool, error) {
@@ -193,7 +193,7 @@ func (v *View) Namespace(name string) (*corev1.Namespace, error) {
 	if ns, ok := v.s.nss[name]; ok {
 		return ns, nil
 	}
-	return nil, fmt.Errorf("namespace %s: %w", name, ipam.ErrNotFound)
+	return nil, fmt.Errorf("namespace %s: %w", name, ipalloc.ErrNotFound)
 }
 
 func (v *View) Pod(namespace, name string) (*corev1.Pod, error) {
@@ -202,7 +202,7 @@ func (v *View) Pod(namespace, name string) (*corev1.Pod, error) {
 	if p, ok := v.s.pods[namespace+"/"+name]; ok {
 		return p, nil
 	}
-	return nil, fmt.Errorf("pod %s/%s: %w", namespace, name, ipam.ErrNotFound)
+	return nil, fmt.Errorf("pod %s/%s: %w", namespace, name, ipalloc.ErrNotFound)
 }
 
 func (v *View) ReplicaSet(namespace, name string) (*appsv1.ReplicaSet, error) {
@@ -211,14 +211,14 @@ func (v *View) ReplicaSet(namespace, name string) (*appsv1.ReplicaSet, error) {
 	if rs, ok := v.s.rss[namespace+"/"+name]; ok {
 		return rs, nil
 	}
-	return nil, fmt.Errorf("replicaset %s/%s: %w", namespace, name, ipam.ErrNotFound)
+	return nil, fmt.Errorf("replicaset %s/%s: %w", namespace, name, ipalloc.ErrNotFound)
 }
 
 func (v *View) Claim(name string) (*v1alpha1.IPClaim, error) {
 	if c, ok := v.claims()[name]; ok {
 		return c, nil
 	}
-	return nil, fmt.Errorf("ipclaim %s: %w", name, ipam.ErrNotFound)
+	return nil, fmt.Errorf("ipclaim %s: %w", name, ipalloc.ErrNotFound)
 }
 
 func (v *View) filter(f func(*v1alpha1.IPClaim) bool) []*v1alpha1.IPClaim {
@@ -232,9 +232,9 @@ func (v *View) filter(f func(*v1alpha1.IPClaim) bool) []*v1alpha1.IPClaim {
 }
 
 func (v *View) ClaimsOfApp(pool string, app v1alpha1.App) ([]*v1alpha1.IPClaim, error) {
-	key := ipam.AppKey(pool, app)
+	key := ipalloc.AppKey(pool, app)
 	return v.filter(func(c *v1alpha1.IPClaim) bool {
-		return c.Spec.App != nil && ipam.AppKey(c.Spec.Pool, *c.Spec.App) == key
+		return c.Spec.App != nil && ipalloc.AppKey(c.Spec.Pool, *c.Spec.App) == key
 	}), nil
 }
 
@@ -278,7 +278,7 @@ func (v *View) Create(_ context.Context, c *v1alpha1.IPClaim) error {
 	v.s.mu.Lock()
 	if _, ok := v.s.claims[c.Name]; ok {
 		v.s.mu.Unlock()
-		return fmt.Errorf("ipclaim %s: %w", c.Name, ipam.ErrExists)
+		return fmt.Errorf("ipclaim %s: %w", c.Name, ipalloc.ErrExists)
 	}
 	v.commit(c)
 	return nil
@@ -289,11 +289,11 @@ func (v *View) Update(_ context.Context, c *v1alpha1.IPClaim) error {
 	cur, ok := v.s.claims[c.Name]
 	if !ok {
 		v.s.mu.Unlock()
-		return fmt.Errorf("ipclaim %s: %w", c.Name, ipam.ErrNotFound)
+		return fmt.Errorf("ipclaim %s: %w", c.Name, ipalloc.ErrNotFound)
 	}
 	if cur.ResourceVersion != c.ResourceVersion {
 		v.s.mu.Unlock()
-		return fmt.Errorf("ipclaim %s: %w", c.Name, ipam.ErrConflict)
+		return fmt.Errorf("ipclaim %s: %w", c.Name, ipalloc.ErrConflict)
 	}
 	v.commit(c)
 	return nil
@@ -304,7 +304,7 @@ func (v *View) Delete(_ context.Context, c *v1alpha1.IPClaim) error {
 	cur, ok := v.s.claims[c.Name]
 	if ok && cur.ResourceVersion != c.ResourceVersion {
 		v.s.mu.Unlock()
-		return fmt.Errorf("ipclaim %s: %w", c.Name, ipam.ErrConflict)
+		return fmt.Errorf("ipclaim %s: %w", c.Name, ipalloc.ErrConflict)
 	}
 	delete(v.s.claims, c.Name)
 	v.s.Writes++

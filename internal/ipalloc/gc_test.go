@@ -1,4 +1,4 @@
-package ipam_test
+package ipalloc_test
 
 import (
 	"context"
@@ -11,8 +11,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/ipalloc"
 )
 
 // gcClaim is a Bound claim of node-a in pool p, held by container c-<name>
@@ -42,7 +42,7 @@ func TestAllocator_GC(t *testing.T) {
 		name     string
 		claims   []*v1alpha1.IPClaim
 		pods     []*corev1.Pod
-		req      ipam.GCRequest
+		req      ipalloc.GCRequest
 		released []string // claim names, sorted
 		keptLive []string
 		refused  bool
@@ -50,56 +50,56 @@ func TestAllocator_GC(t *testing.T) {
 		name:     "a claim missing from the list whose pod is gone is released",
 		claims:   []*v1alpha1.IPClaim{gcClaim("a", "10.1.0.1", false), gcClaim("b", "10.1.0.2", false)},
 		pods:     []*corev1.Pod{gcPod("b", corev1.PodRunning, "10.1.0.2")},
-		req:      ipam.GCRequest{Network: "berth", Valid: func(c *v1alpha1.IPClaim) bool { return c.Name == "p-b" }},
+		req:      ipalloc.GCRequest{Network: "berth", Valid: func(c *v1alpha1.IPClaim) bool { return c.Name == "p-b" }},
 		released: []string{"p-a"},
 	}, {
 		name:     "a running pod that reports the address keeps it, whatever the list",
 		claims:   []*v1alpha1.IPClaim{gcClaim("a", "10.1.0.1", false)},
 		pods:     []*corev1.Pod{gcPod("a", corev1.PodRunning, "10.1.0.1")},
-		req:      ipam.GCRequest{Network: "berth", Valid: none},
+		req:      ipalloc.GCRequest{Network: "berth", Valid: none},
 		keptLive: []string{"p-a"},
 	}, {
 		name:   "a pod that ended, or reports another address, or a new pod of the name, does not keep it",
 		claims: []*v1alpha1.IPClaim{gcClaim("a", "10.1.0.1", false), gcClaim("b", "10.1.0.2", false), gcClaim("c", "10.1.0.3", false)},
 		pods: []*corev1.Pod{gcPod("a", corev1.PodSucceeded, "10.1.0.1"), gcPod("b", corev1.PodRunning, "10.1.0.9"),
 			{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "c", UID: "uid-new"}, Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIPs: []corev1.PodIP{{IP: "10.1.0.3"}}}}},
-		req:      ipam.GCRequest{Network: "berth", Valid: none},
+		req:      ipalloc.GCRequest{Network: "berth", Valid: none},
 		released: []string{"p-a", "p-b", "p-c"},
 	}, {
 		name:     "claims of another network, and ADDs in flight, are not touched",
 		claims:   []*v1alpha1.IPClaim{gcClaim("a", "10.1.0.1", false), gcClaim("b", "10.1.0.2", false)},
-		req:      ipam.GCRequest{Network: "underlay", Valid: none},
+		req:      ipalloc.GCRequest{Network: "underlay", Valid: none},
 		released: nil,
 	}, {
 		name:   "a prepared claim is not CNI GC's to judge",
 		claims: []*v1alpha1.IPClaim{gcClaim("a", "10.1.0.1", true)},
-		req:    ipam.GCRequest{Network: "berth", Valid: none},
+		req:    ipalloc.GCRequest{Network: "berth", Valid: none},
 	}, {
 		name:     "a sweep judges prepared claims and every network",
 		claims:   []*v1alpha1.IPClaim{gcClaim("a", "10.1.0.1", true), func() *v1alpha1.IPClaim { c := gcClaim("b", "10.1.0.2", false); c.Spec.Network = "underlay"; return c }()},
-		req:      ipam.GCRequest{AllNetworks: true, Valid: none},
+		req:      ipalloc.GCRequest{AllNetworks: true, Valid: none},
 		released: []string{"p-a", "p-b"},
 	}, {
 		name:    "an empty list on a busy node is refused: nothing released",
 		claims:  manyClaims(10),
-		req:     ipam.GCRequest{Network: "berth", Valid: none},
+		req:     ipalloc.GCRequest{Network: "berth", Valid: none},
 		refused: true,
 	}, {
 		name:   "half of a busy node's claims at once is allowed",
 		claims: manyClaims(10),
-		req: ipam.GCRequest{Network: "berth", Valid: func(c *v1alpha1.IPClaim) bool {
+		req: ipalloc.GCRequest{Network: "berth", Valid: func(c *v1alpha1.IPClaim) bool {
 			return slices.Contains([]string{"p-n6", "p-n7", "p-n8", "p-n9", "p-n10"}, c.Name)
 		}},
 		released: []string{"p-n1", "p-n2", "p-n3", "p-n4", "p-n5"},
 	}, {
 		name:     "the share is configurable",
 		claims:   manyClaims(10),
-		req:      ipam.GCRequest{Network: "berth", Valid: none, MaxShare: 1},
+		req:      ipalloc.GCRequest{Network: "berth", Valid: none, MaxShare: 1},
 		released: []string{"p-n1", "p-n10", "p-n2", "p-n3", "p-n4", "p-n5", "p-n6", "p-n7", "p-n8", "p-n9"},
 	}, {
 		name:     "a node with few pods may lose them all",
-		claims:   manyClaims(ipam.DefaultGCMinRefuse),
-		req:      ipam.GCRequest{Network: "berth", Valid: none},
+		claims:   manyClaims(ipalloc.DefaultGCMinRefuse),
+		req:      ipalloc.GCRequest{Network: "berth", Valid: none},
 		released: []string{"p-n1", "p-n2", "p-n3", "p-n4"},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -114,7 +114,7 @@ func TestAllocator_GC(t *testing.T) {
 				tc.req.Keep = func(string) bool { return false }
 			}
 			res, err := e.alloc.GC(context.Background(), tc.req)
-			var refused *ipam.GCRefusedError
+			var refused *ipalloc.GCRefusedError
 			if tc.refused != errors.As(err, &refused) || (!tc.refused && err != nil) {
 				t.Fatalf("GC: %v; want refused %v", err, tc.refused)
 			}

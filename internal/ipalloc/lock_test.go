@@ -1,4 +1,4 @@
-package ipam_test
+package ipalloc_test
 
 import (
 	"context"
@@ -15,9 +15,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/berth-io/berth/agent/ipam"
-	"github.com/berth-io/berth/agent/ipam/ipamtest"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/ipalloc"
+	"github.com/berth-io/berth/internal/ipalloc/ipalloctest"
 )
 
 // blindView is one agent's view whose caches never see the other agent's
@@ -27,7 +27,7 @@ import (
 // Each of its creates is followed by a few yields (by r, if set), so that
 // the other agent's create and read often come between ours and our read.
 type blindView struct {
-	*ipamtest.View
+	*ipalloctest.View
 	hide string
 	r    *rand.Rand
 	// created and read, if set, are called after each create and each
@@ -69,7 +69,7 @@ func (b blindView) Pools() ([]*v1alpha1.IPPool, error) {
 
 func (b blindView) Pool(name string) (*v1alpha1.IPPool, error) {
 	if name == b.hide {
-		return nil, fmt.Errorf("ippool %s: %w", name, ipam.ErrNotFound)
+		return nil, fmt.Errorf("ippool %s: %w", name, ipalloc.ErrNotFound)
 	}
 	return b.View.Pool(name)
 }
@@ -85,7 +85,7 @@ func (b blindView) Pool(name string) (*v1alpha1.IPPool, error) {
 func TestAllocator_Allocate_overlappingPoolsLaggingCaches(t *testing.T) {
 	const seeds, opsPerAgent = 200, 24
 	for seed := range uint64(seeds) {
-		s := ipamtest.New()
+		s := ipalloctest.New()
 		s.AddPool(pool("a", "10.7.0.0/29"))
 		s.AddPool(pool("b", "10.7.0.0/29"))
 		var (
@@ -99,7 +99,7 @@ func TestAllocator_Allocate_overlappingPoolsLaggingCaches(t *testing.T) {
 			other := map[string]string{"a": "b", "b": "a"}[name]
 			view := s.View(true)
 			r := rand.New(rand.NewPCG(seed, uint64(i)))
-			alloc, err := ipam.New(ipam.Config{Store: blindView{View: view, hide: other, r: rand.New(rand.NewPCG(seed, uint64(i)+2))},
+			alloc, err := ipalloc.New(ipalloc.Config{Store: blindView{View: view, hide: other, r: rand.New(rand.NewPCG(seed, uint64(i)+2))},
 				Node: "node-" + name, Now: func() time.Time { return t0 }})
 			if err != nil {
 				t.Fatal(err)
@@ -134,10 +134,10 @@ func TestAllocator_Allocate_overlappingPoolsLaggingCaches(t *testing.T) {
 						p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: fmt.Sprintf("%s-%d", name, op),
 							UID: types.UID(fmt.Sprintf("uid-%d-%s-%d", seed, name, op)), Annotations: map[string]string{v1alpha1.AnnotationPool: name}}}
 						s.SetPod(p)
-						als, err := alloc.Allocate(context.Background(), ipam.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: "ns", PodName: p.Name, PodUID: p.UID})
+						als, err := alloc.Allocate(context.Background(), ipalloc.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: "ns", PodName: p.Name, PodUID: p.UID})
 						mu.Lock()
 						switch {
-						case errors.Is(err, ipam.ErrExhausted):
+						case errors.Is(err, ipalloc.ErrExhausted):
 							// Every address is another's, or the race was lost at each.
 						case err != nil:
 							fails = append(fails, fmt.Sprintf("ADD %s: %v", p.Name, err))
@@ -198,16 +198,16 @@ func TestAllocator_Allocate_overlappingPoolsLaggingCaches(t *testing.T) {
 // other pool's next ADD does not.
 func TestAllocator_Allocate_overlappingPoolsSameMoment(t *testing.T) {
 	one := func(p *v1alpha1.IPPool) { p.Spec.IncludeRanges = []string{"10.7.0.5-10.7.0.5"} }
-	s := ipamtest.New()
+	s := ipalloctest.New()
 	s.AddPool(pool("a", "10.7.0.0/24", one))
 	s.AddPool(pool("b", "10.7.0.0/24", one))
 	var created, read sync.WaitGroup
 	created.Add(2)
 	read.Add(2)
-	allocs := map[string]*ipam.Allocator{}
+	allocs := map[string]*ipalloc.Allocator{}
 	for name, other := range map[string]string{"a": "b", "b": "a"} {
 		var onceCreated, onceRead sync.Once
-		alloc, err := ipam.New(ipam.Config{Store: blindView{View: s.View(true), hide: other,
+		alloc, err := ipalloc.New(ipalloc.Config{Store: blindView{View: s.View(true), hide: other,
 			// Each agent's first create waits for the other's, and its read
 			// then too: neither deletes its claim before both read.
 			created: func() { onceCreated.Do(func() { created.Done(); created.Wait() }) },
@@ -218,11 +218,11 @@ func TestAllocator_Allocate_overlappingPoolsSameMoment(t *testing.T) {
 		}
 		allocs[name] = alloc
 	}
-	add := func(name, podName string) ([]ipam.Allocation, error) {
+	add := func(name, podName string) ([]ipalloc.Allocation, error) {
 		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: podName, UID: types.UID("uid-" + podName),
 			Annotations: map[string]string{v1alpha1.AnnotationPool: name}}}
 		s.SetPod(p)
-		return allocs[name].Allocate(context.Background(), ipam.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: "ns", PodName: p.Name, PodUID: p.UID})
+		return allocs[name].Allocate(context.Background(), ipalloc.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: "ns", PodName: p.Name, PodUID: p.UID})
 	}
 	errs := make(chan error, 2)
 	for _, name := range []string{"a", "b"} {
@@ -235,7 +235,7 @@ func TestAllocator_Allocate_overlappingPoolsSameMoment(t *testing.T) {
 		}()
 	}
 	for range 2 {
-		if err := <-errs; !errors.Is(err, ipam.ErrExhausted) {
+		if err := <-errs; !errors.Is(err, ipalloc.ErrExhausted) {
 			t.Errorf("ADD at the same moment: %v, want both to back off (exhausted)", err)
 		}
 	}
@@ -246,14 +246,14 @@ func TestAllocator_Allocate_overlappingPoolsSameMoment(t *testing.T) {
 	if err != nil || als[0].Address.Addr().String() != "10.7.0.5" {
 		t.Fatalf("a later ADD alone: %v, %v; want 10.7.0.5", als, err)
 	}
-	if _, err := add("a", "later-a"); !errors.Is(err, ipam.ErrExhausted) {
+	if _, err := add("a", "later-a"); !errors.Is(err, ipalloc.ErrExhausted) {
 		t.Fatalf("ADD in the other pool after it: %v, want exhausted (pool b's claim has the address)", err)
 	}
 }
 
 // unreachableView fails every read of the API server that bypasses the
 // cache.
-type unreachableView struct{ *ipamtest.View }
+type unreachableView struct{ *ipalloctest.View }
 
 func (unreachableView) LiveClaimsOfAddress(context.Context, string, string) ([]*v1alpha1.IPClaim, error) {
 	return nil, errors.New("dial tcp 10.96.0.1:443: i/o timeout")
@@ -263,15 +263,15 @@ func (unreachableView) LiveClaimsOfAddress(context.Context, string, string) ([]*
 // fails, the address may be another pool's: the claim is deleted and ADD
 // fails with the read's error.
 func TestAllocator_Allocate_liveReadFails(t *testing.T) {
-	s := ipamtest.New()
+	s := ipalloctest.New()
 	s.AddPool(pool("a", "10.7.0.0/29"))
-	alloc, err := ipam.New(ipam.Config{Store: unreachableView{s.View(false)}, Node: "node-a", Now: func() time.Time { return t0 }})
+	alloc, err := ipalloc.New(ipalloc.Config{Store: unreachableView{s.View(false)}, Node: "node-a", Now: func() time.Time { return t0 }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "x", UID: "uid-x"}}
 	s.SetPod(p)
-	_, err = alloc.Allocate(context.Background(), ipam.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: "ns", PodName: "x", PodUID: p.UID, Pools: []string{"a"}})
+	_, err = alloc.Allocate(context.Background(), ipalloc.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: "ns", PodName: "x", PodUID: p.UID, Pools: []string{"a"}})
 	if err == nil || !strings.Contains(err.Error(), "other pools' claims of 10.7.0.") || !strings.Contains(err.Error(), "i/o timeout") {
 		t.Fatalf("ADD: %v, want the failed read", err)
 	}

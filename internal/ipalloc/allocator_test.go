@@ -1,4 +1,4 @@
-package ipam_test
+package ipalloc_test
 
 import (
 	"context"
@@ -16,9 +16,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 
-	"github.com/berth-io/berth/agent/ipam"
-	"github.com/berth-io/berth/agent/ipam/ipamtest"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/ipalloc"
+	"github.com/berth-io/berth/internal/ipalloc/ipalloctest"
 )
 
 var t0 = time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
@@ -40,20 +40,20 @@ func deleting(p *v1alpha1.IPPool) {
 
 type env struct {
 	t     *testing.T
-	store *ipamtest.Store
-	alloc *ipam.Allocator
+	store *ipalloctest.Store
+	alloc *ipalloc.Allocator
 	n     int
 }
 
 func newEnv(t *testing.T, pools ...*v1alpha1.IPPool) *env {
 	t.Helper()
-	s := ipamtest.New()
+	s := ipalloctest.New()
 	for _, p := range pools {
 		s.AddPool(p)
 	}
 	s.AddReplicaSet(&appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-5d8f",
 		OwnerReferences: []metav1.OwnerReference{{Kind: "Deployment", Name: "web", Controller: ptr.To(true)}}}})
-	a, err := ipam.New(ipam.Config{Store: s.View(false), Node: "node-a", Now: func() time.Time { return t0 }})
+	a, err := ipalloc.New(ipalloc.Config{Store: s.View(false), Node: "node-a", Now: func() time.Time { return t0 }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,8 +74,8 @@ func (e *env) pod(name, kind, owner string, ann map[string]string) *corev1.Pod {
 
 func cid(p *corev1.Pod) string { return "c-" + string(p.UID) }
 
-func (e *env) add(p *corev1.Pod) ([]ipam.Allocation, error) {
-	return e.alloc.Allocate(context.Background(), ipam.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: p.Namespace, PodName: p.Name, PodUID: p.UID})
+func (e *env) add(p *corev1.Pod) ([]ipalloc.Allocation, error) {
+	return e.alloc.Allocate(context.Background(), ipalloc.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: p.Namespace, PodName: p.Name, PodUID: p.UID})
 }
 
 func (e *env) mustAdd(p *corev1.Pod) string {
@@ -137,12 +137,12 @@ func TestAllocator_Allocate_retention(t *testing.T) {
 		b := e.pod("web-5d8f-bbbbb", "ReplicaSet", "web-5d8f", nil)
 		_, err := e.add(b)
 		want := fmt.Sprintf("pod ns/web-5d8f-bbbbb, pool p: address %s of the pod's app is still held by pod ns/web-5d8f-aaaaa (uid %s), which is terminating; retrying until its teardown ends", ip, a.UID)
-		if err == nil || err.Error() != want || !errors.Is(err, ipam.ErrHeld) || !ipam.Retryable(err) {
+		if err == nil || err.Error() != want || !errors.Is(err, ipalloc.ErrHeld) || !ipalloc.Retryable(err) {
 			t.Fatalf("ADD while held: err = %v, want %q (retryable)", err, want)
 		}
 		// The pod object going away is not enough: DEL has not run.
 		e.store.RemovePod(a.Namespace, a.Name)
-		if _, err := e.add(b); !errors.Is(err, ipam.ErrHeld) || !strings.Contains(err.Error(), "CNI DEL pending") {
+		if _, err := e.add(b); !errors.Is(err, ipalloc.ErrHeld) || !strings.Contains(err.Error(), "CNI DEL pending") {
 			t.Fatalf("ADD after pod object gone, before DEL: err = %v, want ErrHeld naming the pending DEL", err)
 		}
 		e.del(a)
@@ -165,7 +165,7 @@ func TestAllocator_Allocate_retention(t *testing.T) {
 		var repl []*corev1.Pod
 		for i := range 3 {
 			p := e.pod(fmt.Sprintf("web-5d8f-new%d", i), "ReplicaSet", "web-5d8f", nil)
-			if _, err := e.add(p); !errors.Is(err, ipam.ErrHeld) {
+			if _, err := e.add(p); !errors.Is(err, ipalloc.ErrHeld) {
 				t.Fatalf("ADD %s before any DEL: err = %v, want ErrHeld", p.Name, err)
 			}
 			repl = append(repl, p)
@@ -241,7 +241,7 @@ func TestAllocator_Allocate_retention(t *testing.T) {
 		e.terminate(old)
 		e.store.RemovePod("ns", "db-0")
 		neu := e.pod("db-0", "StatefulSet", "db", nil)
-		if _, err := e.add(neu); !errors.Is(err, ipam.ErrHeld) || !strings.Contains(err.Error(), ip) {
+		if _, err := e.add(neu); !errors.Is(err, ipalloc.ErrHeld) || !strings.Contains(err.Error(), ip) {
 			t.Fatalf("ADD of new db-0 before old DEL: err = %v, want ErrHeld naming %s", err, ip)
 		}
 		if err := e.alloc.Release(context.Background(), cid(old), "eth0"); err != nil {
@@ -313,37 +313,37 @@ func TestAllocator_Allocate_errors(t *testing.T) {
 		kind  error
 	}{
 		{name: "unknown pool", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24")}, ann: map[string]string{v1alpha1.AnnotationPool: "nope"},
-			want: `pod ns/x, pool nope: no IPPool "nope" (from the pod annotation berth.io/ippool)`, kind: ipam.ErrUnknownPool},
+			want: `pod ns/x, pool nope: no IPPool "nope" (from the pod annotation berth.io/ippool)`, kind: ipalloc.ErrUnknownPool},
 		{name: "unknown namespace default pool", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24")}, nsAnn: map[string]string{v1alpha1.AnnotationPool: "gone"},
-			want: `pod ns/x, pool gone: no IPPool "gone" (from the namespace annotation berth.io/ippool)`, kind: ipam.ErrUnknownPool},
+			want: `pod ns/x, pool gone: no IPPool "gone" (from the namespace annotation berth.io/ippool)`, kind: ipalloc.ErrUnknownPool},
 		{name: "exhausted", pools: []*v1alpha1.IPPool{full}, fill: 2,
-			want: "pod ns/x, pool tiny: all 2 addresses are held by pods or reserved for the pod's own app: no other app's reservation is left to reclaim", kind: ipam.ErrExhausted},
+			want: "pod ns/x, pool tiny: all 2 addresses are held by pods or reserved for the pod's own app: no other app's reservation is left to reclaim", kind: ipalloc.ErrExhausted},
 		{name: "forbidden by namespace selector", pools: []*v1alpha1.IPPool{pool("prod", "10.0.0.0/24", func(p *v1alpha1.IPPool) {
 			p.Spec.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"env": "prod"}}
 		})}, ann: map[string]string{v1alpha1.AnnotationPool: "prod"},
-			want: "pod ns/x, pool prod: the pool may not be used by this pod: namespace ns does not match its namespaceSelector env=prod", kind: ipam.ErrForbidden},
+			want: "pod ns/x, pool prod: the pool may not be used by this pod: namespace ns does not match its namespaceSelector env=prod", kind: ipalloc.ErrForbidden},
 		{name: "forbidden by pod selector", pools: []*v1alpha1.IPPool{pool("db", "10.0.0.0/24", func(p *v1alpha1.IPPool) {
 			p.Spec.PodSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}
 		})}, ann: map[string]string{v1alpha1.AnnotationPool: "db"},
-			want: "pod ns/x, pool db: the pool may not be used by this pod: the pod's labels do not match its podSelector app=db", kind: ipam.ErrForbidden},
+			want: "pod ns/x, pool db: the pool may not be used by this pod: the pod's labels do not match its podSelector app=db", kind: ipalloc.ErrForbidden},
 		{name: "pool being deleted", pools: []*v1alpha1.IPPool{pool("old", "10.0.0.0/24", deleting)}, ann: map[string]string{v1alpha1.AnnotationPool: "old"},
-			want: "pod ns/x, pool old: the pool may not be used by this pod: it is being deleted (it goes once the pods holding its addresses have released them)", kind: ipam.ErrForbidden},
+			want: "pod ns/x, pool old: the pool may not be used by this pod: it is being deleted (it goes once the pods holding its addresses have released them)", kind: ipalloc.ErrForbidden},
 		{name: "no pool admits the pod", pools: []*v1alpha1.IPPool{pool("db", "10.0.0.0/24", func(p *v1alpha1.IPPool) {
 			p.Spec.PodSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}
-		})}, want: "pod ns/x: no IPPool admits the pod (of 1 pools) and no berth.io/ippool annotation names one", kind: ipam.ErrNoPool},
+		})}, want: "pod ns/x: no IPPool admits the pod (of 1 pools) and no berth.io/ippool annotation names one", kind: ipalloc.ErrNoPool},
 		{name: "malformed retain", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24")}, ann: map[string]string{v1alpha1.AnnotationRetain: "no"},
-			want: `pod ns/x: malformed annotation: berth.io/ip-retain: "no": want "true" or "false"`, kind: ipam.ErrBadAnnotation},
+			want: `pod ns/x: malformed annotation: berth.io/ip-retain: "no": want "true" or "false"`, kind: ipalloc.ErrBadAnnotation},
 		{name: "malformed pool list", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24")}, ann: map[string]string{v1alpha1.AnnotationPool: "p,,q"},
-			kind: ipam.ErrBadAnnotation, want: `pod ns/x: pod annotation berth.io/ippool: "p,,q": pool name "": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')`},
+			kind: ipalloc.ErrBadAnnotation, want: `pod ns/x: pod annotation berth.io/ippool: "p,,q": pool name "": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')`},
 		{name: "two pools of one family", pools: []*v1alpha1.IPPool{pool("a", "10.0.0.0/24"), pool("b", "10.1.0.0/24")}, ann: map[string]string{v1alpha1.AnnotationPool: "a,b"},
-			want: "pod ns/x, pool b: pod annotation berth.io/ippool names two pools of one IP family", kind: ipam.ErrBadAnnotation},
+			want: "pod ns/x, pool b: pod annotation berth.io/ippool names two pools of one IP family", kind: ipalloc.ErrBadAnnotation},
 		{name: "pool overlapping an older pool", pools: []*v1alpha1.IPPool{pool("a", "10.0.0.0/24"), pool("b", "10.0.0.128/25")}, ann: map[string]string{v1alpha1.AnnotationPool: "b"},
-			kind: ipam.ErrBadPool, want: "pod ns/x, pool b: its addresses overlap those of the older pool a (10.0.0.129 among them), which keeps them: " +
+			kind: ipalloc.ErrBadPool, want: "pod ns/x, pool b: its addresses overlap those of the older pool a (10.0.0.129 among them), which keeps them: " +
 				"the same address could go to two pods; make the pools disjoint (cidr, includeRanges, excludeRanges)"},
 		{name: "pool with a bad reservationTTL", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24", func(p *v1alpha1.IPPool) { p.Spec.ReservationTTL = "7d" })},
-			kind: ipam.ErrBadPool, want: `pod ns/x, pool p: reservationTTL "7d": time: unknown unit "d" in duration "7d" (want a positive duration such as 24h, 90m or 1h30m; 7 days is 168h)`},
+			kind: ipalloc.ErrBadPool, want: `pod ns/x, pool p: reservationTTL "7d": time: unknown unit "d" in duration "7d" (want a positive duration such as 24h, 90m or 1h30m; 7 days is 168h)`},
 		{name: "malformed group", pools: []*v1alpha1.IPPool{pool("p", "10.0.0.0/24")}, ann: map[string]string{v1alpha1.AnnotationGroup: "Bad_Group"},
-			kind: ipam.ErrBadAnnotation, want: `pod ns/x: malformed annotation: berth.io/ip-group: "Bad_Group": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`},
+			kind: ipalloc.ErrBadAnnotation, want: `pod ns/x: malformed annotation: berth.io/ip-group: "Bad_Group": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, tc.pools...)
@@ -358,7 +358,7 @@ func TestAllocator_Allocate_errors(t *testing.T) {
 			if err == nil || err.Error() != tc.want || !errors.Is(err, tc.kind) {
 				t.Fatalf("err = %v\nwant %s (%v)", err, tc.want, tc.kind)
 			}
-			if ipam.Retryable(err) {
+			if ipalloc.Retryable(err) {
 				t.Errorf("error is retryable, want permanent")
 			}
 			if after := len(e.store.Claims()); after != before {
@@ -390,7 +390,7 @@ func TestAllocator_Allocate_pools(t *testing.T) {
 		e := newEnv(t, pool("v4", "10.0.0.0/24"), pool("v6", "fd00::/127"))
 		e.mustAdd(e.pod("f", "", "", map[string]string{v1alpha1.AnnotationPool: "v6"})) // /127: 2 addresses
 		e.mustAdd(e.pod("g", "", "", map[string]string{v1alpha1.AnnotationPool: "v6"}))
-		if _, err := e.add(e.pod("x", "", "", nil)); !errors.Is(err, ipam.ErrExhausted) {
+		if _, err := e.add(e.pod("x", "", "", nil)); !errors.Is(err, ipalloc.ErrExhausted) {
 			t.Fatalf("err = %v, want exhausted", err)
 		}
 		for _, c := range e.store.Claims() {
@@ -411,7 +411,7 @@ func TestAllocator_Allocate_pools(t *testing.T) {
 		if fmt.Sprint(got) != "map[10.0.0.5:true 10.0.0.6:true]" {
 			t.Fatalf("handed out %v, want 10.0.0.5 and 10.0.0.6", got)
 		}
-		if _, err := e.add(e.pod("p9", "", "", nil)); !errors.Is(err, ipam.ErrExhausted) {
+		if _, err := e.add(e.pod("p9", "", "", nil)); !errors.Is(err, ipalloc.ErrExhausted) {
 			t.Fatalf("third ADD: err = %v, want exhausted", err)
 		}
 	})
@@ -432,7 +432,7 @@ func TestAllocator_Allocate_pools(t *testing.T) {
 		e := newEnv(t, pool("p", "10.0.0.0/24"))
 		p := e.pod("x", "", "", nil)
 		ip := e.mustAdd(p)
-		if _, err := e.alloc.Allocate(context.Background(), ipam.Request{ContainerID: "sandbox-2", IfName: "eth0", PodNamespace: "ns", PodName: "x"}); err != nil {
+		if _, err := e.alloc.Allocate(context.Background(), ipalloc.Request{ContainerID: "sandbox-2", IfName: "eth0", PodNamespace: "ns", PodName: "x"}); err != nil {
 			t.Fatal(err)
 		}
 		if err := e.alloc.Release(context.Background(), cid(p), "eth0"); err != nil {
@@ -473,7 +473,7 @@ func TestAllocator_Allocate_pools(t *testing.T) {
 			e.del(p)
 		}
 		e.mustAdd(e.pod("y", "", "", nil))
-		if _, err := e.add(e.pod("z", "", "", nil)); !errors.Is(err, ipam.ErrExhausted) {
+		if _, err := e.add(e.pod("z", "", "", nil)); !errors.Is(err, ipalloc.ErrExhausted) {
 			t.Fatalf("err = %v, want exhausted: 10.0.0.1 is still held", err)
 		}
 	})
@@ -517,7 +517,7 @@ func TestParsePool(t *testing.T) {
 		{name: "reservationTTL negative", spec: v1alpha1.IPPoolSpec{CIDR: "10.0.0.0/24", ReservationTTL: "-1h"}, err: `reservationTTL "-1h": want a positive duration`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := ipam.ParsePool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: tc.spec})
+			p, err := ipalloc.ParsePool(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: tc.spec})
 			if tc.err != "" {
 				if err == nil || err.Error() != tc.err {
 					t.Fatalf("err = %v, want %s", err, tc.err)
@@ -567,7 +567,7 @@ func TestAllocator_ReleaseEarly(t *testing.T) {
 	if !errors.Is(err, fail) || e.states()[ip] != v1alpha1.ClaimReleasing {
 		t.Fatalf("failed unplug: err %v, states %v", err, e.states())
 	}
-	if _, err := e.add(b); !errors.Is(err, ipam.ErrHeld) {
+	if _, err := e.add(b); !errors.Is(err, ipalloc.ErrHeld) {
 		t.Fatalf("ADD while Releasing: %v, want ErrHeld", err)
 	}
 	// The unplug succeeds: reserved, and the replacement gets it before
@@ -673,7 +673,7 @@ func TestAllocator_Allocate_reclaim(t *testing.T) {
 			p := e.pod(tc.pod[0], tc.pod[1], tc.pod[2], tc.ann)
 			als, err := e.add(p)
 			if tc.err != "" {
-				if err == nil || err.Error() != tc.err || !errors.Is(err, ipam.ErrExhausted) || ipam.Retryable(err) {
+				if err == nil || err.Error() != tc.err || !errors.Is(err, ipalloc.ErrExhausted) || ipalloc.Retryable(err) {
 					t.Fatalf("err = %v\nwant %s (exhausted, permanent)", err, tc.err)
 				}
 				if n := e.store.Writes - writes; n != 0 {
@@ -723,7 +723,7 @@ func TestAllocator_Allocate_reclaimLostRace(t *testing.T) {
 		e.store.PutClaim(claimOf("tiny", fmt.Sprintf("10.9.0.%d", i+1), state, deployment(app), time.Duration(i+1)*time.Hour))
 	}
 	view := e.store.View(true) // as of now
-	alloc, err := ipam.New(ipam.Config{Store: view, Node: "node-a", Now: func() time.Time { return t0 }})
+	alloc, err := ipalloc.New(ipalloc.Config{Store: view, Node: "node-a", Now: func() time.Time { return t0 }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -733,7 +733,7 @@ func TestAllocator_Allocate_reclaimLostRace(t *testing.T) {
 
 	p := e.pod("web-5d8f-aaaaa", "ReplicaSet", "web-5d8f", nil)
 	writes := e.store.Writes
-	als, err := alloc.Allocate(context.Background(), ipam.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: "ns", PodName: p.Name, PodUID: p.UID})
+	als, err := alloc.Allocate(context.Background(), ipalloc.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: "ns", PodName: p.Name, PodUID: p.UID})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -762,7 +762,7 @@ func TestAllocator_Allocate_ordinalFreedMeanwhile(t *testing.T) {
 	db0 := &v1alpha1.App{Kind: v1alpha1.AppStatefulSet, Namespace: "ns", Name: "db", Ordinal: ptr.To[int32](0)}
 	e.store.PutClaim(claimOf("p", "10.0.0.5", v1alpha1.ClaimReserved, db0, time.Hour))
 	view := e.store.View(true)
-	alloc, err := ipam.New(ipam.Config{Store: view, Node: "node-a", Now: func() time.Time { return t0 }})
+	alloc, err := ipalloc.New(ipalloc.Config{Store: view, Node: "node-a", Now: func() time.Time { return t0 }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -775,8 +775,8 @@ func TestAllocator_Allocate_ordinalFreedMeanwhile(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := e.pod("db-0", "StatefulSet", "db", nil)
-	req := ipam.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: "ns", PodName: p.Name, PodUID: p.UID}
-	if _, err := alloc.Allocate(context.Background(), req); !errors.Is(err, ipam.ErrTooManyRetries) || !ipam.Retryable(err) {
+	req := ipalloc.Request{ContainerID: cid(p), IfName: "eth0", PodNamespace: "ns", PodName: p.Name, PodUID: p.UID}
+	if _, err := alloc.Allocate(context.Background(), req); !errors.Is(err, ipalloc.ErrTooManyRetries) || !ipalloc.Retryable(err) {
 		t.Fatalf("ADD with a stale cache: err = %v, want retryable ErrTooManyRetries", err)
 	}
 	view.Sync()
@@ -792,9 +792,9 @@ func TestAllocator_Prepare(t *testing.T) {
 	e := newEnv(t, pool("p", "10.1.0.0/28"))
 	ctx := context.Background()
 	p := e.pod("web-5d8f-a", "ReplicaSet", "web-5d8f", nil)
-	req := ipam.Request{IfName: "eth0", PodNamespace: "ns", PodName: p.Name, PodUID: p.UID}
+	req := ipalloc.Request{IfName: "eth0", PodNamespace: "ns", PodName: p.Name, PodUID: p.UID}
 
-	if _, err := e.alloc.Prepare(ctx, ipam.Request{ContainerID: "c", IfName: "eth0", PodNamespace: "ns", PodName: p.Name}); err == nil {
+	if _, err := e.alloc.Prepare(ctx, ipalloc.Request{ContainerID: "c", IfName: "eth0", PodNamespace: "ns", PodName: p.Name}); err == nil {
 		t.Fatal("Prepare with a container ID: no error")
 	}
 	prep, err := e.alloc.Prepare(ctx, req)
@@ -839,7 +839,7 @@ func TestAllocator_Prepare(t *testing.T) {
 		{"another container", p.UID, "other"},
 		{"another pod", "uid-other", cid(p)},
 	} {
-		if err := e.alloc.BindContainer(ctx, als[0].Claim, tc.uid, tc.container, "berth"); !errors.Is(err, ipam.ErrNotPrepared) {
+		if err := e.alloc.BindContainer(ctx, als[0].Claim, tc.uid, tc.container, "berth"); !errors.Is(err, ipalloc.ErrNotPrepared) {
 			t.Errorf("BindContainer, %s: %v, want ErrNotPrepared", tc.name, err)
 		}
 	}
@@ -848,13 +848,13 @@ func TestAllocator_Prepare(t *testing.T) {
 		t.Fatalf("ReleasePrepared of a bound claim: %v, states %v", err, e.states())
 	}
 	e.del(p)
-	if err := e.alloc.BindContainer(ctx, als[0].Claim, p.UID, cid(p), "berth"); !errors.Is(err, ipam.ErrNotPrepared) {
+	if err := e.alloc.BindContainer(ctx, als[0].Claim, p.UID, cid(p), "berth"); !errors.Is(err, ipalloc.ErrNotPrepared) {
 		t.Errorf("BindContainer of a Reserved claim: %v, want ErrNotPrepared", err)
 	}
 
 	// ... and releases one no ADD took: to the app's reserve.
 	q := e.pod("web-5d8f-b", "ReplicaSet", "web-5d8f", nil)
-	prepQ, err := e.alloc.Prepare(ctx, ipam.Request{IfName: "eth0", PodNamespace: "ns", PodName: q.Name, PodUID: q.UID})
+	prepQ, err := e.alloc.Prepare(ctx, ipalloc.Request{IfName: "eth0", PodNamespace: "ns", PodName: q.Name, PodUID: q.UID})
 	if err != nil || !prepQ[0].Reused || prepQ[0].Address != als[0].Address {
 		t.Fatalf("Prepare of the app's next pod: %+v, %v; want its reserved %s", prepQ, err, als[0].Address)
 	}
@@ -864,7 +864,7 @@ func TestAllocator_Prepare(t *testing.T) {
 	if err := e.alloc.ReleasePrepared(ctx, prepQ[0].Claim, q.UID); err != nil || e.states()[als[0].Address.Addr().String()] != v1alpha1.ClaimReserved {
 		t.Fatalf("ReleasePrepared: %v, states %v; want Reserved again", err, e.states())
 	}
-	if err := e.alloc.BindContainer(ctx, "p-10-1-0-99", q.UID, cid(q), "berth"); !errors.Is(err, ipam.ErrNotPrepared) {
+	if err := e.alloc.BindContainer(ctx, "p-10-1-0-99", q.UID, cid(q), "berth"); !errors.Is(err, ipalloc.ErrNotPrepared) {
 		t.Errorf("BindContainer of a missing claim: %v, want ErrNotPrepared", err)
 	}
 }

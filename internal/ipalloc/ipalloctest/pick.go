@@ -1,4 +1,4 @@
-package ipamtest
+package ipalloctest
 
 import (
 	"cmp"

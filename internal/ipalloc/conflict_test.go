@@ -1,4 +1,4 @@
-package ipam_test
+package ipalloc_test
 
 import (
 	"context"
@@ -9,15 +9,15 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/berth-io/berth/agent/ipam"
 	"github.com/berth-io/berth/api/v1alpha1"
+	"github.com/berth-io/berth/internal/ipalloc"
 )
 
 // addAs runs ADD of p's sandbox container id (the runtime's retry after a
 // failed ADD makes a new sandbox).
 func (e *env) addAs(p *corev1.Pod, id string) string {
 	e.t.Helper()
-	als, err := e.alloc.Allocate(context.Background(), ipam.Request{ContainerID: id, IfName: "eth0", PodNamespace: p.Namespace, PodName: p.Name, PodUID: p.UID})
+	als, err := e.alloc.Allocate(context.Background(), ipalloc.Request{ContainerID: id, IfName: "eth0", PodNamespace: p.Namespace, PodName: p.Name, PodUID: p.UID})
 	if err != nil {
 		e.t.Fatalf("ADD %s (container %s): %v", p.Name, id, err)
 	}
@@ -132,7 +132,7 @@ func TestAllocator_Quarantine(t *testing.T) {
 		}
 		_, _, err = e.alloc.Quarantine(context.Background(), "c9", "eth0", netip.MustParseAddr("10.0.0.77"), t0)
 		want := "container c9 interface eth0, address 10.0.0.77: no claim of the container holds the address"
-		if !errors.Is(err, ipam.ErrNotHeld) || err.Error() != want {
+		if !errors.Is(err, ipalloc.ErrNotHeld) || err.Error() != want {
 			t.Fatalf("report of no claim: %v, want %q", err, want)
 		}
 	})
