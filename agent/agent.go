@@ -28,8 +28,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	"github.com/berth-io/berth/agent/crisandbox"
-	"github.com/berth-io/berth/agent/filelogs"
 	"github.com/berth-io/berth/agent/ipamserver"
+	"github.com/berth-io/berth/agent/logdirs"
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/internal/agentlease"
@@ -70,7 +70,7 @@ type Config struct {
 	// FileLogs configures KUBERNETES_FILELOGS (the filelogs hook and log
 	// retention); nil disables it. Its Registerer, Recorder and Logger are
 	// set by Run.
-	FileLogs *filelogs.Config
+	FileLogs *logdirs.Config
 	// IPAM configures the IPAM server (berth-ipam's socket); nil disables
 	// it. Its Node, Registerer, Recorder and Logger are set by Run.
 	IPAM *ipamserver.Config
@@ -149,14 +149,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.NodeName != "" {
 		nriCfg.OnStateChange = nodeEvents(mgr.GetEventRecorder(Name), cfg.NodeName)
 	}
-	var fileLogs *filelogs.Manager
+	var fileLogs *logdirs.Manager
 	if cfg.FileLogs != nil {
 		flCfg := *cfg.FileLogs
 		flCfg.Registerer, flCfg.Recorder = ctrlmetrics.Registry, mgr.GetEventRecorder(Name)
 		if flCfg.Logger == nil {
 			flCfg.Logger = log
 		}
-		if fileLogs, err = filelogs.New(flCfg); err != nil {
+		if fileLogs, err = logdirs.New(flCfg); err != nil {
 			return fmt.Errorf("file logs: %w", err)
 		}
 		if err := addPart(mgr, partMetrics, parts.Config{Name: "filelogs-retention", Run: fileLogs.Start, Logger: log}); err != nil {

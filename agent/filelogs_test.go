@@ -15,7 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/berth-io/berth/agent/filelogs"
+	"github.com/berth-io/berth/agent/logdirs"
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/agent/nriplugin/nritest"
 	"github.com/berth-io/berth/test/envtest"
@@ -48,7 +48,7 @@ func TestRun_fileLogs(t *testing.T) {
 			HealthProbeBindAddress: "0",
 			ShutdownTimeout:        5 * time.Second,
 			NRI:                    nriplugin.Config{SocketPath: rt.Socket(), MinBackoff: 10 * time.Millisecond},
-			FileLogs:               &filelogs.Config{Root: root, Interval: time.Hour},
+			FileLogs:               &logdirs.Config{Root: root, Interval: time.Hour},
 			Logger:                 slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		})
 	})
@@ -80,7 +80,7 @@ func TestRun_fileLogs(t *testing.T) {
 		}
 		for _, ev := range evs.Items {
 			if ev.Regarding.Kind == "Pod" && ev.Regarding.Name == "web-0" && string(ev.Regarding.UID) == "uid-web-0" &&
-				ev.Type == corev1.EventTypeWarning && ev.Reason == filelogs.ReasonRejected && ev.Note == want &&
+				ev.Type == corev1.EventTypeWarning && ev.Reason == logdirs.ReasonRejected && ev.Note == want &&
 				ev.ReportingController == Name {
 				return true
 			}

@@ -12,7 +12,7 @@ import (
 // Hook adjusts a container as it is created. A hook's decision is a pure
 // function in hooks/<name>/: no I/O, no clock, no API server; the same pod
 // and container give the same answer. The agent may wrap it with the host
-// I/O its adjustment needs (agent/filelogs makes the directories the
+// I/O its adjustment needs (agent/logdirs makes the directories the
 // filelogs hook mounts); that stays well within NRI's 2 s per request.
 //
 // A hook may also implement SynchronizeHook, RunPodSandboxHook and

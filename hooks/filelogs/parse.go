@@ -6,7 +6,7 @@
 // of one container and builds the NRI mounts, CheckRunning tells which of
 // them a running container lacks, SizeLimit reads the size limit a pod asks
 // for (AnnotationSizeLimit). Nothing here does I/O: the agent
-// (agent/filelogs) creates the directories, writes the metadata file and
+// (agent/logdirs) creates the directories, writes the metadata file and
 // removes old files. See README.md for the layout and the rules.
 package filelogs
 

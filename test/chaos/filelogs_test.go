@@ -21,7 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
 
-	agentfilelogs "github.com/berth-io/berth/agent/filelogs"
+	"github.com/berth-io/berth/agent/logdirs"
 	"github.com/berth-io/berth/hooks/filelogs"
 )
 
@@ -48,7 +48,7 @@ func TestFileLogs_hostileContainer_fakeRecorder(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "logs")
 	rec := &recorder{}
 	reg := prometheus.NewRegistry()
-	m, err := agentfilelogs.New(agentfilelogs.Config{
+	m, err := logdirs.New(logdirs.Config{
 		Root: root, Interval: 50 * time.Millisecond, Registerer: reg, Recorder: rec,
 		Logger: slog.New(slog.DiscardHandler),
 	})
@@ -203,7 +203,7 @@ func plant(t *testing.T, view, outside string, d time.Duration) int64 {
 // mountLogs creates ctr (KUBERNETES_FILELOGS=/app/logs) in pod and, with
 // view set, bind-mounts its log directory there with the runtime's
 // options, as the container sees it.
-func mountLogs(ctx context.Context, t *testing.T, m *agentfilelogs.Manager, pod *api.PodSandbox, view string) string {
+func mountLogs(ctx context.Context, t *testing.T, m *logdirs.Manager, pod *api.PodSandbox, view string) string {
 	t.Helper()
 	adj, err := m.CreateContainer(pod, container())
 	if err != nil {

@@ -19,8 +19,8 @@ import (
 
 	"github.com/berth-io/berth/agent"
 	"github.com/berth-io/berth/agent/crisandbox"
-	"github.com/berth-io/berth/agent/filelogs"
 	"github.com/berth-io/berth/agent/ipamserver"
+	"github.com/berth-io/berth/agent/logdirs"
 	"github.com/berth-io/berth/agent/nriplugin"
 	"github.com/berth-io/berth/internal/agentlease"
 	"github.com/berth-io/berth/internal/ipalloc"
@@ -90,9 +90,9 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		ipamSweep   time.Duration
 		ipamGCShare float64
 		ipamQuar    time.Duration
-		fileLogs    filelogs.Config
-		sizeLimit   = quantityFlag{q: *resource.NewQuantity(filelogs.DefaultSizeLimit, resource.BinarySI)}
-		maxLimit    = quantityFlag{q: *resource.NewQuantity(filelogs.DefaultMaxSizeLimit, resource.BinarySI)}
+		fileLogs    logdirs.Config
+		sizeLimit   = quantityFlag{q: *resource.NewQuantity(logdirs.DefaultSizeLimit, resource.BinarySI)}
+		maxLimit    = quantityFlag{q: *resource.NewQuantity(logdirs.DefaultMaxSizeLimit, resource.BinarySI)}
 	)
 	fs := flag.NewFlagSet("berth-agent", flag.ContinueOnError)
 	fs.SetOutput(output)
@@ -110,11 +110,11 @@ func parseFlags(args []string, getenv func(string) string, output io.Writer) (op
 		"name of this node, for Events on it (env NODE_NAME)")
 	fs.StringVar(&ipamSocket, "ipam-socket", "",
 		`unix socket to serve berth-ipam on, e.g. /run/berth/ipam.sock; "" disables the IPAM server`)
-	fs.StringVar(&fileLogs.Root, "filelogs-root", filelogs.DefaultRoot,
+	fs.StringVar(&fileLogs.Root, "filelogs-root", logdirs.DefaultRoot,
 		`host directory for KUBERNETES_FILELOGS, the same path inside the agent; "" disables file logs`)
-	fs.DurationVar(&fileLogs.Retention, "filelogs-retention", filelogs.DefaultRetention,
+	fs.DurationVar(&fileLogs.Retention, "filelogs-retention", logdirs.DefaultRetention,
 		"how long file logs are kept: older files, and directories of pods gone this long, are removed")
-	fs.DurationVar(&fileLogs.Interval, "filelogs-retention-interval", filelogs.DefaultInterval,
+	fs.DurationVar(&fileLogs.Interval, "filelogs-retention-interval", logdirs.DefaultInterval,
 		"time between retention passes over --filelogs-root")
 	fs.Var(&sizeLimit, "filelogs-size-limit",
 		"size limit of one container's file logs (all its log directories together), a Kubernetes quantity; a pass that finds a container over it removes its oldest files; a pod may ask for another with the annotation berth.io/filelogs-size-limit")

@@ -1,4 +1,4 @@
-package filelogs
+package logdirs
 
 import (
 	"log/slog"

@@ -8,7 +8,7 @@
 // Every file-system operation below the root goes through directory
 // descriptors (openat, unlinkat, ...) with O_NOFOLLOW: a symlink a
 // container plants in its log directory is removed, never followed.
-package filelogs
+package logdirs
 
 import (
 	"context"

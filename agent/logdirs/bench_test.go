@@ -1,4 +1,4 @@
-package filelogs
+package logdirs
 
 import (
 	"context"
@@ -28,7 +28,7 @@ import (
 // metadata file and mount. With BERTH_BENCH_NO_HOOKS=1 the plugin runs
 // without hooks (the NRI round trips alone). Run it once:
 //
-//	go test -run '^$' -bench BenchmarkContainerCreateStart -benchtime 1x ./agent/filelogs/
+//	go test -run '^$' -bench BenchmarkContainerCreateStart -benchtime 1x ./agent/logdirs/
 func BenchmarkContainerCreateStart(b *testing.B) {
 	const rounds, perRound, warmup = 40, 5, 5
 	ctrd := containerdtest.Start(b)
@@ -185,7 +185,7 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // "expire", where every file is old and is removed. It reports wall time
 // and the CPU time (user+system) of the process per pass.
 //
-//	go test -run '^$' -bench BenchmarkRetentionPass -benchtime 3x ./agent/filelogs/
+//	go test -run '^$' -bench BenchmarkRetentionPass -benchtime 3x ./agent/logdirs/
 func BenchmarkRetentionPass(b *testing.B) {
 	const pods, ctrs, files = 100, 2, 500
 	for _, expire := range []bool{false, true} {
