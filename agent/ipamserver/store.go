@@ -103,15 +103,11 @@ func NewStore(c cache.Cache, api client.Reader, w client.Client) *Store {
 
 var _ ipalloc.Store = (*Store)(nil)
 
-// apiReadTimeout bounds each read that reaches the API server (an object
-// the cache has not seen yet): well inside an ADD's budget.
-const apiReadTimeout = 5 * time.Second
-
 func (s *Store) get(key client.ObjectKey, obj client.Object) error {
 	err := s.cache.Get(context.Background(), key, obj)
 	if apierrors.IsNotFound(err) {
 		// Not seen yet (just created): ask the API server.
-		ctx, cancel := context.WithTimeout(context.Background(), apiReadTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), liveReadTimeout)
 		defer cancel()
 		err = s.api.Get(ctx, key, obj)
 	}
@@ -156,7 +152,7 @@ func (s *Store) Pod(namespace, name string) (*corev1.Pod, error) {
 // may still have an older pod of the same name).
 func (s *Store) LivePod(namespace, name string) (*corev1.Pod, error) {
 	p := &corev1.Pod{}
-	ctx, cancel := context.WithTimeout(context.Background(), apiReadTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), liveReadTimeout)
 	defer cancel()
 	err := s.api.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, p)
 	if apierrors.IsNotFound(err) {
