@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -91,6 +92,11 @@ func (s *Server) collect(ctx context.Context, source string, req ipam.GCRequest)
 	res, err := s.alloc.GC(ctx, req)
 	log := s.cfg.Logger.With("source", source)
 	for _, c := range res.Released {
+		if c.Spec.ContainerID != "" {
+			// As a DEL's release does: the container is gone, and so is its
+			// network (nothing for early release, no grace at restart).
+			_ = os.Remove(attachmentFile(s.cfg.AttachmentDir, c.Spec.ContainerID, c.Spec.Interface))
+		}
 		log.Info("GC released the claim of a container the runtime no longer has", "network", c.Spec.Network, "claim", c.Name, "address", c.Spec.Address,
 			"container_id", c.Spec.ContainerID, "interface", c.Spec.Interface, "pod", c.Spec.Pod.Namespace+"/"+c.Spec.Pod.Name, "pod_uid", c.Spec.Pod.UID)
 	}

@@ -39,6 +39,25 @@ type lossyStore struct {
 	r       *rand.Rand
 	percent int // of writes that fail; 0 once the test drains
 	fails   *atomic.Int32
+	// The fault model's (property_fault_test.go): slowPercent of the writes
+	// take 5-40ms (berth-ipam's timeout may end first), and killPercent of
+	// the creates land and kill the agent before it answers: a dead
+	// agent's store writes nothing more.
+	slowPercent, killPercent int
+	kills                    *atomic.Int32
+	dead                     atomic.Bool
+}
+
+// rollFault says how long a write waits before it is sent, and whether a
+// create kills the agent once it landed.
+func (f *lossyStore) rollFault(create bool) (time.Duration, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var slow time.Duration
+	if f.slowPercent > 0 && f.r.IntN(100) < f.slowPercent {
+		slow = time.Duration(5+f.r.IntN(36)) * time.Millisecond
+	}
+	return slow, create && f.killPercent > 0 && f.r.IntN(100) < f.killPercent
 }
 
 func (f *lossyStore) roll() (before, after bool) {
@@ -48,7 +67,22 @@ func (f *lossyStore) roll() (before, after bool) {
 	return n < f.percent*2/3, n >= f.percent*2/3 && n < f.percent
 }
 
-func (f *lossyStore) write(do func() error) error {
+func (f *lossyStore) write(create bool, do func() error) error {
+	if f.dead.Load() {
+		return errKilled
+	}
+	slow, kill := f.rollFault(create)
+	if slow > 0 {
+		time.Sleep(slow)
+	}
+	if kill {
+		if err := do(); err != nil {
+			return err
+		}
+		f.dead.Store(true)
+		f.kills.Add(1)
+		return errKilled
+	}
 	before, after := f.roll()
 	if before {
 		f.fails.Add(1)
@@ -62,15 +96,15 @@ func (f *lossyStore) write(do func() error) error {
 }
 
 func (f *lossyStore) Create(ctx context.Context, c *v1alpha1.IPClaim) error {
-	return f.write(func() error { return f.Store.Create(ctx, c) })
+	return f.write(true, func() error { return f.Store.Create(ctx, c) })
 }
 
 func (f *lossyStore) Update(ctx context.Context, c *v1alpha1.IPClaim) error {
-	return f.write(func() error { return f.Store.Update(ctx, c) })
+	return f.write(false, func() error { return f.Store.Update(ctx, c) })
 }
 
 func (f *lossyStore) Delete(ctx context.Context, c *v1alpha1.IPClaim) error {
-	return f.write(func() error { return f.Store.Delete(ctx, c) })
+	return f.write(false, func() error { return f.Store.Delete(ctx, c) })
 }
 
 // propNode is one node's agent, restarted now and then over the same
@@ -82,6 +116,11 @@ type propNode struct {
 	view  *ipamtest.View
 	lossy *lossyStore
 	h     *harness
+	// The fault model's: rebooting (m.mu held) keeps the node's pods from
+	// being picked; silent makes its agent's lease look stale to
+	// berth-controller.
+	rebooting bool
+	silent    atomic.Bool
 }
 
 type propPod struct {
@@ -90,7 +129,7 @@ type propPod struct {
 	container string   // of its last ADD that succeeded
 	inflight  string   // the sandbox whose ADD runs now
 	addrs     []string // its network's
-	state     string   // pending, running, terminating, gone
+	state     string   // pending, running, terminating, forced (object gone, sandbox not), gone
 	busy      bool
 	sandboxes int
 }
@@ -113,6 +152,7 @@ type propModel struct {
 	gcs         atomic.Int32
 	quarantined atomic.Int32 // addresses the agents took out of use on a CONFLICT
 	logs        lockedbuf.Buffer
+	fault       *faultModel // the fault model's additions; nil in TestServer_property_inMemoryAPIServer
 }
 
 // logsAbout is the agents' log lines that mention any of what.
@@ -160,18 +200,35 @@ func (m *propModel) failf(format string, args ...any) {
 func (m *propModel) start(n *propNode, seed uint64, percent int) {
 	n.view = m.store.View(true)
 	n.lossy = &lossyStore{Store: n.view, r: rand.New(rand.NewPCG(seed, uint64(m.restarts.Load()))), percent: percent, fails: &m.fails}
-	n.h = start(m.t, ipamserver.Config{SocketPath: filepath.Join(n.dir, "ipam.sock"), Node: n.name, Store: n.lossy,
+	cfg := ipamserver.Config{SocketPath: filepath.Join(n.dir, "ipam.sock"), Node: n.name, Store: n.lossy,
 		QueueDir: filepath.Join(n.dir, "queue"), AttachmentDir: filepath.Join(n.dir, "attachments"), DeferRelease: true,
 		Registerer: prometheus.NewRegistry(), MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(&m.logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", n.name)})
+		Logger: slog.New(slog.NewTextHandler(&m.logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", n.name)}
+	if m.fault != nil {
+		m.fault.configure(n, &cfg, percent)
+	}
+	n.h = start(m.t, cfg)
 }
 
 // restart stops n's agent and starts the next one, which runs the DELs
 // the last one answered and did not release before it serves.
 func (m *propModel) restart(n *propNode, seed uint64, percent int) {
+	m.restartIf(n, seed, percent, false, nil)
+}
+
+// restartIf restarts n's agent if cond (nil: always) holds once the
+// calls on n have ended; with age, the ADDs recorded before look older
+// than GC's grace (the agent was down a while).
+func (m *propModel) restartIf(n *propNode, seed uint64, percent int, age bool, cond func() bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if cond != nil && !cond() {
+		return
+	}
 	n.h.stop()
+	if age {
+		ageRecords(m.t, filepath.Join(n.dir, "attachments"))
+	}
 	m.restarts.Add(1)
 	left, _ := filepath.Glob(filepath.Join(n.dir, "queue", "*.json"))
 	m.queued.Add(int32(len(left)))
@@ -224,7 +281,7 @@ func (m *propModel) lostSandbox(t *testing.T, n *propNode) {
 
 // pick returns a random idle pod in one of states, marked busy; m.mu held.
 func (m *propModel) pick(r *rand.Rand, states ...string) *propPod {
-	p, ok := ipamtest.Pick(r, m.pods, func(p *propPod) bool { return !p.busy && slices.Contains(states, p.state) })
+	p, ok := ipamtest.Pick(r, m.pods, func(p *propPod) bool { return !p.busy && !p.node.rebooting && slices.Contains(states, p.state) })
 	if ok {
 		p.busy = true
 	}
@@ -251,7 +308,7 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 		if app.kind == "StatefulSet" {
 			name = fmt.Sprintf("db-%d", r.IntN(3)) // a name in use waits
 			for _, p := range m.pods {
-				if p.pod.Name == name && p.state != "gone" {
+				if p.pod.Name == name && p.state != "gone" && p.state != "forced" { // a force-deleted pod's name is free
 					m.mu.Unlock()
 					return
 				}
@@ -271,42 +328,7 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 		container := fmt.Sprintf("%s-s%d", p.pod.UID, p.sandboxes)
 		p.inflight = container
 		m.mu.Unlock()
-		resp := m.call(p, protocol.CommandAdd, container)
-		m.mu.Lock()
-		p.inflight = ""
-		m.mu.Unlock()
-		if resp.Error != nil {
-			e := resp.Error
-			if e.Code != protocol.CodeTryAgainLater && e.Code != 100 && !strings.Contains(e.Details, errUnreachable.Error()) {
-				m.failf("ADD %s: unexpected error %+v", p.pod.Name, e)
-			}
-			if r.IntN(3) > 0 {
-				m.del(p, container) // the runtime tears down what a failed ADD left
-			} // else it lost track of the sandbox: CNI GC cleans up
-			m.mu.Lock()
-			p.busy = false
-			m.mu.Unlock()
-			return
-		}
-		if len(resp.IPs) > 0 && r.IntN(6) == 0 {
-			m.conflict(p, container, resp.IPs)
-			return
-		}
-		m.added.Add(1)
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		for _, ip := range resp.IPs {
-			addr := strings.Split(ip.Address, "/")[0]
-			if h, ok := m.holder[addr]; ok && h == stranger {
-				m.failures = append(m.failures, fmt.Sprintf("ADD %s got %s, which a stranger answers for (the agent quarantined it); its claim now: %s; the agents' logs of it:\n%s",
-					p.pod.Name, addr, m.claimsOf([]string{addr}), m.logsAbout("address="+addr+"/", "address="+addr+" ")))
-			} else if ok && h != p.pod.UID {
-				m.failures = append(m.failures, fmt.Sprintf("ADD %s got %s, which the network of %s (%s) still has", p.pod.Name, addr, m.pods[h].pod.Name, m.pods[h].state))
-			}
-			m.holder[addr] = p.pod.UID
-			p.addrs = append(p.addrs, addr)
-		}
-		p.container, p.state, p.busy = container, "running", false
+		m.afterAdd(r, p, container, m.call(p, protocol.CommandAdd, container))
 	case op < 7: // deletion starts
 		if p := m.pick(r, "pending", "running"); p != nil {
 			p.pod = p.pod.DeepCopy()
@@ -360,7 +382,7 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 			if p.node != n {
 				continue
 			}
-			if p.container != "" && (p.state == "running" || p.state == "terminating") {
+			if p.hasSandbox() {
 				valid = append(valid, protocol.Attachment{ContainerID: p.container, IfName: "eth0"})
 			}
 			if p.inflight != "" {
@@ -396,6 +418,50 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 		m.mu.Unlock()
 		n.sync()
 	}
+}
+
+// afterAdd is the runtime after the ADD of the pod's sandbox container
+// answered resp: a failed one torn down (DEL) or lost, a CONFLICT, or the
+// sandbox running with its addresses.
+func (m *propModel) afterAdd(r *rand.Rand, p *propPod, container string, resp protocol.Response) {
+	m.mu.Lock()
+	p.inflight = ""
+	m.mu.Unlock()
+	if resp.Error != nil {
+		if m.fault != nil {
+			m.fault.reviveKilled(p.node) // the agent that died in this ADD restarts before the runtime's DEL
+		}
+		e := resp.Error
+		if e.Code != protocol.CodeTryAgainLater && e.Code != 100 && !strings.Contains(e.Details, errUnreachable.Error()) {
+			m.failf("ADD %s: unexpected error %+v", p.pod.Name, e)
+		}
+		if r.IntN(3) > 0 {
+			m.del(p, container) // the runtime tears down what a failed ADD left
+		} // else it lost track of the sandbox: CNI GC cleans up
+		m.mu.Lock()
+		p.busy = false
+		m.mu.Unlock()
+		return
+	}
+	if len(resp.IPs) > 0 && r.IntN(6) == 0 {
+		m.conflict(p, container, resp.IPs)
+		return
+	}
+	m.added.Add(1)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, ip := range resp.IPs {
+		addr := strings.Split(ip.Address, "/")[0]
+		if h, ok := m.holder[addr]; ok && h == stranger {
+			m.failures = append(m.failures, fmt.Sprintf("ADD %s got %s, which a stranger answers for (the agent quarantined it); its claim now: %s; the agents' logs of it:\n%s",
+				p.pod.Name, addr, m.claimsOf([]string{addr}), m.logsAbout("address="+addr+"/", "address="+addr+" ")))
+		} else if ok && h != p.pod.UID {
+			m.failures = append(m.failures, fmt.Sprintf("ADD %s got %s, which the network of %s (%s) still has", p.pod.Name, addr, m.pods[h].pod.Name, m.pods[h].state))
+		}
+		m.holder[addr] = p.pod.UID
+		p.addrs = append(p.addrs, addr)
+	}
+	p.container, p.state, p.busy = container, "running", false
 }
 
 // stranger holds, in propModel.holder, an address another host answers
