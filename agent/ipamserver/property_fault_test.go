@@ -636,7 +636,12 @@ func TestServer_property_faults_inMemoryAPIServer(t *testing.T) {
 					return gauge(t, n.h.reg, "berth_ipam_releases_pending") == 0
 				})
 				m.restartIf(n, seed, 0, true, nil)
-				poll.Until(t, 10*time.Second, n.name+"'s sweeps", func() bool { return sweepsOK(t, n) >= 2 })
+				for deadline := time.Now().Add(10 * time.Second); sweepsOK(t, n) < 2; time.Sleep(10 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatalf("%s's agent ran %v sweeps through in 10s, want 2; its claims: %s; the sweeps' logs:\n%s", n.name, sweepsOK(t, n),
+							m.claimsOf([]string{"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"}), m.logsAbout("source=sweep", "sweep"))
+					}
+				}
 			}
 			f.reconcile(true) // every agent renews its lease: berth-controller leaves their claims to them
 			for _, f := range m.failures {
@@ -663,7 +668,10 @@ func TestServer_property_faults_inMemoryAPIServer(t *testing.T) {
 			for _, n := range m.nodes {
 				for _, d := range []string{"queue", "attachments"} {
 					if left, _ := filepath.Glob(filepath.Join(n.dir, d, "*.json")); len(left) > 0 {
-						t.Errorf("%s's %s directory holds %d files after every pod is gone, e.g. %s", n.name, d, len(left), filepath.Base(left[0]))
+						rec, _ := os.ReadFile(left[0])
+						id := strings.TrimSuffix(filepath.Base(left[0]), "-eth0.json")
+						t.Errorf("%s's %s directory holds %d files after every pod is gone, e.g. %s: %s; the agents' logs of its container:\n%s",
+							n.name, d, len(left), filepath.Base(left[0]), rec, m.logsAbout(id))
 					}
 				}
 			}
