@@ -81,17 +81,20 @@ type faultModel struct {
 	ignoreLease              bool
 	slowPercent, killPercent int
 	draining                 atomic.Bool
+	// gcMaxShare is the agents' GCMaxShare (0: the default); the drain
+	// raises it after a refused sweep, as the refusal's Event says to.
+	gcMaxShare float64
 
 	ctrlMu   sync.Mutex
 	gc       *ipclaimgc.Reconciler
 	ctrlView *ipamtest.View // berth-controller's cache
 
-	kills, forced, forcedSilent, timeouts, reboots atomic.Int32
-	ctrlRuns, ctrlDeferred, ctrlActed              atomic.Int32
+	kills, forced, forcedSilent, timeouts, reboots, refused atomic.Int32
+	ctrlRuns, ctrlDeferred, ctrlActed                       atomic.Int32
 }
 
 func newFaultModel(m *propModel, seed uint64) *faultModel {
-	f := &faultModel{m: m, seed: seed, slowPercent: 10, killPercent: 3, ctrlView: m.store.View(true)}
+	f := &faultModel{m: m, seed: seed, slowPercent: 10, killPercent: 8, ctrlView: m.store.View(true)}
 	gc, err := ipclaimgc.New(&storeClient{f: f}, ipclaimgc.Config{Leases: leaseReader{f}})
 	if err != nil {
 		m.t.Fatal(err)
@@ -109,7 +112,10 @@ func (f *faultModel) configure(n *propNode, cfg *ipamserver.Config, percent int)
 	if percent > 0 {
 		n.lossy.slowPercent, n.lossy.killPercent = f.slowPercent, f.killPercent
 	}
-	cfg.Sandboxes, cfg.SweepInterval = sandboxLister{m: f.m, n: n}, 20*time.Millisecond
+	cfg.Sandboxes, cfg.SweepInterval, cfg.GCMaxShare = sandboxLister{m: f.m, n: n}, 20*time.Millisecond, f.gcMaxShare
+	// A call that waits on the work of an agent killed meanwhile (its
+	// pending writes never land) ends within this, and the agent restarts.
+	cfg.RequestTimeout = 10 * time.Second
 }
 
 func (f *faultModel) percent() int {
@@ -120,13 +126,27 @@ func (f *faultModel) percent() int {
 }
 
 // reviveKilled restarts n's agent if a create killed it: the process
-// restarts, as berth-agent's container does.
+// restarts, as berth-agent's container does (reviveEvery).
 func (f *faultModel) reviveKilled(n *propNode) {
 	n.mu.RLock()
 	dead := n.lossy.dead.Load()
 	n.mu.RUnlock()
 	if dead {
 		f.m.restartIf(n, f.seed, f.percent(), false, func() bool { return n.lossy.dead.Load() })
+	}
+}
+
+// reviveEvery revives the killed agents every d until ctx ends.
+func (f *faultModel) reviveEvery(ctx context.Context, d time.Duration) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+		for _, n := range f.m.nodes {
+			f.reviveKilled(n)
+		}
 	}
 }
 
@@ -457,8 +477,14 @@ func (f *faultModel) step(r *rand.Rand) {
 		m.mu.Lock()
 		p.inflight, p.busy = "", false
 		m.mu.Unlock()
-	case op < 39: // berth-controller's resync
+	case op < 38: // berth-controller's resync
 		f.reconcile(r.IntN(2) == 0)
+	case op == 38: // an agent restarts after being down longer than GC's grace: the sweep may release what no DEL did
+		n := m.nodes[r.IntN(len(m.nodes))]
+		if f.quiesce(n) {
+			m.restartIf(n, f.seed, f.percent(), true, nil)
+			f.resume(n)
+		}
 	default: // a node reboots, rarely
 		if r.IntN(3) == 0 {
 			f.reboot(m.nodes[r.IntN(len(m.nodes))])
@@ -477,35 +503,10 @@ func (f *faultModel) step(r *rand.Rand) {
 // accepts: not modelled.)
 func (f *faultModel) reboot(n *propNode) {
 	m := f.m
-	m.mu.Lock()
-	if n.rebooting {
-		m.mu.Unlock()
+	if !f.quiesce(n) {
 		return
 	}
-	n.rebooting = true // no pod of n is picked from now on
-	m.mu.Unlock()
-	defer func() {
-		m.mu.Lock()
-		n.rebooting = false
-		m.mu.Unlock()
-	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		m.mu.Lock()
-		busy := false
-		for _, p := range m.pods {
-			busy = busy || p.node == n && p.busy
-		}
-		m.mu.Unlock()
-		if !busy {
-			break
-		}
-		if time.Now().After(deadline) {
-			m.failf("reboot of %s: its pods stayed busy for 20s", n.name)
-			return
-		}
-		time.Sleep(time.Millisecond)
-	}
+	defer f.resume(n)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.h.stop()
@@ -534,9 +535,53 @@ func (f *faultModel) reboot(n *propNode) {
 	f.reboots.Add(1)
 }
 
+// quiesce waits until no step works on a pod of n and keeps them off it
+// until resume (no ADD chain runs there, say, while its agent is down for
+// minutes); false if another step has n quiesced.
+func (f *faultModel) quiesce(n *propNode) bool {
+	m := f.m
+	m.mu.Lock()
+	if n.rebooting {
+		m.mu.Unlock()
+		return false
+	}
+	n.rebooting = true // no pod of n is picked from now on
+	m.mu.Unlock()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		m.mu.Lock()
+		busy := false
+		for _, p := range m.pods {
+			busy = busy || p.node == n && p.busy
+		}
+		m.mu.Unlock()
+		if !busy {
+			return true
+		}
+		if time.Now().After(deadline) {
+			m.failf("%s's pods stayed busy for 30s", n.name)
+			f.resume(n)
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (f *faultModel) resume(n *propNode) {
+	f.m.mu.Lock()
+	n.rebooting = false
+	f.m.mu.Unlock()
+}
+
 // sweepsOK is how many sweeps of n's agent ran through.
 func sweepsOK(t *testing.T, n *propNode) float64 {
 	v, _ := promtest.Value(t, n.h.reg, "berth_ipam_gc_runs_total", map[string]string{"source": "sweep", "result": "ok"})
+	return v
+}
+
+// sweepsRefused is how many sweeps of n's agent were refused.
+func sweepsRefused(t *testing.T, n *propNode) float64 {
+	v, _ := promtest.Value(t, n.h.reg, "berth_ipam_gc_runs_total", map[string]string{"source": "sweep", "result": "refused"})
 	return v
 }
 
@@ -565,7 +610,7 @@ func sweepsOK(t *testing.T, n *propNode) float64 {
 func TestServer_property_faults_inMemoryAPIServer(t *testing.T) {
 	const seeds, steps = 12, 150
 	var total struct {
-		added, kills, forced, forcedSilent, timeouts, reboots, ctrlDeferred, ctrlActed, swept int
+		added, kills, forced, forcedSilent, timeouts, reboots, ctrlDeferred, ctrlActed, swept, refusedDrains int
 	}
 	for seed := range uint64(seeds) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
@@ -581,19 +626,21 @@ func TestServer_property_faults_inMemoryAPIServer(t *testing.T) {
 			var syncer sync.WaitGroup
 			syncer.Go(func() { m.syncEvery(syncing, 10*time.Millisecond) })
 			defer func() { stopSync(); syncer.Wait() }()
+			reviving, stopReviving := context.WithCancel(context.Background())
+			var reviver sync.WaitGroup
+			reviver.Go(func() { f.reviveEvery(reviving, 5*time.Millisecond) })
 			var wg sync.WaitGroup
 			for w := range 4 {
 				wg.Go(func() {
 					r := rand.New(rand.NewPCG(seed, uint64(100+w)))
 					for range steps {
 						f.step(r)
-						for _, n := range m.nodes {
-							f.reviveKilled(n)
-						}
 					}
 				})
 			}
 			wg.Wait()
+			stopReviving()
+			reviver.Wait()
 
 			// The dust settles, with the API server well: every sandbox is
 			// torn down (a DEL, or none: the runtime lost it) and every pod
@@ -636,6 +683,15 @@ func TestServer_property_faults_inMemoryAPIServer(t *testing.T) {
 					return gauge(t, n.h.reg, "berth_ipam_releases_pending") == 0
 				})
 				m.restartIf(n, seed, 0, true, nil)
+				poll.Until(t, 10*time.Second, n.name+"'s first sweep", func() bool { return sweepsOK(t, n) > 0 || sweepsRefused(t, n) > 0 })
+				if sweepsRefused(t, n) > 0 {
+					// More of the node's claims lost at once than a sweep
+					// may release: the operator raises --ipam-gc-max-share.
+					f.refused.Add(1)
+					f.gcMaxShare = 1
+					m.restartIf(n, seed, 0, true, nil)
+					f.gcMaxShare = 0
+				}
 				for deadline := time.Now().Add(10 * time.Second); sweepsOK(t, n) < 2; time.Sleep(10 * time.Millisecond) {
 					if time.Now().After(deadline) {
 						t.Fatalf("%s's agent ran %v sweeps through in 10s, want 2; its claims: %s; the sweeps' logs:\n%s", n.name, sweepsOK(t, n),
@@ -690,6 +746,7 @@ func TestServer_property_faults_inMemoryAPIServer(t *testing.T) {
 			total.ctrlDeferred += int(f.ctrlDeferred.Load())
 			total.ctrlActed += int(f.ctrlActed.Load())
 			total.swept += swept
+			total.refusedDrains += int(f.refused.Load())
 		})
 	}
 	t.Logf("%+v", total)
