@@ -2,6 +2,7 @@ package ipamserver_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -288,5 +289,32 @@ func TestServer_sweep_prunesAttachments_fakeRuntime(t *testing.T) {
 		if c.Spec.State != v1alpha1.ClaimBound || c.Spec.ContainerID != "second" {
 			t.Errorf("claim %s is %s for container %q, want Bound for the running sandbox", c.Name, c.Spec.State, c.Spec.ContainerID)
 		}
+	}
+}
+
+// TestServer_GC_removesAttachment: a claim CNI GC releases takes its
+// container's attachment record with it, as a DEL's release does (no
+// sweep runs here).
+func TestServer_GC_removesAttachment(t *testing.T) {
+	var cfg ipamserver.Config
+	h := serve(t, func(c *ipamserver.Config) { cfg = *c })
+	p := h.pod("db-0", nil)
+	req := protocol.Request{ContainerID: "lost", IfName: "eth0", Netns: "/var/run/netns/lost", PodNamespace: "ns", PodName: "db-0",
+		PodUID: string(p.UID), Network: "berth"}
+	if r := h.call(protocol.CommandAdd, req); r.Error != nil {
+		t.Fatalf("ADD: %+v", r.Error)
+	}
+	h.store.RemovePod("ns", "db-0")
+	h = ageAttachments(t, h, cfg)
+	if r := h.call(protocol.CommandGC, protocol.Request{Network: "berth"}); r.Error != nil {
+		t.Fatalf("GC: %+v", r.Error)
+	}
+	for _, c := range h.store.Claims() {
+		if c.Spec.State != v1alpha1.ClaimReserved {
+			t.Errorf("claim %s is %s after GC, want Reserved", c.Name, c.Spec.State)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(cfg.AttachmentDir, protocol.FileName("lost", "eth0"))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the attachment record of the container GC released is still there (stat: %v)", err)
 	}
 }
