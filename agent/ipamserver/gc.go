@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -63,7 +65,7 @@ func (s *Server) sweep(ctx context.Context) error {
 	for _, b := range boxes {
 		ids[b.ID], uids[b.PodUID] = true, true
 	}
-	return s.collect(ctx, gcSourceSweep, ipalloc.GCRequest{AllNetworks: true, Valid: func(c *v1alpha1.IPClaim) bool {
+	err = s.collect(ctx, gcSourceSweep, ipalloc.GCRequest{AllNetworks: true, Valid: func(c *v1alpha1.IPClaim) bool {
 		if c.Spec.ContainerID != "" {
 			return ids[c.Spec.ContainerID]
 		}
@@ -73,6 +75,46 @@ func (s *Server) sweep(ctx context.Context) error {
 		p, err := s.cfg.Store.Pod(c.Spec.Pod.Namespace, c.Spec.Pod.Name)
 		return err == nil && p.UID == c.Spec.Pod.UID && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
 	}})
+	if err == nil {
+		s.pruneAttachments(ids)
+	}
+	return err
+}
+
+// pruneAttachments removes the attachment records of containers the
+// runtime does not have (ids), written longer than GC's grace ago and not
+// in use: their DEL never came, or ran before the ADD wrote the record
+// (berth-ipam gave up on the ADD), or their claims moved to the pod's
+// next sandbox. Without it such records stay in /run until the node
+// reboots.
+func (s *Server) pruneAttachments(ids map[string]bool) {
+	files, err := filepath.Glob(filepath.Join(s.cfg.AttachmentDir, "*.json"))
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		a, err := decodeAttachment(data)
+		if err != nil || a.ContainerID == "" || ids[a.ContainerID] {
+			continue
+		}
+		s.mu.Lock()
+		t, recent := s.recent[a.ContainerID]
+		s.mu.Unlock()
+		if recent && now.Sub(t) < gcGrace || s.releases.pending(a.ContainerID) || s.binds.pending(a.ContainerID) {
+			continue
+		}
+		if fi, err := os.Stat(f); err != nil || now.Sub(fi.ModTime()) < gcGrace {
+			continue
+		}
+		if err := os.Remove(f); err == nil {
+			s.cfg.Logger.Info("removed the attachment record of a container the runtime no longer has", "container_id", a.ContainerID, "interface", a.IfName)
+		}
+	}
 }
 
 // collect runs one garbage collection: claims of ADDs in flight (or
@@ -91,6 +133,11 @@ func (s *Server) collect(ctx context.Context, source string, req ipalloc.GCReque
 	res, err := s.alloc.GC(ctx, req)
 	log := s.cfg.Logger.With("source", source)
 	for _, c := range res.Released {
+		if c.Spec.ContainerID != "" {
+			// As a DEL's release does: the container is gone, and so is its
+			// network (nothing for early release, no grace at restart).
+			_ = os.Remove(attachmentFile(s.cfg.AttachmentDir, c.Spec.ContainerID, c.Spec.Interface))
+		}
 		log.Info("GC released the claim of a container the runtime no longer has", "network", c.Spec.Network, "claim", c.Name, "address", c.Spec.Address,
 			"container_id", c.Spec.ContainerID, "interface", c.Spec.Interface, "pod", c.Spec.Pod.Namespace+"/"+c.Spec.Pod.Name, "pod_uid", c.Spec.Pod.UID)
 	}

@@ -39,6 +39,25 @@ type lossyStore struct {
 	r       *rand.Rand
 	percent int // of writes that fail; 0 once the test drains
 	fails   *atomic.Int32
+	// The fault model's (property_fault_test.go): slowPercent of the writes
+	// take 5-40ms (berth-ipam's timeout may end first), and killPercent of
+	// the creates land and kill the agent before it answers: a dead
+	// agent's store writes nothing more.
+	slowPercent, killPercent int
+	kills                    *atomic.Int32
+	dead                     atomic.Bool
+}
+
+// rollFault says how long a write waits before it is sent, and whether a
+// create kills the agent once it landed.
+func (f *lossyStore) rollFault(create bool) (time.Duration, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var slow time.Duration
+	if f.slowPercent > 0 && f.r.IntN(100) < f.slowPercent {
+		slow = time.Duration(5+f.r.IntN(36)) * time.Millisecond
+	}
+	return slow, create && f.killPercent > 0 && f.r.IntN(100) < f.killPercent
 }
 
 func (f *lossyStore) roll() (before, after bool) {
@@ -48,7 +67,22 @@ func (f *lossyStore) roll() (before, after bool) {
 	return n < f.percent*2/3, n >= f.percent*2/3 && n < f.percent
 }
 
-func (f *lossyStore) write(do func() error) error {
+func (f *lossyStore) write(create bool, do func() error) error {
+	if f.dead.Load() {
+		return errKilled
+	}
+	slow, kill := f.rollFault(create)
+	if slow > 0 {
+		time.Sleep(slow)
+	}
+	if kill {
+		if err := do(); err != nil {
+			return err
+		}
+		f.dead.Store(true)
+		f.kills.Add(1)
+		return errKilled
+	}
 	before, after := f.roll()
 	if before {
 		f.fails.Add(1)
@@ -62,15 +96,15 @@ func (f *lossyStore) write(do func() error) error {
 }
 
 func (f *lossyStore) Create(ctx context.Context, c *v1alpha1.IPClaim) error {
-	return f.write(func() error { return f.Store.Create(ctx, c) })
+	return f.write(true, func() error { return f.Store.Create(ctx, c) })
 }
 
 func (f *lossyStore) Update(ctx context.Context, c *v1alpha1.IPClaim) error {
-	return f.write(func() error { return f.Store.Update(ctx, c) })
+	return f.write(false, func() error { return f.Store.Update(ctx, c) })
 }
 
 func (f *lossyStore) Delete(ctx context.Context, c *v1alpha1.IPClaim) error {
-	return f.write(func() error { return f.Store.Delete(ctx, c) })
+	return f.write(false, func() error { return f.Store.Delete(ctx, c) })
 }
 
 // propNode is one node's agent, restarted now and then over the same
@@ -82,6 +116,14 @@ type propNode struct {
 	view  *ipalloctest.View
 	lossy *lossyStore
 	h     *harness
+	// The fault model's: rebooting (m.mu held) keeps the node's pods from
+	// being picked; silent makes its agent's lease look stale to
+	// berth-controller.
+	rebooting bool
+	silent    atomic.Bool
+	// viewp is view, for sync: an informer catches up also while its
+	// agent restarts.
+	viewp atomic.Pointer[ipalloctest.View]
 }
 
 type propPod struct {
@@ -90,7 +132,7 @@ type propPod struct {
 	container string   // of its last ADD that succeeded
 	inflight  string   // the sandbox whose ADD runs now
 	addrs     []string // its network's
-	state     string   // pending, running, terminating, gone
+	state     string   // pending, running, terminating, forced (object gone, sandbox not), gone
 	busy      bool
 	sandboxes int
 }
@@ -113,6 +155,7 @@ type propModel struct {
 	gcs         atomic.Int32
 	quarantined atomic.Int32 // addresses the agents took out of use on a CONFLICT
 	logs        lockedbuf.Buffer
+	fault       *faultModel // the fault model's additions; nil in TestServer_property_inMemoryAPIServer
 }
 
 // logsAbout is the agents' log lines that mention any of what.
@@ -159,19 +202,37 @@ func (m *propModel) failf(format string, args ...any) {
 // store, as a new agent process; n.mu is held for writing or not shared yet.
 func (m *propModel) start(n *propNode, seed uint64, percent int) {
 	n.view = m.store.View(true)
+	n.viewp.Store(n.view)
 	n.lossy = &lossyStore{Store: n.view, r: rand.New(rand.NewPCG(seed, uint64(m.restarts.Load()))), percent: percent, fails: &m.fails}
-	n.h = start(m.t, ipamserver.Config{SocketPath: filepath.Join(n.dir, "ipam.sock"), Node: n.name, Store: n.lossy,
+	cfg := ipamserver.Config{SocketPath: filepath.Join(n.dir, "ipam.sock"), Node: n.name, Store: n.lossy,
 		QueueDir: filepath.Join(n.dir, "queue"), AttachmentDir: filepath.Join(n.dir, "attachments"), DeferRelease: true,
 		Registerer: prometheus.NewRegistry(), MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(&m.logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", n.name)})
+		Logger: slog.New(slog.NewTextHandler(&m.logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", n.name)}
+	if m.fault != nil {
+		m.fault.configure(n, &cfg, percent)
+	}
+	n.h = start(m.t, cfg)
 }
 
 // restart stops n's agent and starts the next one, which runs the DELs
 // the last one answered and did not release before it serves.
 func (m *propModel) restart(n *propNode, seed uint64, percent int) {
+	m.restartIf(n, seed, percent, false, nil)
+}
+
+// restartIf restarts n's agent if cond (nil: always) holds once the
+// calls on n have ended; with age, the ADDs recorded before look older
+// than GC's grace (the agent was down a while).
+func (m *propModel) restartIf(n *propNode, seed uint64, percent int, age bool, cond func() bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if cond != nil && !cond() {
+		return
+	}
 	n.h.stop()
+	if age {
+		ageRecords(m.t, filepath.Join(n.dir, "attachments"))
+	}
 	m.restarts.Add(1)
 	left, _ := filepath.Glob(filepath.Join(n.dir, "queue", "*.json"))
 	m.queued.Add(int32(len(left)))
@@ -180,6 +241,13 @@ func (m *propModel) restart(n *propNode, seed uint64, percent int) {
 
 // call runs cmd on the pod's node's agent.
 func (m *propModel) call(p *propPod, cmd, container string) protocol.Response {
+	resp, _ := m.callKilled(p, cmd, container)
+	return resp
+}
+
+// callKilled is call, and whether the node's agent was killed by the time
+// it answered (property_fault_test.go): then any call may fail.
+func (m *propModel) callKilled(p *propPod, cmd, container string) (protocol.Response, bool) {
 	p.node.mu.RLock()
 	defer p.node.mu.RUnlock()
 	req := protocol.Request{ContainerID: container, IfName: "eth0"}
@@ -187,7 +255,7 @@ func (m *propModel) call(p *propPod, cmd, container string) protocol.Response {
 		// As berth-ipam sends them (CNI_NETNS, CNI_ARGS).
 		req.Netns, req.PodNamespace, req.PodName, req.PodUID = "/var/run/netns/"+container, p.pod.Namespace, p.pod.Name, string(p.pod.UID)
 	}
-	return p.node.h.call(cmd, req)
+	return p.node.h.call(cmd, req), p.node.lossy.dead.Load()
 }
 
 // del is the runtime's DEL: it must succeed, the agent answering once the
@@ -224,7 +292,7 @@ func (m *propModel) lostSandbox(t *testing.T, n *propNode) {
 
 // pick returns a random idle pod in one of states, marked busy; m.mu held.
 func (m *propModel) pick(r *rand.Rand, states ...string) *propPod {
-	p, ok := ipalloctest.Pick(r, m.pods, func(p *propPod) bool { return !p.busy && slices.Contains(states, p.state) })
+	p, ok := ipalloctest.Pick(r, m.pods, func(p *propPod) bool { return !p.busy && !p.node.rebooting && slices.Contains(states, p.state) })
 	if ok {
 		p.busy = true
 	}
@@ -251,7 +319,7 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 		if app.kind == "StatefulSet" {
 			name = fmt.Sprintf("db-%d", r.IntN(3)) // a name in use waits
 			for _, p := range m.pods {
-				if p.pod.Name == name && p.state != "gone" {
+				if p.pod.Name == name && p.state != "gone" && p.state != "forced" { // a force-deleted pod's name is free
 					m.mu.Unlock()
 					return
 				}
@@ -271,42 +339,7 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 		container := fmt.Sprintf("%s-s%d", p.pod.UID, p.sandboxes)
 		p.inflight = container
 		m.mu.Unlock()
-		resp := m.call(p, protocol.CommandAdd, container)
-		m.mu.Lock()
-		p.inflight = ""
-		m.mu.Unlock()
-		if resp.Error != nil {
-			e := resp.Error
-			if e.Code != protocol.CodeTryAgainLater && e.Code != 100 && !strings.Contains(e.Details, errUnreachable.Error()) {
-				m.failf("ADD %s: unexpected error %+v", p.pod.Name, e)
-			}
-			if r.IntN(3) > 0 {
-				m.del(p, container) // the runtime tears down what a failed ADD left
-			} // else it lost track of the sandbox: CNI GC cleans up
-			m.mu.Lock()
-			p.busy = false
-			m.mu.Unlock()
-			return
-		}
-		if len(resp.IPs) > 0 && r.IntN(6) == 0 {
-			m.conflict(p, container, resp.IPs)
-			return
-		}
-		m.added.Add(1)
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		for _, ip := range resp.IPs {
-			addr := strings.Split(ip.Address, "/")[0]
-			if h, ok := m.holder[addr]; ok && h == stranger {
-				m.failures = append(m.failures, fmt.Sprintf("ADD %s got %s, which a stranger answers for (the agent quarantined it); its claim now: %s; the agents' logs of it:\n%s",
-					p.pod.Name, addr, m.claimsOf([]string{addr}), m.logsAbout("address="+addr+"/", "address="+addr+" ")))
-			} else if ok && h != p.pod.UID {
-				m.failures = append(m.failures, fmt.Sprintf("ADD %s got %s, which the network of %s (%s) still has", p.pod.Name, addr, m.pods[h].pod.Name, m.pods[h].state))
-			}
-			m.holder[addr] = p.pod.UID
-			p.addrs = append(p.addrs, addr)
-		}
-		p.container, p.state, p.busy = container, "running", false
+		m.afterAdd(r, p, container, m.call(p, protocol.CommandAdd, container))
 	case op < 7: // deletion starts
 		if p := m.pick(r, "pending", "running"); p != nil {
 			p.pod = p.pod.DeepCopy()
@@ -342,7 +375,7 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 		if p == nil {
 			return
 		}
-		if resp := m.call(p, protocol.CommandCheck, p.container); resp.Error != nil {
+		if resp, killed := m.callKilled(p, protocol.CommandCheck, p.container); resp.Error != nil && !killed {
 			m.failf("CHECK %s (running, %v) on %s: %+v; its claims now: %s; the agents' logs of its container:\n%s", p.pod.Name, p.addrs, p.node.name, resp.Error,
 				m.claimsOf(p.addrs), m.logsAbout(append([]string{p.container}, addressAttrs(p.addrs)...)...))
 		}
@@ -360,7 +393,7 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 			if p.node != n {
 				continue
 			}
-			if p.container != "" && (p.state == "running" || p.state == "terminating") {
+			if p.hasSandbox() {
 				valid = append(valid, protocol.Attachment{ContainerID: p.container, IfName: "eth0"})
 			}
 			if p.inflight != "" {
@@ -371,7 +404,11 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 		n.mu.RLock()
 		resp := n.h.call(protocol.CommandGC, protocol.Request{ValidAttachments: valid})
 		n.mu.RUnlock()
-		if e := resp.Error; e != nil && !strings.Contains(e.Details, errUnreachable.Error()) {
+		// The fault model loses sandboxes without DEL: a node's claims may
+		// then look truncated to GC, which refuses them (its sweep releases
+		// them later, or the operator).
+		refused := m.fault != nil && resp.Error != nil && strings.Contains(resp.Error.Details, ipam.ErrGCRefused.Error())
+		if e := resp.Error; e != nil && !strings.Contains(e.Details, errUnreachable.Error()) && !refused {
 			m.failf("GC on %s: %+v", n.name, e)
 		}
 		m.gcs.Add(1)
@@ -398,6 +435,50 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 	}
 }
 
+// afterAdd is the runtime after the ADD of the pod's sandbox container
+// answered resp: a failed one torn down (DEL) or lost, a CONFLICT, or the
+// sandbox running with its addresses.
+func (m *propModel) afterAdd(r *rand.Rand, p *propPod, container string, resp protocol.Response) {
+	m.mu.Lock()
+	p.inflight = ""
+	m.mu.Unlock()
+	if resp.Error != nil {
+		if m.fault != nil {
+			m.fault.reviveKilled(p.node) // the agent that died in this ADD restarts before the runtime's DEL
+		}
+		e := resp.Error
+		if e.Code != protocol.CodeTryAgainLater && e.Code != 100 && !strings.Contains(e.Details, errUnreachable.Error()) {
+			m.failf("ADD %s: unexpected error %+v", p.pod.Name, e)
+		}
+		if r.IntN(3) > 0 {
+			m.del(p, container) // the runtime tears down what a failed ADD left
+		} // else it lost track of the sandbox: CNI GC cleans up
+		m.mu.Lock()
+		p.busy = false
+		m.mu.Unlock()
+		return
+	}
+	if len(resp.IPs) > 0 && r.IntN(6) == 0 {
+		m.conflict(p, container, resp.IPs)
+		return
+	}
+	m.added.Add(1)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, ip := range resp.IPs {
+		addr := strings.Split(ip.Address, "/")[0]
+		if h, ok := m.holder[addr]; ok && h == stranger {
+			m.failures = append(m.failures, fmt.Sprintf("ADD %s got %s, which a stranger answers for (the agent quarantined it); its claim now: %s; the agents' logs of it:\n%s",
+				p.pod.Name, addr, m.claimsOf([]string{addr}), m.logsAbout("address="+addr+"/", "address="+addr+" ")))
+		} else if ok && h != p.pod.UID {
+			m.failures = append(m.failures, fmt.Sprintf("ADD %s got %s, which the network of %s (%s) still has", p.pod.Name, addr, m.pods[h].pod.Name, m.pods[h].state))
+		}
+		m.holder[addr] = p.pod.UID
+		p.addrs = append(p.addrs, addr)
+	}
+	p.container, p.state, p.busy = container, "running", false
+}
+
 // stranger holds, in propModel.holder, an address another host answers
 // for on the pods' link.
 const stranger types.UID = "stranger"
@@ -421,8 +502,9 @@ func (m *propModel) conflict(p *propPod, container string, ips []protocol.IP) {
 	addr := strings.Split(ips[0].Address, "/")[0]
 	p.node.mu.RLock()
 	resp := p.node.h.call(protocol.CommandConflict, protocol.Request{ContainerID: container, IfName: "eth0", Address: addr, MAC: "02:00:00:00:00:99"})
+	killed := p.node.lossy.dead.Load()
 	p.node.mu.RUnlock()
-	if e := resp.Error; e != nil && !strings.Contains(e.Details, errUnreachable.Error()) {
+	if e := resp.Error; e != nil && !strings.Contains(e.Details, errUnreachable.Error()) && !killed {
 		m.failf("CONFLICT %s of %s: %+v", addr, p.pod.Name, e)
 	}
 	if resp.Error == nil {
@@ -480,7 +562,8 @@ func (n *propNode) preparer() *ipalloc.Allocator {
 func (m *propModel) freePrepared(p *propPod) {
 	for _, c := range m.store.Claims() {
 		if c.Spec.Pod.UID == p.pod.UID && c.Spec.ContainerID == "" && c.Spec.State == v1alpha1.ClaimBound {
-			if err := p.node.preparer().ReleasePrepared(context.Background(), c.Name, p.pod.UID); err != nil && !strings.Contains(err.Error(), errUnreachable.Error()) {
+			if err := p.node.preparer().ReleasePrepared(context.Background(), c.Name, p.pod.UID); err != nil && !ipam.Retryable(err) &&
+				!errors.Is(err, ipam.ErrNotFound) && !strings.Contains(err.Error(), errUnreachable.Error()) { // freed meanwhile: the next try finds it gone
 				m.failf("release prepared %s: %v", c.Name, err)
 			}
 		}
@@ -489,9 +572,7 @@ func (m *propModel) freePrepared(p *propPod) {
 
 // sync brings n's agent's cache up to date.
 func (n *propNode) sync() {
-	n.mu.RLock()
-	defer n.mu.RUnlock()
-	n.view.Sync()
+	n.viewp.Load().Sync()
 }
 
 // syncEvery syncs every node's cache every d until ctx ends, as informers

@@ -2,6 +2,7 @@ package ipamserver_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -253,5 +254,67 @@ func TestServer_sweep_reboot_fakeRuntime(t *testing.T) {
 	}
 	if len(seen) != 5 {
 		t.Errorf("%d addresses bound after the reboot (%v), want the 5 running pods'", len(seen), seen)
+	}
+}
+
+// TestServer_sweep_prunesAttachments_fakeRuntime: the attachment record
+// of a container the runtime no longer has goes with the sweep once GC's
+// grace is past, also when no claim names the container any more (the
+// pod's next sandbox took its claim over, and no DEL came); the record of
+// the running sandbox stays.
+func TestServer_sweep_prunesAttachments_fakeRuntime(t *testing.T) {
+	rt := &fakeRuntime{}
+	var cfg ipamserver.Config
+	h := serve(t, func(c *ipamserver.Config) { cfg = *c })
+	p := h.pod("db-0", nil)
+	for _, container := range []string{"first", "second"} {
+		req := protocol.Request{ContainerID: container, IfName: "eth0", Netns: "/var/run/netns/" + container, PodNamespace: "ns", PodName: "db-0",
+			PodUID: string(p.UID), Network: "berth"}
+		if r := h.call(protocol.CommandAdd, req); r.Error != nil {
+			t.Fatalf("ADD %s: %+v", container, r.Error)
+		}
+	}
+	rt.set(crisandbox.Sandbox{ID: "second", PodUID: p.UID, Ready: true})
+	cfg.Sandboxes, cfg.SweepInterval = rt, 50*time.Millisecond
+	h = ageAttachments(t, h, cfg)
+	record := func(container string) bool {
+		_, err := os.Stat(filepath.Join(cfg.AttachmentDir, protocol.FileName(container, "eth0")))
+		return err == nil
+	}
+	poll.Until(t, 10*time.Second, "the sweep to remove the record of the sandbox the runtime no longer has", func() bool { return !record("first") })
+	if !record("second") {
+		t.Error("the sweep removed the record of the sandbox the runtime has")
+	}
+	for _, c := range h.store.Claims() {
+		if c.Spec.State != v1alpha1.ClaimBound || c.Spec.ContainerID != "second" {
+			t.Errorf("claim %s is %s for container %q, want Bound for the running sandbox", c.Name, c.Spec.State, c.Spec.ContainerID)
+		}
+	}
+}
+
+// TestServer_GC_removesAttachment: a claim CNI GC releases takes its
+// container's attachment record with it, as a DEL's release does (no
+// sweep runs here).
+func TestServer_GC_removesAttachment(t *testing.T) {
+	var cfg ipamserver.Config
+	h := serve(t, func(c *ipamserver.Config) { cfg = *c })
+	p := h.pod("db-0", nil)
+	req := protocol.Request{ContainerID: "lost", IfName: "eth0", Netns: "/var/run/netns/lost", PodNamespace: "ns", PodName: "db-0",
+		PodUID: string(p.UID), Network: "berth"}
+	if r := h.call(protocol.CommandAdd, req); r.Error != nil {
+		t.Fatalf("ADD: %+v", r.Error)
+	}
+	h.store.RemovePod("ns", "db-0")
+	h = ageAttachments(t, h, cfg)
+	if r := h.call(protocol.CommandGC, protocol.Request{Network: "berth"}); r.Error != nil {
+		t.Fatalf("GC: %+v", r.Error)
+	}
+	for _, c := range h.store.Claims() {
+		if c.Spec.State != v1alpha1.ClaimReserved {
+			t.Errorf("claim %s is %s after GC, want Reserved", c.Name, c.Spec.State)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(cfg.AttachmentDir, protocol.FileName("lost", "eth0"))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the attachment record of the container GC released is still there (stat: %v)", err)
 	}
 }
