@@ -407,7 +407,7 @@ func (m *propModel) step(r *rand.Rand, seed uint64) {
 		// The fault model loses sandboxes without DEL: a node's claims may
 		// then look truncated to GC, which refuses them (its sweep releases
 		// them later, or the operator).
-		refused := m.fault != nil && resp.Error != nil && strings.Contains(resp.Error.Details, ipam.ErrGCRefused.Error())
+		refused := m.fault != nil && resp.Error != nil && strings.Contains(resp.Error.Details, ipalloc.ErrGCRefused.Error())
 		if e := resp.Error; e != nil && !strings.Contains(e.Details, errUnreachable.Error()) && !refused {
 			m.failf("GC on %s: %+v", n.name, e)
 		}
@@ -562,8 +562,8 @@ func (n *propNode) preparer() *ipalloc.Allocator {
 func (m *propModel) freePrepared(p *propPod) {
 	for _, c := range m.store.Claims() {
 		if c.Spec.Pod.UID == p.pod.UID && c.Spec.ContainerID == "" && c.Spec.State == v1alpha1.ClaimBound {
-			if err := p.node.preparer().ReleasePrepared(context.Background(), c.Name, p.pod.UID); err != nil && !ipam.Retryable(err) &&
-				!errors.Is(err, ipam.ErrNotFound) && !strings.Contains(err.Error(), errUnreachable.Error()) { // freed meanwhile: the next try finds it gone
+			if err := p.node.preparer().ReleasePrepared(context.Background(), c.Name, p.pod.UID); err != nil && !ipalloc.Retryable(err) &&
+				!errors.Is(err, ipalloc.ErrNotFound) && !strings.Contains(err.Error(), errUnreachable.Error()) { // freed meanwhile: the next try finds it gone
 				m.failf("release prepared %s: %v", c.Name, err)
 			}
 		}
