@@ -575,13 +575,13 @@ func (f *faultModel) resume(n *propNode) {
 
 // sweepsOK is how many sweeps of n's agent ran through.
 func sweepsOK(t *testing.T, n *propNode) float64 {
-	v, _ := promtest.Value(t, n.h.reg, "berth_ipam_gc_runs_total", map[string]string{"source": "sweep", "result": "ok"})
+	v, _ := promtest.Value(t, n.h.reg, "berth_agent_ipam_gc_runs_total", map[string]string{"source": "sweep", "result": "ok"})
 	return v
 }
 
 // sweepsRefused is how many sweeps of n's agent were refused.
 func sweepsRefused(t *testing.T, n *propNode) float64 {
-	v, _ := promtest.Value(t, n.h.reg, "berth_ipam_gc_runs_total", map[string]string{"source": "sweep", "result": "refused"})
+	v, _ := promtest.Value(t, n.h.reg, "berth_agent_ipam_gc_runs_total", map[string]string{"source": "sweep", "result": "refused"})
 	return v
 }
 
@@ -680,7 +680,7 @@ func TestServer_property_faults_inMemoryAPIServer(t *testing.T) {
 			// Time passes (past GC's grace): each agent restarts and sweeps.
 			for _, n := range m.nodes {
 				poll.Until(t, 10*time.Second, n.name+"'s releases to be written", func() bool {
-					return gauge(t, n.h.reg, "berth_ipam_releases_pending") == 0
+					return gauge(t, n.h.reg, "berth_agent_ipam_releases_pending") == 0
 				})
 				m.restartIf(n, seed, 0, true, nil)
 				poll.Until(t, 10*time.Second, n.name+"'s first sweep", func() bool { return sweepsOK(t, n) > 0 || sweepsRefused(t, n) > 0 })
