@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -15,11 +13,7 @@ import (
 	"time"
 
 	nrilog "github.com/containerd/nri/pkg/log"
-	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -38,7 +32,7 @@ func TestMain(m *testing.M) {
 func TestRun(t *testing.T) {
 	admin := envtest.Start(t)
 	// The agent runs with its ServiceAccount's permissions from deploy/.
-	applyRBAC(t, kubernetes.NewForConfigOrDie(admin), "../deploy/base/rbac.yaml")
+	envtest.Apply(t, admin, berthRBAC)
 	cfg := rest.CopyConfig(admin)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:berth-system:berth-agent"}
 	rt := nritest.New(t, t.TempDir())
@@ -127,71 +121,9 @@ func TestRun(t *testing.T) {
 	stop()
 }
 
-// applyRBAC creates the ClusterRoles and ClusterRoleBindings in the YAML file.
-func applyRBAC(t *testing.T, cs kubernetes.Interface, path string) {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	dec := yaml.NewYAMLOrJSONDecoder(f, 4096)
-	for {
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); errors.Is(err, io.EOF) {
-			return
-		} else if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		var meta metav1.TypeMeta
-		if err := json.Unmarshal(raw, &meta); err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		ctx := context.Background()
-		switch meta.Kind {
-		case "ClusterRole":
-			var o rbacv1.ClusterRole
-			err = json.Unmarshal(raw, &o)
-			if err == nil {
-				_, err = cs.RbacV1().ClusterRoles().Create(ctx, &o, metav1.CreateOptions{})
-			}
-		case "ClusterRoleBinding":
-			var o rbacv1.ClusterRoleBinding
-			err = json.Unmarshal(raw, &o)
-			if err == nil {
-				_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, &o, metav1.CreateOptions{})
-			}
-		case "Role":
-			var o rbacv1.Role
-			err = json.Unmarshal(raw, &o)
-			if err == nil {
-				ensureNamespace(t, cs, o.Namespace)
-				_, err = cs.RbacV1().Roles(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
-			}
-		case "RoleBinding":
-			var o rbacv1.RoleBinding
-			err = json.Unmarshal(raw, &o)
-			if err == nil {
-				ensureNamespace(t, cs, o.Namespace)
-				_, err = cs.RbacV1().RoleBindings(o.Namespace).Create(ctx, &o, metav1.CreateOptions{})
-			}
-		default:
-			t.Fatalf("%s: unexpected kind %q", path, meta.Kind)
-		}
-		if err != nil {
-			t.Fatalf("%s: %s: %v", path, meta.Kind, err)
-		}
-	}
-}
-
-// ensureNamespace creates namespace ns unless it exists.
-func ensureNamespace(t *testing.T, cs kubernetes.Interface, ns string) {
-	t.Helper()
-	_, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatalf("namespace %s: %v", ns, err)
-	}
-}
+// berthRBAC is the agent's RBAC of deploy/base and the namespace of its
+// Role, for envtest.Apply.
+var berthRBAC = []string{"../deploy/base/namespace.yaml", "../deploy/base/rbac.yaml"}
 
 type response struct {
 	code int

@@ -29,7 +29,7 @@ import (
 func TestRun_fileLogs(t *testing.T) {
 	admin := envtest.Start(t)
 	cs := kubernetes.NewForConfigOrDie(admin)
-	applyRBAC(t, cs, "../deploy/base/rbac.yaml")
+	envtest.Apply(t, admin, berthRBAC)
 	if _, err := cs.CoreV1().Namespaces().Create(context.Background(),
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

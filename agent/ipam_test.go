@@ -17,7 +17,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -37,7 +36,7 @@ import (
 // of deploy/base, and allocates through the socket.
 func TestRun_ipam(t *testing.T) {
 	admin := envtest.Start(t, envtest.Options{CRDDirectoryPaths: []string{"../deploy/base/crds"}})
-	applyRBAC(t, kubernetes.NewForConfigOrDie(admin), "../deploy/base/rbac.yaml")
+	envtest.Apply(t, admin, berthRBAC)
 	cfg := rest.CopyConfig(admin)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:berth-system:berth-agent"}
 	rt := nritest.New(t, t.TempDir())
