@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,6 +55,7 @@ func TestChaos_ForceDeleteWhileSandboxRuns(t *testing.T) {
 		if out, err := run(sctx, clusterSh, "start-kubelet"); err != nil {
 			t.Fatalf("start kubelet: %v\n%s", err, out)
 		}
+		waitNodeReady(sctx, t)
 	}
 	t.Cleanup(startKubelet)
 	if err := client.CoreV1().Pods(ns).Delete(ctx, old.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil {
@@ -142,6 +144,13 @@ func TestChaos_GCEmptyList(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the agent did not come back Ready:\n%s", describe(berthNamespace, "pod/"+agent.Name))
 	}
+	// kubelet sees the network ready again (berth-ipam's STATUS) at its
+	// next runtime status check: leave the node as the suite found it.
+	t.Cleanup(func() {
+		wctx, wcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer wcancel()
+		waitNodeReady(wctx, t)
+	})
 
 	agent = agentPod(ctx, t)
 	const keptLive = `berth_agent_ipam_gc_claims_total{result="kept_live",source="cni"}`
@@ -170,5 +179,31 @@ func TestChaos_GCEmptyList(t *testing.T) {
 		if c.Spec.State != v1alpha1.ClaimBound {
 			t.Errorf("claim %s (%s) of a running pod is %s after GC with an empty list", c.Name, c.Spec.Address, c.Spec.State)
 		}
+	}
+}
+
+// waitNodeReady waits until ctx ends for the node to be Ready again after
+// a fault (kubelet restarted, the agent restarted: kubelet sees the
+// network ready at its next runtime status check), and fails with the
+// node's condition otherwise.
+func waitNodeReady(ctx context.Context, t *testing.T) {
+	t.Helper()
+	var last string
+	err := wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
+		nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil || len(nodes.Items) != 1 {
+			last = fmt.Sprintf("list nodes: %v", err)
+			return false, nil
+		}
+		for _, c := range nodes.Items[0].Status.Conditions {
+			if c.Type == corev1.NodeReady {
+				last = fmt.Sprintf("%s: %s: %s", c.Status, c.Reason, c.Message)
+				return c.Status == corev1.ConditionTrue, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("the node is not Ready again after the fault: %s", last)
 	}
 }
