@@ -7,7 +7,6 @@ import (
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 
@@ -76,7 +75,7 @@ func (s *Server) warnAnnotations(pod *corev1.Pod) {
 		}
 	}
 	s.warnedMu.Unlock()
-	ref := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID}}
+	ref := podObject(pod.Namespace, pod.Name, pod.UID)
 	for _, n := range fresh {
 		s.cfg.Logger.Warn("a Berth annotation has a value the agent does not understand; its default applies", "pod", pod.Namespace+"/"+pod.Name, "err", n)
 		rec.Eventf(ref, nil, corev1.EventTypeWarning, ReasonBadAnnotation, "ReadAnnotations", "%s", n)

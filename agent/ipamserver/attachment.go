@@ -12,7 +12,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 
@@ -99,8 +98,7 @@ func (s *Server) staleAnswer(pod string, uid types.UID, containerID, claim strin
 		return
 	}
 	ns, name, _ := strings.Cut(pod, "/")
-	obj := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: uid}}
-	s.cfg.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "PreparedAddressStale", "BindContainer",
+	s.cfg.Recorder.Eventf(podObject(ns, name, uid), nil, corev1.EventTypeWarning, "PreparedAddressStale", "BindContainer",
 		"the address berth-ipam answered from claim %s was changed by someone else before the container was recorded on it (%v); "+
 			"the pod may share it with another: delete the pod so that it gets a new one", claim, err)
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
@@ -63,8 +62,7 @@ func (s *Server) conflict(ctx context.Context, req *protocol.Request) *protocol.
 	log.Warn("another host answered for a pod's address: out of use until the quarantine ends; the pod's next ADD gets another",
 		"pod", pod, "pool", c.Spec.Pool, "claim", c.Name, "retained", appString(c.Spec.App), "until", until)
 	if rec := s.cfg.Recorder; rec != nil {
-		obj := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: c.Spec.Pod.Namespace, Name: c.Spec.Pod.Name, UID: c.Spec.Pod.UID}}
-		rec.Eventf(obj, nil, corev1.EventTypeWarning, ReasonAddressConflict, actionQuarantine, "%s", conflictNote(c, req.IfName, req.MAC, until))
+		rec.Eventf(podObject(c.Spec.Pod.Namespace, c.Spec.Pod.Name, c.Spec.Pod.UID), nil, corev1.EventTypeWarning, ReasonAddressConflict, actionQuarantine, "%s", conflictNote(c, req.IfName, req.MAC, until))
 	}
 	return &protocol.Response{}
 }

@@ -3,8 +3,6 @@ package ipamserver
 import (
 	"context"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 
@@ -66,8 +64,7 @@ func (s *Server) runEarlyRelease(ctx context.Context) error {
 		parts:     s.parts}
 	if rec := s.cfg.Recorder; rec != nil {
 		r.event = func(p podRef, eventType, reason, note string) {
-			obj := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, UID: p.UID}}
-			rec.Eventf(obj, nil, eventType, reason, "EarlyRelease", "%s", note)
+			rec.Eventf(podObject(p.Namespace, p.Name, p.UID), nil, eventType, reason, "EarlyRelease", "%s", note)
 		}
 	}
 	return r.run(ctx, s.cfg.PodCache)

@@ -223,12 +223,11 @@ func (s *Server) warnOnPodOrNode(pod types.NamespacedName, uid types.UID, reason
 	var obj runtime.Object
 	if pod.Name != "" {
 		if p, err := s.cfg.Store.Pod(pod.Namespace, pod.Name); err == nil && (uid == "" || p.UID == uid) {
-			obj = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, UID: p.UID}}
+			obj = podObject(p.Namespace, p.Name, p.UID)
 		}
 	}
 	if obj == nil {
-		// Kubelet's convention: a Node's event reference uses its name as UID.
-		obj = &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: s.cfg.Node, UID: types.UID(s.cfg.Node)}}
+		obj = s.nodeObject()
 	}
 	rec.Eventf(obj, nil, corev1.EventTypeWarning, reason, action, "%s", truncate(note, maxEventNote))
 }
