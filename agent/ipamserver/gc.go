@@ -9,7 +9,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/berth-io/berth/agent/crisandbox"
@@ -69,11 +68,7 @@ func (s *Server) sweep(ctx context.Context) error {
 		if c.Spec.ContainerID != "" {
 			return ids[c.Spec.ContainerID]
 		}
-		if uids[c.Spec.Pod.UID] {
-			return true
-		}
-		p, err := s.cfg.Store.Pod(c.Spec.Pod.Namespace, c.Spec.Pod.Name)
-		return err == nil && p.UID == c.Spec.Pod.UID && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed
+		return uids[c.Spec.Pod.UID] // its pod object is the allocator's to check
 	}})
 	if err == nil {
 		s.pruneAttachments(ids)
@@ -154,7 +149,7 @@ func (s *Server) collect(ctx context.Context, source string, req ipalloc.GCReque
 	case errors.As(err, &refused):
 		s.metrics.gc.WithLabelValues(source, "refused").Add(float64(refused.Would))
 		s.metrics.gcRuns.WithLabelValues(source, "refused").Inc()
-		s.nodeEvent(corev1.EventTypeWarning, "IPClaimGCRefused", "GC", "%s garbage collection of node %s's IP claims refused: %v. "+
+		s.refusedEvent("%s garbage collection of node %s's IP claims refused: %v. "+
 			"If the pods are really gone, raise --ipam-gc-max-share or release the claims by hand (kubectl delete ipclaim)", source, s.cfg.Node, err)
 	default:
 		s.metrics.gcRuns.WithLabelValues(source, "error").Inc()
@@ -165,14 +160,12 @@ func (s *Server) collect(ctx context.Context, source string, req ipalloc.GCReque
 	return nil
 }
 
-// nodeEvent records an Event on the agent's Node (kubelet's convention:
-// the Node's name as its UID), if the server has a recorder.
-func (s *Server) nodeEvent(eventType, reason, action, note string, args ...any) {
-	if s.cfg.Recorder == nil || s.cfg.Node == "" {
-		return
+// refusedEvent records a refused collection as a Warning Event on the
+// agent's Node, if the server has a recorder.
+func (s *Server) refusedEvent(note string, args ...any) {
+	if s.cfg.Recorder != nil && s.cfg.Node != "" {
+		s.cfg.Recorder.Eventf(s.nodeObject(), nil, corev1.EventTypeWarning, "IPClaimGCRefused", "GC", note, args...)
 	}
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: s.cfg.Node, UID: types.UID(s.cfg.Node)}}
-	s.cfg.Recorder.Eventf(node, nil, eventType, reason, action, note, args...)
 }
 
 // runSweeper sweeps every SweepInterval until ctx is done; a failed sweep

@@ -54,7 +54,8 @@ type GCRequest struct {
 	// Valid says whether the runtime still has the claim's attachment.
 	// Prepared claims (no container ID yet) are passed only with
 	// AllNetworks: the runtime's list then tells whether any sandbox of the
-	// claim's pod exists.
+	// claim's pod exists. A prepared claim whose pod still exists and has
+	// not ended is kept whatever Valid says (the preparer looks after it).
 	Valid func(*v1alpha1.IPClaim) bool
 	// Keep says to keep the claims of a container whatever the list says
 	// (an ADD or a release in flight).
@@ -106,6 +107,11 @@ func (a *Allocator) GC(ctx context.Context, req GCRequest) (GCResult, error) {
 		if req.Valid(c) || (c.Spec.ContainerID != "" && req.Keep(c.Spec.ContainerID)) {
 			continue
 		}
+		if c.Spec.ContainerID == "" {
+			if _, ok := a.claimPod(c); ok {
+				continue // a prepared claim of a live pod: the preparer's
+			}
+		}
 		if a.podUses(c) {
 			res.KeptLive = append(res.KeptLive, c)
 			continue
@@ -135,8 +141,8 @@ func (a *Allocator) GC(ctx context.Context, req GCRequest) (GCResult, error) {
 // reports the claim's address among its IPs: its network is in use
 // (kubelet has seen it), whatever a runtime's list says.
 func (a *Allocator) podUses(c *v1alpha1.IPClaim) bool {
-	p, err := a.cfg.Store.Pod(c.Spec.Pod.Namespace, c.Spec.Pod.Name)
-	if err != nil || p.UID != c.Spec.Pod.UID || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+	p, ok := a.claimPod(c)
+	if !ok {
 		return false
 	}
 	addr, err := netip.ParseAddr(c.Spec.Address)
@@ -147,6 +153,16 @@ func (a *Allocator) podUses(c *v1alpha1.IPClaim) bool {
 		got, err := netip.ParseAddr(ip.IP)
 		return err == nil && got.Unmap() == addr.Unmap()
 	})
+}
+
+// claimPod returns the claim's pod if it exists (the same UID) and has
+// not ended.
+func (a *Allocator) claimPod(c *v1alpha1.IPClaim) (*corev1.Pod, bool) {
+	p, err := a.cfg.Store.Pod(c.Spec.Pod.Namespace, c.Spec.Pod.Name)
+	if err != nil || p.UID != c.Spec.Pod.UID || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return nil, false
+	}
+	return p, true
 }
 
 // preparedFor says whether a claim is still prepared for the pod uid (no
