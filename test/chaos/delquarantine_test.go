@@ -31,8 +31,6 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -44,7 +42,6 @@ import (
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
 	"github.com/berth-io/berth/internal/cachetrim"
-	"github.com/berth-io/berth/test/envtest"
 	"github.com/berth-io/berth/test/poll"
 	"github.com/berth-io/berth/test/promtest"
 	"github.com/berth-io/berth/test/runnable"
@@ -98,26 +95,11 @@ func serveWebhook(t *testing.T, review func(*admissionv1.AdmissionRequest) *admi
 // quarantined after a bounded number of tries, with its claim still held,
 // an Event on its pod and the metric.
 func TestFault_webhookDeniesQueuedDEL(t *testing.T) {
-	cfg := envtest.Start(t, envtest.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "deploy", "base", "crds")}})
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := startAPI(t)
+	cfg, scheme, c := a.cfg, a.scheme, a.client
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	create := func(obj client.Object) {
-		t.Helper()
-		if err := c.Create(ctx, obj); err != nil {
-			t.Fatalf("create %T %s: %v", obj, obj.GetName(), err)
-		}
-	}
+	create := func(obj client.Object) { t.Helper(); a.create(ctx, t, obj) }
 
 	create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}})
 	create(&v1alpha1.IPPool{ObjectMeta: metav1.ObjectMeta{Name: "pods"}, Spec: v1alpha1.IPPoolSpec{CIDR: "10.244.0.0/24"}})

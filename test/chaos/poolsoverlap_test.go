@@ -20,8 +20,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -31,7 +29,6 @@ import (
 	"github.com/berth-io/berth/api/v1alpha1"
 	"github.com/berth-io/berth/cni/ipam/protocol"
 	"github.com/berth-io/berth/internal/cachetrim"
-	"github.com/berth-io/berth/test/envtest"
 	"github.com/berth-io/berth/test/poll"
 	"github.com/berth-io/berth/test/runnable"
 )
@@ -49,26 +46,11 @@ import (
 // after every pod's DEL no claim is left.
 func TestFault_poolsOverlapWhileAgentsLag_blindCaches(t *testing.T) {
 	const podsPerNode, poolSize, tries = 10, 14, 40
-	cfg := envtest.Start(t, envtest.Options{CRDDirectoryPaths: []string{filepath.Join("..", "..", "deploy", "base", "crds")}})
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		t.Fatal(err)
-	}
-	c, err := client.New(cfg, client.Options{Scheme: scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := startAPI(t)
+	cfg, scheme, c := a.cfg, a.scheme, a.client
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	create := func(obj client.Object) {
-		t.Helper()
-		if err := c.Create(ctx, obj); err != nil {
-			t.Fatalf("create %T %s: %v", obj, obj.GetName(), err)
-		}
-	}
+	create := func(obj client.Object) { t.Helper(); a.create(ctx, t, obj) }
 	create(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}})
 	nodePool := map[string]string{"node-a": "left", "node-b": "right"}
 	for _, pool := range nodePool {
